@@ -1,0 +1,1 @@
+"""The `gpo` command line: a thin typer layer over the `stages` library."""

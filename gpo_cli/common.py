@@ -1,0 +1,59 @@
+"""What every command shares: the stderr console, one-line errors, shared option types."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Callable
+
+import typer
+from rich.console import Console
+
+from stages.core.errors import GpoError
+
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+RunOpt = Annotated[Path, typer.Option("--run", help="Run directory (stage folders are created inside).")]
+ShardOpt = Annotated[str | None, typer.Option(
+    "--shard", help="This job's shard as i/N; defaults to SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT, else 0/1.")]
+OverwriteOpt = Annotated[bool, typer.Option(
+    "--overwrite", help="Replace this stage's outputs when settings changed (otherwise refused).")]
+ChunkOpt = Annotated[int, typer.Option(
+    "--chunk-groups", min=1, help="Problems per chunk: the unit of work that a crash can lose.")]
+BackendOpt = Annotated[str, typer.Option("--backend", help="Generation backend: auto (vLLM if it runs), hf or vllm.")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (bf16 on GPUs that support it, else fp32), bf16, fp16, fp32.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1 ... (transformers backend).")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Sequences decoded at once (transformers backend).")]
+TrustOpt = Annotated[bool, typer.Option(
+    "--trust-remote-code", help="Allow model folders to run their own Python code (off by default).")]
+
+
+def log(message: str) -> None:
+    err.print(f"[dim]{message}[/dim]")
+
+
+def handle_errors(fn: Callable) -> Callable:
+    """Turn user errors into one line on stderr and a non-zero exit; GPO_DEBUG=1 shows tracebacks."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except GpoError as e:
+            err.print(f"[bold red]error:[/bold red] {e}")
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("[bold red]interrupted[/bold red]: finished chunks are kept; rerun the same command")
+            raise typer.Exit(130) from None
+        except OSError as e:
+            if os.environ.get("GPO_DEBUG"):
+                raise
+            err.print(f"[bold red]error:[/bold red] {e.strerror or e} ({e.filename or 'I/O'})")
+            raise typer.Exit(1) from None
+    return wrapper
+
+
+def command_line() -> str:
+    return " ".join(["gpo", *sys.argv[1:]])

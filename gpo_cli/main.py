@@ -1,0 +1,119 @@
+"""`gpo`: Guided Pivotal Optimization as a chain of resumable Parquet stages.
+
+    gpo sample --problems 'toy:arith?n=200&split=train' --model data/toy-model --run runs/toy
+    gpo estimate --run runs/toy && gpo locate --run runs/toy && gpo branch --run runs/toy
+    gpo sql runs/toy "select * from locate limit 5"
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gpo_cli import inspect_cmds
+from gpo_cli.common import (BackendOpt, BatchOpt, ChunkOpt, DeviceOpt, DtypeOpt, OverwriteOpt, RunOpt,
+                            ShardOpt, TrustOpt, err, handle_errors, log)
+from stages.core.errors import GpoError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+                  help="Guided Pivotal Optimization (arXiv 2509.16456): sample, estimate, locate, branch, "
+                       "train, eval, as resumable Parquet stages you can query with DuckDB.")
+toy_app = typer.Typer(no_args_is_help=True, help="The built-in toy task and its tiny model.")
+app.add_typer(toy_app, name="toy")
+inspect_cmds.register(app)
+
+
+def generator_factory(backend: str, model: str, dtype: str, device: str, batch_size: int, trust: bool):
+    def make():
+        from stages.core.backends import make_generator
+
+        return make_generator(backend, model, dtype=dtype, device=device, batch_size=batch_size,
+                              trust_remote_code=trust)
+    return make
+
+
+@app.command()
+@handle_errors
+def sample(
+    problems: Annotated[str, typer.Option(help="toy:arith?n=..&seed=..&split=train|test, "
+                                               "reasoning-gym:<name>?size=..&seed=.., or a .jsonl/.parquet file.")],
+    model: Annotated[str, typer.Option(help="Local Hugging Face model folder.")],
+    run: RunOpt,
+    n: Annotated[int, typer.Option(min=1, help="Samples per problem.")] = 4,
+    temperature: Annotated[float, typer.Option(min=0.0)] = 1.0,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 256,
+    seed: int = 0,
+    template: Annotated[str, typer.Option(help="auto (chat template if the model has one), chat or plain.")] = "auto",
+    system: Annotated[str, typer.Option(help="System prompt for chat templates ('' for none).")] = "You are a helpful assistant.",
+    instruction: Annotated[str, typer.Option(help="Appended to the question in chat prompts ('' for none).")] =
+        "Please reason step by step, and put your final answer within \\boxed{}.",
+    checker: Annotated[str | None, typer.Option(help="numeric, math or choice (default: the source's).")] = None,
+    question_field: str = "question",
+    answer_field: str = "answer",
+    id_field: Annotated[str | None, typer.Option(help="Field holding a stable problem id (else file row).")] = None,
+    backend: BackendOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 64,
+    shard: ShardOpt = None,
+    chunk_groups: ChunkOpt = 16,
+    overwrite: OverwriteOpt = False,
+    trust_remote_code: TrustOpt = False,
+):
+    """Sample n trajectories per problem and score them: RUN/sample/*.parquet."""
+    from stages import sample as stage
+    from stages.core.backends import check_model_dir
+    from stages.core.runner import parse_shard, run_stage
+    from stages.core.sources import Fields, load_problems
+
+    if template not in ("auto", "chat", "plain"):
+        raise GpoError(f"--template must be auto, chat or plain, not {template!r}")
+    if checker is not None and checker not in ("numeric", "math", "choice"):
+        raise GpoError(f"--checker must be numeric, math or choice, not {checker!r}")
+    shard_ix = parse_shard(shard)
+    check_model_dir(model)
+    loaded = load_problems(problems, Fields(question_field, answer_field, id_field), checker)
+    if loaded.skipped:
+        err.print(f"[yellow]skipped rows[/yellow]: {loaded.skipped}")
+    settings = stage.SampleSettings(problems=problems, model=model, n=n, temperature=temperature, top_p=top_p,
+                                    max_new_tokens=max_new_tokens, seed=seed, backend=backend, template=template,
+                                    system=system or None, instruction=instruction or None, checker=checker)
+    manifest = run_stage(stage.STAGE, run, settings, input_table=loaded.table, shard=shard_ix,
+                         chunk_groups=chunk_groups, overwrite=overwrite, log=log,
+                         make_generator=generator_factory(backend, model, dtype, device, batch_size,
+                                                          trust_remote_code))
+    _report(manifest)
+
+
+def _report(manifest: dict) -> None:
+    stats = manifest.get("stats", {})
+    extra = ""
+    if stats.get("trajectories"):
+        extra = f", accuracy {stats.get('correct', 0) / stats['trajectories']:.3f}"
+    err.print(f"[green]{manifest['stage']}[/green] shard {manifest['shard']}/{manifest['num_shards']}: "
+              f"{manifest['rows']} rows{extra}, {manifest['wall_seconds']:.1f}s")
+
+
+def _not_built(name: str) -> None:
+    raise GpoError(f"`gpo {name}` is not built yet in this version")
+
+
+@toy_app.command("build")
+@handle_errors
+def toy_build(
+    out: Annotated[Path, typer.Option(help="Folder for the tokenizer and model.")] = Path("data/toy-model"),
+    steps: Annotated[int, typer.Option(min=1, help="Training steps.")] = 2500,
+    seed: int = 0,
+):
+    """Build the toy tokenizer and train the tiny model by SFT on noisy gold solutions (CPU, minutes)."""
+    from stages.toy_build import build_toy_model
+
+    metrics = build_toy_model(out, steps=steps, seed=seed)
+    err.print(f"[green]toy model[/green] written to {out}: {metrics}")
+
+
+if __name__ == "__main__":
+    app()

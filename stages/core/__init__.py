@@ -1,0 +1,1 @@
+"""What every stage shares: runner and artifacts, generation backends, steps, answers, sources."""

@@ -1,0 +1,155 @@
+"""Generation backends: token-id prompts in; token ids, text, finish reason (and log-probs) out.
+
+One interface, used by sample, estimate, branch and eval:
+    generator.generate(requests, sampling) -> one list of n Completions per Request
+Implementations: HFGenerator (transformers, here), VLLMGenerator (stages/core/vllm_backend.py) and
+FakeGenerator (tests). Heavy packages are imported lazily so `gpo --help` needs neither.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+from stages.core.errors import GpoError
+
+
+@dataclass(frozen=True)
+class Request:
+    prompt_ids: tuple[int, ...]
+    n: int
+    seed: int  # stable per request; sample j uses derive_seed(seed, j)
+
+
+@dataclass(frozen=True)
+class Completion:
+    token_ids: tuple[int, ...]  # generated ids, without the final EOS
+    text: str
+    finish_reason: str  # "stop" (EOS) or "length" (max_new_tokens)
+    logprobs: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    logprobs: bool = False
+
+
+class Generator(Protocol):
+    tokenizer: object
+    stats: dict
+
+    def generate(self, requests: list[Request], sampling: Sampling) -> list[list[Completion]]: ...
+
+    def describe(self) -> dict: ...
+
+
+def derive_seed(*parts) -> int:
+    """A 63-bit seed from stable ids (blake2b; never Python's salted hash())."""
+    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+def eos_ids(tokenizer, model_config=None) -> set[int]:
+    ids = set()
+    if getattr(tokenizer, "eos_token_id", None) is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    gen_eos = getattr(getattr(model_config, "generation_config", None), "eos_token_id", None)
+    if gen_eos is not None:
+        ids.update([gen_eos] if isinstance(gen_eos, int) else gen_eos)
+    return ids
+
+
+def check_model_dir(model: str) -> Path:
+    path = Path(model)
+    if not path.is_dir():
+        raise GpoError(f"model folder {model} does not exist (models are loaded from local folders; "
+                       "see `gpo smollm2 --help` for an offline real model)")
+    if not (path / "config.json").exists():
+        raise GpoError(f"{model} has no config.json: not a Hugging Face model folder")
+    if not any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        raise GpoError(f"{model} has no tokenizer files (tokenizer.json / tokenizer_config.json)")
+    return path
+
+
+def load_tokenizer(model: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    check_model_dir(model)
+    try:
+        return AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise GpoError(f"cannot load the tokenizer of {model}: {str(e).splitlines()[0]}") from None
+
+
+def resolve_dtype(dtype: str, device: str):
+    import torch
+
+    if dtype == "auto":
+        if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
+            "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}[dtype]
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+@dataclass
+class FakeGenerator:
+    """A scripted generator for tests: respond(prompt_ids, seed) -> text, tokenized by the real tokenizer."""
+
+    tokenizer: object
+    respond: Callable[[tuple[int, ...], int], str]
+    stats: dict = field(default_factory=dict)
+    calls: int = 0
+
+    def generate(self, requests: list[Request], sampling: Sampling) -> list[list[Completion]]:
+        self.calls += 1
+        out = []
+        for req in requests:
+            group = []
+            for j in range(req.n):
+                text = self.respond(req.prompt_ids, derive_seed(req.seed, j))
+                ids = tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+                finish = "stop"
+                if len(ids) > sampling.max_new_tokens:
+                    ids, finish = ids[:sampling.max_new_tokens], "length"
+                group.append(Completion(ids, self.tokenizer.decode(ids), finish))
+                self.stats["generated_tokens"] = self.stats.get("generated_tokens", 0) + len(ids)
+            self.stats["prompt_tokens"] = self.stats.get("prompt_tokens", 0) + len(req.prompt_ids)
+            out.append(group)
+        return out
+
+    def describe(self) -> dict:
+        return {"backend": "fake"}
+
+
+def make_generator(backend: str, model: str, *, dtype: str = "auto", device: str = "auto",
+                   batch_size: int = 64, trust_remote_code: bool = False, vllm_options: dict | None = None):
+    """Build the generator a stage uses. `auto` takes vLLM where it can run, else transformers."""
+    if backend not in ("auto", "hf", "vllm"):
+        raise GpoError(f"unknown backend '{backend}' (choose auto, hf or vllm)")
+    check_model_dir(model)
+    if backend == "auto":
+        from stages.core.vllm_backend import vllm_available
+
+        backend = "vllm" if vllm_available() else "hf"
+    if backend == "vllm":
+        from stages.core.vllm_backend import VLLMGenerator
+
+        return VLLMGenerator(model, dtype=dtype, trust_remote_code=trust_remote_code, **(vllm_options or {}))
+    from stages.core.hf_backend import HFGenerator
+
+    return HFGenerator(model, dtype=dtype, device=device, batch_size=batch_size,
+                       trust_remote_code=trust_remote_code)

@@ -1,0 +1,141 @@
+"""The transformers generation backend: batched, left-padded, KV cache, prompt prefill shared by n samples.
+
+Each request's prompt is prefilled once; its key/value cache is then repeated for the n samples instead
+of recomputing the prompt n times. Sampling draws one uniform per row per step from a CPU generator
+seeded by (request seed, sample index), so a sample does not depend on which batch it ran in.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from stages.core.backends import (Completion, Request, Sampling, derive_seed, eos_ids, load_tokenizer,
+                                  resolve_device, resolve_dtype)
+
+
+class HFGenerator:
+    def __init__(self, model: str, *, dtype: str = "auto", device: str = "auto", batch_size: int = 64,
+                 trust_remote_code: bool = False, model_obj=None, tokenizer=None):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.model_path = model
+        self.tokenizer = tokenizer or load_tokenizer(model, trust_remote_code)
+        if model_obj is None:
+            model_obj = AutoModelForCausalLM.from_pretrained(model, dtype=self.dtype,
+                                                             trust_remote_code=trust_remote_code)
+        self.model = model_obj.to(self.device).eval()
+        self.eos = eos_ids(self.tokenizer, self.model)
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = int(pad if pad is not None else next(iter(self.eos), 0))
+        self.batch_size = max(1, batch_size)
+        self.stats: Counter = Counter()
+        self._torch = torch
+
+    def describe(self) -> dict:
+        import transformers
+
+        return {"backend": "hf", "transformers": transformers.__version__, "device": self.device,
+                "dtype": str(self.dtype).replace("torch.", ""), "model": str(self.model_path),
+                **{k: int(v) for k, v in self.stats.items()}}
+
+    def generate(self, requests: list[Request], sampling: Sampling) -> list[list[Completion]]:
+        results: list[list[Completion]] = []
+        for batch in self._batches(requests):
+            results.extend(self._generate_batch(batch, sampling))
+        return results
+
+    def _batches(self, requests: list[Request]):
+        batch, seqs = [], 0
+        for req in requests:
+            if batch and seqs + req.n > self.batch_size:
+                yield batch
+                batch, seqs = [], 0
+            batch.append(req)
+            seqs += req.n
+        if batch:
+            yield batch
+
+    def _prefill(self, prompts: list[tuple[int, ...]]):
+        torch = self._torch
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
+            mask[i, width - len(p):] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                         position_ids=positions.to(self.device), use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1, :], out.past_key_values, mask.to(self.device), positions[:, -1].to(self.device)
+
+    def _generate_batch(self, reqs: list[Request], sampling: Sampling) -> list[list[Completion]]:
+        torch = self._torch
+        with torch.inference_mode():
+            logits, cache, mask, last_pos = self._prefill([r.prompt_ids for r in reqs])
+            owner = [i for i, r in enumerate(reqs) for _ in range(r.n)]
+            index = torch.tensor(owner, device=self.device)
+            cache.batch_select_indices(index)  # share each prompt's prefill across its n samples
+            logits, mask, next_pos = logits[index], mask[index], last_pos[index] + 1
+            gens = [torch.Generator().manual_seed(derive_seed(r.seed, j)) for r in reqs for j in range(r.n)]
+            tokens = [[] for _ in owner]
+            logps = [[] for _ in owner]
+            finish = ["length"] * len(owner)
+            alive = list(range(len(owner)))
+            for step in range(sampling.max_new_tokens):
+                chosen, chosen_lp = self._sample(logits, sampling, [gens[s] for s in alive])
+                keep = []
+                for row, s in enumerate(alive):
+                    tok = int(chosen[row])
+                    if tok in self.eos:
+                        finish[s] = "stop"
+                        continue
+                    tokens[s].append(tok)
+                    logps[s].append(float(chosen_lp[row]))
+                    keep.append(row)
+                if not keep or step == sampling.max_new_tokens - 1:
+                    break
+                if len(keep) < len(alive):  # drop finished rows from the cache
+                    kept = torch.tensor(keep, device=self.device)
+                    cache.batch_select_indices(kept)
+                    mask, next_pos, chosen = mask[kept], next_pos[kept], chosen[kept]
+                    alive = [alive[r] for r in keep]
+                mask = torch.cat([mask, torch.ones((len(alive), 1), dtype=mask.dtype, device=self.device)], 1)
+                out = self.model(input_ids=chosen.view(-1, 1).to(self.device), attention_mask=mask,
+                                 position_ids=next_pos.view(-1, 1), past_key_values=cache, use_cache=True)
+                logits, next_pos = out.logits[:, -1, :], next_pos + 1
+        self.stats["requests"] += len(reqs)
+        self.stats["prompt_tokens"] += sum(len(r.prompt_ids) for r in reqs)
+        self.stats["prompt_tokens_shared"] += sum((r.n - 1) * len(r.prompt_ids) for r in reqs)
+        self.stats["generated_tokens"] += sum(len(t) for t in tokens)
+        return self._completions(reqs, owner, tokens, logps, finish, sampling.logprobs)
+
+    def _completions(self, reqs, owner, tokens, logps, finish, want_logprobs):
+        grouped: list[list[Completion]] = [[] for _ in reqs]
+        for s, i in enumerate(owner):
+            ids = tuple(tokens[s])
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            grouped[i].append(Completion(ids, text, finish[s], tuple(logps[s]) if want_logprobs else None))
+        return grouped
+
+    def _sample(self, logits, sampling: Sampling, gens):
+        """Greedy at temperature 0; else inverse-CDF sampling with one seeded uniform per row (top-p aware)."""
+        torch = self._torch
+        logits = logits.float()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        if sampling.temperature <= 0:
+            chosen = logits.argmax(dim=-1)
+        else:
+            probs = torch.softmax(logits / sampling.temperature, dim=-1)
+            order = None
+            if sampling.top_p < 1.0:
+                probs, order = probs.sort(dim=-1, descending=True)
+                before = probs.cumsum(-1) - probs  # mass strictly before each token
+                probs = probs.masked_fill(before >= sampling.top_p, 0.0)
+            cdf = probs.cumsum(-1)
+            u = torch.stack([torch.rand((), generator=g) for g in gens]).clamp(min=1e-9).to(logits.device)
+            pos = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1)).clamp(max=cdf.shape[1] - 1)
+            chosen = pos.squeeze(1) if order is None else order.gather(1, pos).squeeze(1)
+        return chosen.cpu(), logprobs.gather(1, chosen.to(logits.device).view(-1, 1)).squeeze(1).cpu()

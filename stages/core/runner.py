@@ -1,0 +1,275 @@
+"""The one stage runner: pick this shard's groups, skip finished chunks, run, validate, write atomically.
+
+Layout of a run directory (see README "Artifacts"):
+    RUN/<stage>/config.json                          resolved settings and their hash
+    RUN/<stage>/shard-00003.chunk-00007.parquet      the stage's primary table
+    RUN/<stage>/<table>/shard-00003.chunk-00007.parquet  its other tables (e.g. estimate/rollouts)
+    RUN/<stage>/_shards/00003.json                   shard manifest, written last
+    RUN/<stage>/_SUCCESS                             all shards done
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import socket
+import time
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pyarrow as pa
+
+from stages.core import artifacts
+from stages.core.errors import GpoError, Preempted
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A stage is a record: what it reads, what it writes, and one function from a chunk to tables."""
+
+    name: str
+    input: str | None  # upstream stage that must have finished; None reads a problem source
+    outputs: dict[str, pa.Schema]  # first entry is the stage's own table, the rest live in subfolders
+    key: tuple[str, ...]
+    process: Callable[[pa.Table, "Context"], dict[str, pa.Table]]
+    group_column: str = "problem_id"
+
+
+@dataclass
+class Context:
+    """What a stage's process function may use besides its input chunk."""
+
+    run: Path
+    stage: Stage
+    settings: Any
+    shard: int
+    num_shards: int
+    stats: Counter = field(default_factory=Counter)
+    make_generator: Callable[[], Any] | None = None
+    _generator: Any = None
+    _checkers: dict = field(default_factory=dict)
+
+    def generator(self):
+        if self._generator is None:
+            if self.make_generator is None:
+                raise GpoError(f"stage '{self.stage.name}' needs a model but none was given")
+            self._generator = self.make_generator()
+        return self._generator
+
+    def checker(self, name: str, timeout_s: float = 5.0):
+        """One answer checker per kind for the whole shard (the math checker keeps a process pool)."""
+        if name not in self._checkers:
+            from stages.core.answers import make_checker
+
+            self._checkers[name] = make_checker(name, timeout_s=timeout_s)
+        return self._checkers[name]
+
+    def close(self) -> None:
+        for checker in self._checkers.values():
+            checker.close()
+        self._checkers.clear()
+
+    def read(self, table: str, groups: list[str] | None = None) -> pa.Table:
+        """Read another finished table of this run, restricted to the given groups."""
+        return artifacts.read_table(self.run, table, groups=groups, group_column=self.stage.group_column)
+
+
+def config_hash(config: dict) -> str:
+    return artifacts.sha256_bytes(json.dumps(config, sort_keys=True, default=str).encode())[:16]
+
+
+def resolve_config(stage: Stage, run: Path, settings: Any, num_shards: int, chunk_groups: int) -> dict:
+    upstream = None
+    if stage.input is not None:
+        upstream = artifacts.load_json(artifacts.stage_dir(run, stage.input) / "config.json")["config_hash"]
+    body = {
+        "stage": stage.name,
+        "schema_version": SCHEMA_VERSION,
+        "settings": dataclasses.asdict(settings),
+        "chunk_groups": chunk_groups,
+        "input_config_hash": upstream,
+    }
+    return {**body, "config_hash": config_hash(body), "num_shards": num_shards}
+
+
+def _changed_keys(old: dict, new: dict) -> list[str]:
+    keys = set(old.get("settings", {})) | set(new["settings"])
+    changed = [k for k in sorted(keys) if old.get("settings", {}).get(k) != new["settings"].get(k)]
+    for k in ("chunk_groups", "input_config_hash", "schema_version"):
+        if old.get(k) != new.get(k):
+            changed.append(k)
+    return changed
+
+
+def prepare_stage_dir(stage: Stage, run: Path, config: dict, overwrite: bool) -> Path:
+    """Apply the rerun rules, then (re)write config.json. Returns the stage folder."""
+    out = artifacts.stage_dir(run, stage.name)
+    old_path = out / "config.json"
+    if old_path.exists():
+        old = artifacts.load_json(old_path)
+        same = old.get("config_hash") == config["config_hash"]
+        if same and old.get("num_shards") != config["num_shards"]:
+            if not overwrite:
+                raise GpoError(
+                    f"{out} was started with {old.get('num_shards')} shards, not {config['num_shards']}; "
+                    "use the same --shard count or --overwrite")
+        elif not same and not overwrite:
+            changed = ", ".join(_changed_keys(old, config)) or "settings"
+            raise GpoError(
+                f"{out} was made with different settings (changed: {changed}); rerun with --overwrite to replace it")
+        if overwrite and (not same or old.get("num_shards") != config["num_shards"]):
+            artifacts.remove_stage_outputs(out)
+    out.mkdir(parents=True, exist_ok=True)
+    artifacts.write_json_atomic(old_path, config)
+    return out
+
+
+def shard_groups(groups: list[str], shard: int, num_shards: int) -> list[str]:
+    return sorted(g for g in set(groups) if artifacts.shard_of(g, num_shards) == shard)
+
+
+def chunk_name(shard: int, chunk: int) -> str:
+    return f"shard-{shard:05d}.chunk-{chunk:05d}.parquet"
+
+
+def conform(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
+    """Select and cast a stage's output to its declared schema; a missing column is a bug, said plainly."""
+    missing = [n for n in schema.names if n not in table.column_names]
+    if missing:
+        raise GpoError(f"{what}: output is missing columns {missing}")
+    return table.select(schema.names).cast(schema)
+
+
+@contextmanager
+def sigterm_stops_work() -> Iterator[None]:
+    """On SIGTERM (Slurm's warning before a kill) abort the current chunk; atomic writes leave no partial file."""
+    def _handler(signum, frame):
+        raise Preempted("received SIGTERM: stopped; finished chunks are kept, rerun the same command to continue")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, _handler)
+    except ValueError:  # not in the main thread (e.g. under a test runner thread): nothing to install
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_stage(stage: Stage, run: Path, settings: Any, *, input_table: pa.Table | None = None,
+              shard: tuple[int, int] = (0, 1), chunk_groups: int = 16, overwrite: bool = False,
+              make_generator: Callable[[], Any] | None = None,
+              log: Callable[[str], None] = lambda s: None,
+              after_chunk: Callable[[int], None] | None = None) -> dict:
+    """Run one shard of a stage to completion (or to the first error) and return its manifest."""
+    index, num_shards = shard
+    run = Path(run)
+    if stage.input is not None:
+        artifacts.require_success(run, stage.input)
+    config = resolve_config(stage, run, settings, num_shards, chunk_groups)
+    out = prepare_stage_dir(stage, run, config, overwrite)
+    manifest_path = out / "_shards" / f"{index:05d}.json"
+    if manifest_path.exists():
+        manifest = artifacts.load_json(manifest_path)
+        if manifest.get("config_hash") == config["config_hash"]:
+            log(f"{stage.name} shard {index}/{num_shards} already finished ({manifest['rows']} rows): nothing to do")
+            artifacts.mark_success_if_complete(out, num_shards, config["config_hash"])
+            return manifest
+        manifest_path.unlink()
+
+    if input_table is None:
+        input_table = artifacts.read_table(run, stage.input)
+    groups = shard_groups(input_table.column(stage.group_column).to_pylist(), index, num_shards)
+    chunks = [groups[k:k + chunk_groups] for k in range(0, len(groups), chunk_groups)]
+    meta = {"stage": stage.name, "schema_version": str(SCHEMA_VERSION), "config_hash": config["config_hash"]}
+    ctx = Context(run, stage, settings, index, num_shards, make_generator=make_generator)
+    started = time.time()
+    try:
+        with sigterm_stops_work():
+            for k, chunk in enumerate(chunks):
+                rows = artifacts.filter_groups(input_table, stage.group_column, chunk)
+                _run_chunk(stage, out, ctx, rows, k, len(chunks), meta, log)
+                if after_chunk is not None:
+                    after_chunk(k)
+    finally:
+        ctx.close()
+    manifest = build_manifest(stage, out, config, index, num_shards, len(chunks), started, ctx)
+    artifacts.write_json_atomic(manifest_path, manifest)
+    artifacts.mark_success_if_complete(out, num_shards, config["config_hash"])
+    return manifest
+
+
+def _run_chunk(stage: Stage, out: Path, ctx: Context, rows: pa.Table, k: int, num_chunks: int,
+               meta: dict, log: Callable[[str], None]) -> None:
+    primary = out / chunk_name(ctx.shard, k)
+    if artifacts.valid_part(primary, meta["config_hash"]):
+        return
+    t0 = time.time()
+    ctx.stats = Counter()
+    tables = stage.process(rows, ctx)
+    chunk_meta = {**meta, "seconds": f"{time.time() - t0:.3f}", "stats": json.dumps(dict(ctx.stats))}
+    # Secondary tables first, the primary last: the primary's presence marks the chunk done.
+    for name, schema in reversed(list(stage.outputs.items())):
+        path = primary if name == stage.name else out / name / chunk_name(ctx.shard, k)
+        table = conform(tables[name], schema, f"{stage.name}/{name}")
+        artifacts.write_parquet_atomic(table, path, chunk_meta)
+    log(f"{stage.name} shard {ctx.shard}/{ctx.num_shards} chunk {k + 1}/{num_chunks}: "
+        f"{len(tables[stage.name])} rows in {time.time() - t0:.1f}s")
+
+
+def build_manifest(stage: Stage, out: Path, config: dict, index: int, num_shards: int,
+                   num_chunks: int, started: float, ctx: Context) -> dict:
+    files, stats, rows, seconds = [], Counter(), 0, 0.0
+    for name in stage.outputs:
+        folder = out if name == stage.name else out / name
+        for k in range(num_chunks):
+            path = folder / chunk_name(index, k)
+            info = artifacts.part_info(path)
+            files.append({"table": name, "path": str(path.relative_to(out)), **info})
+            if name == stage.name:
+                rows += info["rows"]
+                kv = artifacts.part_metadata(path)
+                stats.update(json.loads(kv.get("stats", "{}")))
+                seconds += float(kv.get("seconds", 0))
+    generator = ctx._generator
+    return {
+        "stage": stage.name, "shard": index, "num_shards": num_shards,
+        "config_hash": config["config_hash"], "rows": rows, "chunks": num_chunks,
+        "files": files, "stats": dict(stats), "chunk_seconds": round(seconds, 3),
+        "wall_seconds": round(time.time() - started, 3),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(),
+        "slurm": {k: os.environ[k] for k in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID")
+                  if k in os.environ},
+        "backend": getattr(generator, "describe", lambda: None)() if generator is not None else None,
+        "versions": artifacts.package_versions(),
+    }
+
+
+def parse_shard(spec: str | None, environ: dict | None = None) -> tuple[int, int]:
+    """'i/N', else the Slurm array variables, else 0/1. Invalid values are refused in one line."""
+    env = os.environ if environ is None else environ
+    if spec is None and "SLURM_ARRAY_TASK_ID" in env:
+        count = env.get("SLURM_ARRAY_TASK_COUNT")
+        if count is None:
+            raise GpoError("SLURM_ARRAY_TASK_ID is set but SLURM_ARRAY_TASK_COUNT is not; pass --shard i/N")
+        spec = f"{env['SLURM_ARRAY_TASK_ID']}/{count}"
+    if spec is None:
+        return 0, 1
+    parts = spec.split("/")
+    try:
+        index, total = int(parts[0]), int(parts[1])
+        if len(parts) != 2:
+            raise ValueError
+    except (ValueError, IndexError):
+        raise GpoError(f"invalid shard '{spec}': expected i/N, e.g. 0/4") from None
+    if total < 1 or not 0 <= index < total:
+        raise GpoError(f"invalid shard '{spec}': need N >= 1 and 0 <= i < N")
+    return index, total
