@@ -1,0 +1,136 @@
+"""Step values, their confidence intervals, advantages and the critical step.
+
+``values`` is always ``V̂(s_0) … V̂(s_n)`` for a trajectory of n steps: ``V̂(s_i)`` is the share of
+correct Monte Carlo continuations from the state before step i, and ``V̂(s_n)`` is the trajectory's
+own 0/1 reward. ``None`` marks a state an early-stopping estimator did not score; only ``max-value``
+accepts gaps. The advantage of step i is ``A_i = V̂(s_{i+1}) − V̂(s_i)``.
+
+Selection rules (``select_critical``), ties to the earliest step throughout:
+- ``abs-advantage`` (paper, default): argmax |A_i|; none when every A_i is 0;
+- ``advantage``: the most negative A_i, the step that hurts most; none when no A_i < 0;
+- ``max-value`` (authors' code): failed trajectories only; the state s_i with the highest V̂ among
+  s_0 … s_{n-1}, if above 0; step i (the one starting there) is critical;
+- ``random`` (Satori-style baseline): a uniform step, drawn with ``random.Random(rng_seed)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+RULES = ("abs-advantage", "advantage", "max-value", "random")
+DEFAULT_RULE = "abs-advantage"
+
+# Means of K rollouts differ by multiples of 1/K, but float subtraction does not give exact ties
+# (2/3 - 1/3 != 1/3 - 0); differences within EPS count as equal.
+EPS = 1e-9
+
+
+def wilson_interval(n_correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion; (0, 1) when nothing was observed."""
+    if not 0 <= n_correct <= n:
+        raise ValueError(f"need 0 <= n_correct <= n, got {n_correct}/{n}")
+    if n == 0:
+        return 0.0, 1.0
+    p = n_correct / n
+    z2 = z * z
+    denom = 1 + z2 / n
+    center = (p + z2 / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
+    return max(0.0, center - half), min(1.0, center + half)
+
+
+def decided(n_correct: int, n: int, threshold: float = 0.5, z: float = 1.96) -> bool:
+    """True once the Wilson interval excludes ``threshold``: an adaptive-K estimator may stop."""
+    lo, hi = wilson_interval(n_correct, n, z)
+    return lo > threshold or hi < threshold
+
+
+def stable_seed(*parts: object) -> int:
+    """A 63-bit seed from stable ids (run seed, problem id, sample index), same in every process.
+
+    Python's ``hash()`` is salted per process, so resumed work would not reproduce its samples.
+    """
+    digest = hashlib.blake2b("/".join(map(str, parts)).encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & ((1 << 63) - 1)
+
+
+def advantages(values: Sequence[float | None]) -> list[float]:
+    """``A_i = V̂(s_{i+1}) − V̂(s_i)`` for i in 0 … n-1; every value must be known."""
+    if any(v is None for v in values):
+        raise ValueError("advantages need every V̂(s_i); got an unscored state (None)")
+    return [float(b) - float(a) for a, b in zip(values, values[1:])]  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Critical:
+    step: int | None  # index of the critical step, None when the trajectory is skipped
+    reason: str | None = None  # why there is none: no_steps, all_advantages_zero, ...
+
+
+def select_critical(
+    rule: str,
+    values: Sequence[float | None],
+    *,
+    reward: float,
+    rng_seed: int | None = None,
+) -> Critical:
+    """Pick the critical step of one trajectory by ``rule`` (see the module docstring)."""
+    if rule not in RULES:
+        raise ValueError(f"unknown selection rule {rule!r}, expected one of {', '.join(RULES)}")
+    if values and values[-1] is not None and not math.isclose(float(values[-1]), float(reward)):
+        raise ValueError(f"V̂(s_n) must be the trajectory's reward: {values[-1]} != {reward}")
+    if len(values) <= 1:
+        return Critical(None, "no_steps")
+    if rule == "abs-advantage":
+        return _abs_advantage(values)
+    if rule == "advantage":
+        return _largest_drop(values)
+    if rule == "max-value":
+        return _max_value(values, reward)
+    return _random_step(len(values) - 1, rng_seed)
+
+
+def _abs_advantage(values: Sequence[float | None]) -> Critical:
+    best = _first_argmax([abs(a) for a in advantages(values)])
+    if best is None:
+        return Critical(None, "all_advantages_zero")
+    return Critical(best)
+
+
+def _largest_drop(values: Sequence[float | None]) -> Critical:
+    best = _first_argmax([-a for a in advantages(values)])
+    if best is None:
+        return Critical(None, "no_negative_advantage")
+    return Critical(best)
+
+
+def _max_value(values: Sequence[float | None], reward: float) -> Critical:
+    # The authors explore failed trajectories only (reward < 1) and keep the first state whose mean
+    # is strictly above the best so far, starting from 0: earliest wins ties, V̂ = 0 everywhere skips.
+    if reward >= 1:
+        return Critical(None, "not_failed")
+    scores = [float("-inf") if v is None else float(v) for v in values[:-1]]
+    best = _first_argmax(scores)
+    if best is None:
+        return Critical(None, "no_value_above_zero")
+    return Critical(best)
+
+
+def _random_step(num_steps: int, rng_seed: int | None) -> Critical:
+    if rng_seed is None:
+        raise ValueError("the random rule needs rng_seed (e.g. stable_seed(run_seed, trajectory_id))")
+    return Critical(random.Random(rng_seed).randrange(num_steps))
+
+
+def _first_argmax(scores: Sequence[float]) -> int | None:
+    """Index of the largest score above 0 (ties within EPS to the earliest); None if none is."""
+    best = None
+    for i, score in enumerate(scores):
+        floor = EPS if best is None else scores[best] + EPS
+        if score > floor:
+            best = i
+    return best
