@@ -97,8 +97,131 @@ def _report(manifest: dict) -> None:
               f"{manifest['rows']} rows{extra}, {manifest['wall_seconds']:.1f}s")
 
 
-def _not_built(name: str) -> None:
-    raise GpoError(f"`gpo {name}` is not built yet in this version")
+def _upstream_model(run: Path, model: str | None, backend: str | None) -> tuple[str, str]:
+    """Rollouts come from the policy that sampled: default to the sample stage's model and backend."""
+    from stages.core import artifacts
+
+    artifacts.require_success(run, "sample")
+    cfg = artifacts.load_json(Path(run) / "sample" / "config.json")["settings"]
+    return model or cfg["model"], backend or cfg["backend"]
+
+
+def _run_generating_stage(stage, run: Path, settings, *, model, backend, dtype, device, batch_size, shard,
+                          chunk_groups, overwrite, trust_remote_code):
+    from stages.core.backends import check_model_dir
+    from stages.core.runner import parse_shard, run_stage
+
+    shard_ix = parse_shard(shard)
+    model, backend = _upstream_model(run, model, backend)
+    check_model_dir(model)
+    manifest = run_stage(stage.STAGE, run, settings, shard=shard_ix, chunk_groups=chunk_groups,
+                         overwrite=overwrite, log=log,
+                         make_generator=generator_factory(backend, model, dtype, device, batch_size,
+                                                          trust_remote_code))
+    _report(manifest)
+    return manifest
+
+
+ModelOpt = Annotated[str | None, typer.Option(help="Policy model folder (default: the one `sample` used).")]
+UpBackendOpt = Annotated[str | None, typer.Option("--backend", help="auto, hf or vllm (default: sample's).")]
+TempOpt = Annotated[float | None, typer.Option(min=0.0, help="Default: the sample stage's.")]
+TopPOpt = Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Default: the sample stage's.")]
+MaxTokOpt = Annotated[int | None, typer.Option(min=1, help="Response budget incl. the kept prefix (default: sample's).")]
+
+
+@app.command()
+@handle_errors
+def estimate(
+    run: RunOpt,
+    k: Annotated[int, typer.Option(min=1, help="Rollouts per state (paper: 4).")] = 4,
+    split: Annotated[str, typer.Option(help="auto (line for the toy task, authors otherwise), "
+                                            "authors[:min=30,max=30], line, regex:<pattern>, chunk:<n>.")] = "auto",
+    scope: Annotated[str, typer.Option(help="failed (authors' code) or all trajectories.")] = "failed",
+    estimator: Annotated[str, typer.Option(help="full (paper), adaptive or bisect.")] = "full",
+    temperature: TempOpt = None,
+    top_p: TopPOpt = None,
+    max_new_tokens: MaxTokOpt = None,
+    seed: int = 0,
+    model: ModelOpt = None,
+    backend: UpBackendOpt = None,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 64,
+    shard: ShardOpt = None,
+    chunk_groups: ChunkOpt = 16,
+    overwrite: OverwriteOpt = False,
+    trust_remote_code: TrustOpt = False,
+):
+    """Cut responses into steps on token ids and estimate each state's value by Monte Carlo rollouts."""
+    from stages import estimate as stage
+
+    settings = stage.EstimateSettings(k=k, split=split, scope=scope, estimator=estimator, temperature=temperature,
+                                      top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+    stage.validate(settings)
+    _run_generating_stage(stage, run, settings, model=model, backend=backend, dtype=dtype, device=device,
+                          batch_size=batch_size, shard=shard, chunk_groups=chunk_groups, overwrite=overwrite,
+                          trust_remote_code=trust_remote_code)
+
+
+@app.command()
+@handle_errors
+def locate(
+    run: RunOpt,
+    rule: Annotated[str, typer.Option(help="abs-advantage (paper), advantage, max-value (authors' code) "
+                                           "or random (Satori-style baseline).")] = "abs-advantage",
+    scope: Annotated[str, typer.Option(help="failed or all trajectories.")] = "failed",
+    seed: Annotated[int, typer.Option(help="Seed of the random rule.")] = 0,
+    shard: ShardOpt = None,
+    chunk_groups: ChunkOpt = 64,
+    overwrite: OverwriteOpt = False,
+):
+    """Find each trajectory's critical step: one row per trajectory in RUN/locate."""
+    from stages import locate as stage
+    from stages.core.runner import parse_shard, run_stage
+
+    settings = stage.LocateSettings(rule=rule, scope=scope, seed=seed)
+    stage.validate(settings)
+    manifest = run_stage(stage.STAGE, run, settings, shard=parse_shard(shard), chunk_groups=chunk_groups,
+                         overwrite=overwrite, log=log)
+    _report(manifest)
+    stats = manifest["stats"]
+    err.print(f"critical step found in {stats.get('located', 0)}/{stats.get('trajectories', 0)} trajectories")
+
+
+@app.command()
+@handle_errors
+def branch(
+    run: RunOpt,
+    m: Annotated[int, typer.Option(min=2, help="Branches per reset state (reusing estimate's rollouts there).")] = 8,
+    pairs_per_state: Annotated[int, typer.Option(min=1)] = 1,
+    prefix: Annotated[str, typer.Option(help="in-response (authors) or in-prompt (masked).")] = "in-response",
+    include_original: Annotated[bool, typer.Option(help="Count the trajectory's own continuation as a branch.")] = True,
+    baseline: Annotated[bool, typer.Option(help="Also build whole-trajectory and random-reset pairs.")] = False,
+    temperature: TempOpt = None,
+    top_p: TopPOpt = None,
+    max_new_tokens: MaxTokOpt = None,
+    seed: int = 0,
+    model: ModelOpt = None,
+    backend: UpBackendOpt = None,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 64,
+    shard: ShardOpt = None,
+    chunk_groups: ChunkOpt = 16,
+    overwrite: OverwriteOpt = False,
+    trust_remote_code: TrustOpt = False,
+):
+    """Reset at critical steps, sample continuations, write pairs / unpaired rows / reset prompts."""
+    from stages import branch as stage
+
+    settings = stage.BranchSettings(m=m, pairs_per_state=pairs_per_state, prefix=prefix,
+                                    include_original=include_original, baseline=baseline,
+                                    temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+    stage.validate(settings)
+    manifest = _run_generating_stage(stage, run, settings, model=model, backend=backend, dtype=dtype, device=device,
+                                     batch_size=batch_size, shard=shard, chunk_groups=chunk_groups,
+                                     overwrite=overwrite, trust_remote_code=trust_remote_code)
+    err.print(f"pairs: {manifest['stats'].get('pairs', 0)}")
 
 
 @toy_app.command("build")

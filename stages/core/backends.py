@@ -8,12 +8,12 @@ FakeGenerator (tests). Heavy packages are imported lazily so `gpo --help` needs 
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
 from stages.core.errors import GpoError
+from stages.core.values import stable_seed
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,7 @@ class Request:
     prompt_ids: tuple[int, ...]
     n: int
     seed: int  # stable per request; sample j uses derive_seed(seed, j)
+    max_new_tokens: int | None = None  # overrides Sampling.max_new_tokens (rollouts from deep states)
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,7 @@ class Generator(Protocol):
 
 def derive_seed(*parts) -> int:
     """A 63-bit seed from stable ids (blake2b; never Python's salted hash())."""
-    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") >> 1
+    return stable_seed(*parts)
 
 
 def eos_ids(tokenizer, model_config=None) -> set[int]:
@@ -122,9 +122,9 @@ class FakeGenerator:
             for j in range(req.n):
                 text = self.respond(req.prompt_ids, derive_seed(req.seed, j))
                 ids = tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-                finish = "stop"
-                if len(ids) > sampling.max_new_tokens:
-                    ids, finish = ids[:sampling.max_new_tokens], "length"
+                finish, limit = "stop", req.max_new_tokens or sampling.max_new_tokens
+                if len(ids) > limit:
+                    ids, finish = ids[:limit], "length"
                 group.append(Completion(ids, self.tokenizer.decode(ids), finish))
                 self.stats["generated_tokens"] = self.stats.get("generated_tokens", 0) + len(ids)
             self.stats["prompt_tokens"] = self.stats.get("prompt_tokens", 0) + len(req.prompt_ids)

@@ -84,7 +84,8 @@ class HFGenerator:
             logps = [[] for _ in owner]
             finish = ["length"] * len(owner)
             alive = list(range(len(owner)))
-            for step in range(sampling.max_new_tokens):
+            limits = [reqs[i].max_new_tokens or sampling.max_new_tokens for i in owner]
+            for step in range(max(limits)):
                 chosen, chosen_lp = self._sample(logits, sampling, [gens[s] for s in alive])
                 keep = []
                 for row, s in enumerate(alive):
@@ -94,8 +95,9 @@ class HFGenerator:
                         continue
                     tokens[s].append(tok)
                     logps[s].append(float(chosen_lp[row]))
-                    keep.append(row)
-                if not keep or step == sampling.max_new_tokens - 1:
+                    if len(tokens[s]) < limits[s]:
+                        keep.append(row)
+                if not keep:
                     break
                 if len(keep) < len(alive):  # drop finished rows from the cache
                     kept = torch.tensor(keep, device=self.device)

@@ -1,0 +1,128 @@
+"""sample -> estimate -> locate -> branch on the scripted toy policy, where the critical step is known."""
+
+import pytest
+
+from stages import branch, estimate, locate, sample
+from stages.core import artifacts
+from stages.core.errors import GpoError
+from stages.core.runner import run_stage
+from stages.core.sources import load_problems
+from tests.conftest import hard_line, parse_question
+
+
+def run_chain(run, make, *, n_problems=6, n=4, k=16, estimator="full", baseline=False, prefix="in-response",
+              shards=1):
+    problems = load_problems(f"toy:arith?n={n_problems}&seed=0&split=train").table
+    gen = make()
+    for stage, settings in [
+        (sample.STAGE, sample.SampleSettings(problems="toy", model="fake", n=n, max_new_tokens=64)),
+        (estimate.STAGE, estimate.EstimateSettings(k=k, estimator=estimator)),
+        (locate.STAGE, locate.LocateSettings()),
+        (branch.STAGE, branch.BranchSettings(m=8, baseline=baseline, prefix=prefix)),
+    ]:
+        for i in range(shards):
+            run_stage(stage, run, settings, shard=(i, shards), make_generator=lambda: gen,
+                      input_table=problems if stage is sample.STAGE else None, chunk_groups=2)
+    return gen
+
+
+def test_sample_rows_carry_exact_ids_and_rewards(tmp_path, fake_generator, toy_tokenizer):
+    run_chain(tmp_path, fake_generator)
+    rows = artifacts.read_table(tmp_path, "sample").to_pylist()
+    assert len(rows) == 6 * 4
+    for r in rows:
+        assert r["prompt_token_ids"] == toy_tokenizer(r["prompt_text"])["input_ids"]
+        assert toy_tokenizer.decode(r["response_token_ids"]) == r["response_text"]
+        assert r["reward"] == int(r["extracted_answer"] == r["gold_answer"])
+        assert r["num_response_tokens"] == len(r["response_token_ids"])
+    assert 0 < sum(r["reward"] for r in rows) < len(rows)
+
+
+def test_estimate_values_and_locate_finds_the_constructed_critical_step(tmp_path, fake_generator):
+    run_chain(tmp_path, fake_generator)
+    steps = artifacts.read_table(tmp_path, "estimate").to_pylist()
+    failed = {(r["problem_id"], r["sample_idx"]) for r in artifacts.read_table(tmp_path, "sample").to_pylist()
+              if r["reward"] == 0}
+    assert {(r["problem_id"], r["sample_idx"]) for r in steps} == failed
+    for r in steps:
+        assert r["n_rollouts"] == 16 and 0 <= r["ci_low"] <= r["value"] <= r["ci_high"] <= 1
+        assert r["advantage"] == pytest.approx(r["value_next"] - r["value"])
+    rollouts = artifacts.read_table(tmp_path, "rollouts")
+    own = [r for r in rollouts.to_pylist() if r["shared_from_sample"] is None]
+    assert len(own) < len(rollouts)  # s_0 is shared by all samples of a problem
+
+    located = artifacts.read_table(tmp_path, "locate").to_pylist()
+    assert len(located) == len(failed)
+    samples = {(r["problem_id"], r["sample_idx"]): r for r in artifacts.read_table(tmp_path, "sample").to_pylist()}
+    for row in located:
+        _, ops = parse_question(samples[(row["problem_id"], row["sample_idx"])]["question"])
+        assert row["first_wrong_line"] == hard_line(ops)
+        assert row["critical_step"] == hard_line(ops) and row["agrees"] is True
+        assert row["advantage"] < 0 and row["value_after"] == 0.0
+
+
+def test_branch_pairs_share_the_prefix_and_disagree(tmp_path, fake_generator, toy_tokenizer):
+    run_chain(tmp_path, fake_generator, baseline=True)
+    pairs = artifacts.read_table(tmp_path, "branch").to_pylist()
+    assert {p["data"] for p in pairs} == {"gpo", "baseline", "random-reset"}
+    for p in pairs:
+        assert (p["chosen_reward"], p["rejected_reward"]) == (1, 0)
+        assert p["chosen"] != p["rejected"]
+        if p["data"] == "gpo":
+            prefix = p["chosen_token_ids"][:p["prefix_tokens"]]
+            assert prefix == p["rejected_token_ids"][:p["prefix_tokens"]]
+            assert toy_tokenizer.decode(p["chosen_token_ids"]) == p["chosen"]
+    unpaired = artifacts.read_table(tmp_path, "unpaired").to_pylist()
+    assert len(unpaired) == 2 * len(pairs) and sum(u["label"] for u in unpaired) == len(pairs)
+    resets = artifacts.read_table(tmp_path, "reset_prompts").to_pylist()
+    assert all(r["prompt_token_ids"][-1] == toy_tokenizer.convert_tokens_to_ids("\n") for r in resets)
+    continuations = artifacts.read_table(tmp_path, "continuations").to_pylist()
+    gpo = [c for c in continuations if c["data"] == "gpo"]
+    assert {c["origin"] for c in gpo} == {"rollout", "original"}  # K=16 >= M=8: nothing new sampled
+
+
+def test_prefix_in_prompt_moves_the_prefix(tmp_path, fake_generator):
+    run_chain(tmp_path, fake_generator, prefix="in-prompt")
+    for p in artifacts.read_table(tmp_path, "branch").to_pylist():
+        assert p["prefix_placement"] == "in-prompt"
+        assert len(p["chosen_token_ids"]) == p["chosen_tokens"]
+        assert p["prompt"].count("\n") == 1 + p["state_idx"]
+
+
+def test_no_pair_when_outcomes_do_not_mix(tmp_path, fake_generator):
+    problems = load_problems("toy:arith?n=3&seed=0&split=train").table
+    gen = fake_generator(flip=lambda seed: True)  # every trajectory fails at the hard line
+    run_stage(sample.STAGE, tmp_path, sample.SampleSettings(problems="toy", model="fake", n=2, max_new_tokens=64),
+              input_table=problems, make_generator=lambda: gen)
+    run_stage(estimate.STAGE, tmp_path, estimate.EstimateSettings(k=2), make_generator=lambda: gen)
+    run_stage(locate.STAGE, tmp_path, locate.LocateSettings())
+    manifest = run_stage(branch.STAGE, tmp_path, branch.BranchSettings(m=4), make_generator=lambda: gen)
+    located = artifacts.read_table(tmp_path, "locate").to_pylist()
+    assert all(r["critical_step"] is None and r["reason"] == "all_advantages_zero" for r in located)
+    assert manifest["rows"] == 0 and manifest["stats"]["no_critical_step"] == len(located)
+
+
+@pytest.mark.parametrize("estimator", ["adaptive", "bisect"])
+def test_cheaper_estimators_find_the_same_step_with_fewer_rollouts(tmp_path, fake_generator, estimator):
+    run_chain(tmp_path / "full", fake_generator, k=8)
+    run_chain(tmp_path / estimator, fake_generator, k=8, estimator=estimator)
+    full = artifacts.load_json(tmp_path / "full" / "estimate" / "_shards" / "00000.json")["stats"]
+    cheap = artifacts.load_json(tmp_path / estimator / "estimate" / "_shards" / "00000.json")["stats"]
+    assert cheap["rollouts"] < full["rollouts"]
+    agree = [r["agrees"] for r in artifacts.read_table(tmp_path / estimator, "locate").to_pylist()]
+    assert sum(bool(a) for a in agree) >= 0.8 * len(agree)
+
+
+def test_sharded_chain_equals_unsharded(tmp_path, fake_generator):
+    run_chain(tmp_path / "one", fake_generator, n_problems=8, baseline=True)
+    run_chain(tmp_path / "three", fake_generator, n_problems=8, baseline=True, shards=3)
+    for table in ("sample", "estimate", "rollouts", "locate", "branch", "unpaired", "reset_prompts"):
+        one = artifacts.read_table(tmp_path / "one", table).to_pylist()
+        three = artifacts.read_table(tmp_path / "three", table).to_pylist()
+        key = lambda r: sorted((k, str(v)) for k, v in r.items())  # noqa: E731
+        assert sorted(one, key=key) == sorted(three, key=key), table
+
+
+def test_estimate_refuses_before_sample_finished(tmp_path):
+    with pytest.raises(GpoError, match="has not finished"):
+        run_stage(estimate.STAGE, tmp_path, estimate.EstimateSettings())
