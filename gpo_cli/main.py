@@ -22,7 +22,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="
                        "train, eval, as resumable Parquet stages you can query with DuckDB.")
 toy_app = typer.Typer(no_args_is_help=True, help="The built-in toy task and its tiny model.")
 app.add_typer(toy_app, name="toy")
-inspect_cmds.register(app)
 
 
 def generator_factory(backend: str, model: str, dtype: str, device: str, batch_size: int, trust: bool):
@@ -224,6 +223,93 @@ def branch(
     err.print(f"pairs: {manifest['stats'].get('pairs', 0)}")
 
 
+@app.command("eval")
+@handle_errors
+def eval_(
+    model: Annotated[str | None, typer.Option(help="Local model folder to evaluate.")] = None,
+    problems: Annotated[str | None, typer.Option(help="Problem source, as for `gpo sample`.")] = None,
+    run: Annotated[Path | None, typer.Option(help="Run directory (writes RUN/eval_<label>).")] = None,
+    label: Annotated[str, typer.Option(help="Name of this evaluation inside the run.")] = "eval",
+    n: Annotated[int, typer.Option(min=1, help="Samples per problem (temperature > 0).")] = 1,
+    temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy only.")] = 0.0,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
+    greedy: Annotated[bool, typer.Option(help="With temperature > 0, also run one greedy pass.")] = True,
+    k: Annotated[str, typer.Option(help="k values for pass@k and maj@k, comma-separated.")] = "1,4,8",
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 256,
+    seed: int = 0,
+    template: str = "auto",
+    system: str = "You are a helpful assistant.",
+    instruction: str = "Please reason step by step, and put your final answer within \\boxed{}.",
+    checker: Annotated[str | None, typer.Option(help="numeric, math or choice (default: the source's).")] = None,
+    compare: Annotated[list[Path] | None, typer.Option(
+        help="Compare finished evaluations (RUN/eval_<label> folders); the first is the reference.")] = None,
+    backend: BackendOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 64,
+    shard: ShardOpt = None,
+    chunk_groups: ChunkOpt = 32,
+    overwrite: OverwriteOpt = False,
+    trust_remote_code: TrustOpt = False,
+):
+    """Score a model: greedy accuracy, sampled pass@1 with a 95% interval, pass@k and maj@k."""
+    from gpo_cli.report_cmds import print_comparison, print_summary
+    from stages import eval as stage
+    from stages.core.backends import check_model_dir
+    from stages.core.runner import parse_shard, run_stage
+    from stages.core.sources import load_problems
+
+    if compare:
+        print_comparison(stage.compare([_load_summary(p) for p in compare]))
+        return
+    if model is None or problems is None or run is None:
+        raise GpoError("gpo eval needs --model, --problems and --run (or --compare EVAL_DIR ...)")
+    try:
+        ks = tuple(int(x) for x in k.split(","))
+    except ValueError:
+        raise GpoError(f"--k must be comma-separated integers, not {k!r}") from None
+    name = stage.make_stage(label)
+    shard_ix = parse_shard(shard)
+    check_model_dir(model)
+    loaded = load_problems(problems, checker=checker)
+    settings = stage.EvalSettings(problems=problems, model=model, n=n if temperature > 0 else 1,
+                                  temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
+                                  backend=backend, template=template, system=system or None,
+                                  instruction=instruction or None, checker=checker, label=label, greedy=greedy)
+    manifest = run_stage(name, run, settings, input_table=loaded.table, shard=shard_ix, chunk_groups=chunk_groups,
+                         overwrite=overwrite, log=log,
+                         make_generator=generator_factory(backend, model, dtype, device, batch_size,
+                                                          trust_remote_code))
+    _report(manifest)
+    summary = stage.write_summary(run, label, ks)
+    if summary is not None:
+        print_summary(summary)
+
+
+def _load_summary(folder: Path) -> dict:
+    from stages.core import artifacts
+
+    path = Path(folder) / "summary.json"
+    if not path.exists():
+        raise GpoError(f"{folder} has no summary.json: is it a finished `gpo eval` folder (RUN/eval_<label>)?")
+    return artifacts.load_json(path)
+
+
+@app.command()
+@handle_errors
+def export(
+    run: RunOpt,
+    fmt: Annotated[str, typer.Option("--format", help="trl, verl or llamafactory.")],
+    out: Annotated[Path, typer.Option(help="Output folder.")],
+    data: Annotated[str, typer.Option(help="gpo, baseline or random-reset rows.")] = "gpo",
+):
+    """Write the branch tables as TRL datasets, verl RL Parquet, or LLaMA-Factory pairwise JSON."""
+    from stages.export import export as do_export
+
+    for path in do_export(run, fmt, out, data):
+        err.print(f"wrote {path}")
+
+
 @toy_app.command("build")
 @handle_errors
 def toy_build(
@@ -237,6 +323,8 @@ def toy_build(
     metrics = build_toy_model(out, steps=steps, seed=seed)
     err.print(f"[green]toy model[/green] written to {out}: {metrics}")
 
+
+inspect_cmds.register(app)
 
 if __name__ == "__main__":
     app()

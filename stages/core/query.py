@@ -19,9 +19,14 @@ def connect(run: Path):
     if not run.is_dir():
         raise GpoError(f"run directory {run} does not exist")
     con = duckdb.connect(":memory:")
-    for name, folder in artifacts.list_tables(run).items():
+    tables = artifacts.list_tables(run)
+    for name, folder in tables.items():
         pattern = str(folder / "*.parquet").replace("'", "''")
         con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM read_parquet(\'{pattern}\', union_by_name=true)')
+    evals = [name for name in tables if name == "eval" or name.startswith("eval_")]
+    if evals:  # every evaluation of the run in one view, told apart by `label`
+        union = " UNION ALL BY NAME ".join(f'SELECT * FROM "{name}"' for name in evals)
+        con.execute(f"CREATE VIEW evals AS {union}")
     return con
 
 

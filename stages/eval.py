@@ -1,0 +1,161 @@
+"""Stage `eval`: score a model on a problem set: greedy accuracy, sampled pass@1, maj@k and pass@k.
+
+    gpo eval --model runs/toy/train/dpo-gpo/model --problems 'toy:arith?n=200&split=test' --run runs/toy \\
+        --label dpo-gpo --n 8 --temperature 1.0 --k 1,4,8
+    gpo eval --compare runs/toy/eval_base runs/toy/eval_dpo-gpo
+
+Rows (RUN/eval_<label>/*.parquet) are `sample` rows plus `mode` (greedy | sampled) and `label`; the
+summary is written to RUN/eval_<label>/summary.json once every shard is done.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pyarrow as pa
+
+from stages import sample
+from stages.core import artifacts
+from stages.core.errors import GpoError
+from stages.core.runner import Context, Stage
+from stages.core.values import wilson_interval
+
+EVAL_SCHEMA = sample.SAMPLE_SCHEMA.append(pa.field("mode", pa.string())).append(pa.field("label", pa.string()))
+
+
+@dataclass(frozen=True)
+class EvalSettings(sample.SampleSettings):
+    label: str = "eval"
+    greedy: bool = True  # with temperature > 0, also run one greedy pass
+    n: int = 1
+    temperature: float = 0.0
+
+
+def stage_name(label: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", label):
+        raise GpoError(f"--label {label!r} may only hold letters, digits, '.', '_' and '-'")
+    return "eval" if label == "eval" else f"eval_{label}"
+
+
+def process(problems: pa.Table, ctx: Context) -> dict[str, pa.Table]:
+    s: EvalSettings = ctx.settings
+    passes = []
+    if s.temperature <= 0:
+        passes.append(("greedy", replace(s, n=1, temperature=0.0)))
+    else:
+        passes.append(("sampled", s))
+        if s.greedy:
+            passes.append(("greedy", replace(s, n=1, temperature=0.0)))
+    tables = []
+    for mode, settings in passes:
+        ctx.settings = settings
+        table = sample.process(problems, ctx)["sample"]
+        tables.append(table.append_column("mode", pa.array([mode] * len(table)))
+                      .append_column("label", pa.array([s.label] * len(table))))
+    ctx.settings = s
+    return {ctx.stage.name: pa.concat_tables(tables)}
+
+
+def make_stage(label: str) -> Stage:
+    name = stage_name(label)
+    return Stage(name=name, input=None, outputs={name: EVAL_SCHEMA}, key=("problem_id", "mode", "sample_idx"),
+                 process=process)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k (Chen et al. 2021): 1 - C(n-c, k) / C(n, k)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def maj_at_k(answers: list[tuple[str | None, int]], k: int) -> float:
+    """Majority vote over the first k samples' extracted answers (ties: the earliest answer)."""
+    first = [a for a in answers[:k] if a[0] is not None]
+    if not first:
+        return 0.0
+    votes = Counter(a for a, _ in first)
+    best = max(votes.values())
+    winner = next(a for a, _ in first if votes[a] == best)
+    return float(next(r for a, r in first if a == winner))
+
+
+def mean_ci(values: list[float]) -> tuple[float, float, float]:
+    """Mean and a normal-approximation 95% interval over problems (Wilson when values are 0/1)."""
+    n = len(values)
+    mean = sum(values) / n
+    if all(v in (0.0, 1.0) for v in values):
+        lo, hi = wilson_interval(int(sum(values)), n)
+        return mean, lo, hi
+    var = sum((v - mean) ** 2 for v in values) / max(1, n - 1)
+    half = 1.96 * math.sqrt(var / n)
+    return mean, max(0.0, mean - half), min(1.0, mean + half)
+
+
+def summarize(rows: list[dict], ks: tuple[int, ...] = (1, 4, 8)) -> dict:
+    """Per mode and per problem source: accuracy with an interval, pass@k and maj@k where n allows."""
+    out: dict = {}
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["mode"], r["source"]), {}).setdefault(r["problem_id"], []).append(r)
+    for (mode, source), problems in sorted(groups.items()):
+        per_problem = {pid: sorted(rs, key=lambda r: r["sample_idx"]) for pid, rs in problems.items()}
+        n = min(len(rs) for rs in per_problem.values())
+        acc = [sum(r["reward"] for r in rs) / len(rs) for rs in per_problem.values()]
+        mean, lo, hi = mean_ci(acc)
+        entry = {"problems": len(per_problem), "samples_per_problem": n, "pass@1": mean, "ci_low": lo,
+                 "ci_high": hi, "mean_response_tokens": sum(r["num_response_tokens"] for r in rows
+                                                            if r["mode"] == mode and r["source"] == source)
+                 / max(1, sum(len(rs) for rs in per_problem.values()))}
+        for k in ks:
+            if 1 < k <= n:
+                entry[f"pass@{k}"] = sum(pass_at_k(len(rs), sum(r["reward"] for r in rs), k)
+                                         for rs in per_problem.values()) / len(per_problem)
+                entry[f"maj@{k}"] = sum(maj_at_k([(r["extracted_answer"], r["reward"]) for r in rs], k)
+                                        for rs in per_problem.values()) / len(per_problem)
+        out.setdefault(mode, {})[source] = entry
+    return out
+
+
+def write_summary(run: Path, label: str, ks: tuple[int, ...]) -> dict | None:
+    folder = Path(run) / stage_name(label)
+    if not (folder / "_SUCCESS").exists():
+        return None
+    rows = artifacts.read_table(run, folder.name).to_pylist()
+    config = artifacts.load_json(folder / "config.json")["settings"]
+    summary = {"label": label, "model": config["model"], "problems": config["problems"],
+               "per_problem": per_problem_scores(rows), "modes": summarize(rows, ks)}
+    artifacts.write_json_atomic(folder / "summary.json", summary)
+    return summary
+
+
+def per_problem_scores(rows: list[dict]) -> dict:
+    """mode -> problem_id -> mean reward (what --compare pairs up)."""
+    acc: dict = {}
+    for r in rows:
+        acc.setdefault(r["mode"], {}).setdefault(r["problem_id"], []).append(r["reward"])
+    return {m: {pid: sum(v) / len(v) for pid, v in ps.items()} for m, ps in acc.items()}
+
+
+def compare(summaries: list[dict]) -> list[dict]:
+    """Each model against the first, per mode, on the problems both saw: paired difference with a 95% CI."""
+    base = summaries[0]
+    rows = []
+    for other in summaries:
+        for mode, scores in other["per_problem"].items():
+            ref = base["per_problem"].get(mode, {})
+            common = sorted(set(ref) & set(scores))
+            if not common:
+                continue
+            diffs = [scores[p] - ref[p] for p in common]
+            mean = sum(diffs) / len(diffs)
+            sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / max(1, len(diffs) - 1))
+            half = 1.96 * sd / math.sqrt(len(diffs))
+            acc = sum(scores[p] for p in common) / len(common)
+            rows.append({"label": other["label"], "mode": mode, "problems": len(common), "accuracy": acc,
+                         "diff": mean, "diff_low": mean - half, "diff_high": mean + half})
+    return rows
