@@ -113,7 +113,7 @@ def _run_generating_stage(stage, run: Path, settings, *, model, backend, dtype, 
     shard_ix = parse_shard(shard)
     model, backend = _upstream_model(run, model, backend)
     check_model_dir(model)
-    manifest = run_stage(stage.STAGE, run, settings, shard=shard_ix, chunk_groups=chunk_groups,
+    manifest = run_stage(stage, run, settings, shard=shard_ix, chunk_groups=chunk_groups,
                          overwrite=overwrite, log=log,
                          make_generator=generator_factory(backend, model, dtype, device, batch_size,
                                                           trust_remote_code))
@@ -157,7 +157,7 @@ def estimate(
     settings = stage.EstimateSettings(k=k, split=split, scope=scope, estimator=estimator, temperature=temperature,
                                       top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
     stage.validate(settings)
-    _run_generating_stage(stage, run, settings, model=model, backend=backend, dtype=dtype, device=device,
+    _run_generating_stage(stage.STAGE, run, settings, model=model, backend=backend, dtype=dtype, device=device,
                           batch_size=batch_size, shard=shard, chunk_groups=chunk_groups, overwrite=overwrite,
                           trust_remote_code=trust_remote_code)
 
@@ -196,6 +196,11 @@ def branch(
     prefix: Annotated[str, typer.Option(help="in-response (authors) or in-prompt (masked).")] = "in-response",
     include_original: Annotated[bool, typer.Option(help="Count the trajectory's own continuation as a branch.")] = True,
     baseline: Annotated[bool, typer.Option(help="Also build whole-trajectory and random-reset pairs.")] = False,
+    baseline_only: Annotated[bool, typer.Option(
+        help="Only the baseline pairs, straight from `sample` (no estimate/locate needed).")] = False,
+    random_m: Annotated[int | None, typer.Option(
+        min=0, help="Branches per random reset (default: --m; 0 skips random resets).")] = None,
+    split: Annotated[str, typer.Option(help="Step rule for random resets, as estimate's --split.")] = "auto",
     temperature: TempOpt = None,
     top_p: TopPOpt = None,
     max_new_tokens: MaxTokOpt = None,
@@ -214,10 +219,11 @@ def branch(
     from stages import branch as stage
 
     settings = stage.BranchSettings(m=m, pairs_per_state=pairs_per_state, prefix=prefix,
-                                    include_original=include_original, baseline=baseline,
-                                    temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+                                    include_original=include_original, baseline=baseline or baseline_only,
+                                    random_m=random_m, split=split, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
     stage.validate(settings)
-    manifest = _run_generating_stage(stage, run, settings, model=model, backend=backend, dtype=dtype, device=device,
+    record = stage.BASELINE_ONLY_STAGE if baseline_only else stage.STAGE
+    manifest = _run_generating_stage(record, run, settings, model=model, backend=backend, dtype=dtype, device=device,
                                      batch_size=batch_size, shard=shard, chunk_groups=chunk_groups,
                                      overwrite=overwrite, trust_remote_code=trust_remote_code)
     err.print(f"pairs: {manifest['stats'].get('pairs', 0)}")

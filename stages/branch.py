@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from stages.core.backends import Request, derive_seed
 from stages.core.runner import Context, Stage
-from stages.estimate import rollout_sampling, sample_settings
+from stages.estimate import rollout_sampling, sample_settings, split_response
 from stages.sample import IDS, score
 
 PAIR_SCHEMA = pa.schema([
@@ -52,6 +52,8 @@ class BranchSettings:
     prefix: str = "in-response"
     include_original: bool = True
     baseline: bool = False
+    random_m: int | None = None  # branches per random reset (None: m); raise it to match GPO's rollout budget
+    split: str = "auto"  # how random resets cut steps (as estimate's --split)
     temperature: float | None = None
     top_p: float | None = None
     max_new_tokens: int | None = None
@@ -85,11 +87,11 @@ def original_branch(reset: Reset, tok) -> dict:
             "reward": reset.sample["reward"]}
 
 
-def sample_branches(resets: list[Reset], ctx: Context, tag: str) -> None:
-    """Top every reset up to M branches with fresh continuations, in one batch, and score them."""
+def sample_branches(resets: list[Reset], ctx: Context, tag: str, m: int) -> None:
+    """Top every reset up to m branches with fresh continuations, in one batch, and score them."""
     s: BranchSettings = ctx.settings
     sampling = rollout_sampling(s, sample_settings(ctx))
-    todo = [(r, s.m - len(r.branches)) for r in resets if len(r.branches) < s.m]
+    todo = [(r, m - len(r.branches)) for r in resets if len(r.branches) < m]
     if not todo:
         return
     tok = ctx.generator().tokenizer
@@ -162,15 +164,18 @@ def whole_trajectory_pairs(samples: list[dict], s: BranchSettings) -> list[dict]
     return rows
 
 
-def random_resets(located: list[dict], samples: dict, steps: dict, s: BranchSettings) -> list[Reset]:
-    resets = []
-    for loc in located:
-        key = (loc["problem_id"], loc["sample_idx"])
-        traj_steps = steps.get(key, [])
-        if not traj_steps or samples[key]["reward"] == 1:
+def random_resets(sample_rows: list[dict], s: BranchSettings, tok) -> list[Reset]:
+    """Satori-style baseline: reset each failed trajectory at a uniformly random step (seeded)."""
+    resets, splitters = [], {}
+    for row in sample_rows:
+        if row["reward"] == 1:
             continue
-        pick = random.Random(derive_seed(s.seed, "random-reset", *key)).randrange(len(traj_steps))
-        resets.append(Reset("random-reset", samples[key], pick, traj_steps[pick], []))
+        _, steps, _ = split_response(row, s.split, tok, splitters)
+        if not steps:
+            continue
+        pick = random.Random(derive_seed(s.seed, "random-reset", row["problem_id"], row["sample_idx"]))
+        step = pick.randrange(len(steps))
+        resets.append(Reset("random-reset", row, step, steps[step].token_start, []))
     return resets
 
 
@@ -201,17 +206,12 @@ def continuation_rows(r: Reset) -> list[dict]:
             for i, b in enumerate(r.branches)]
 
 
-def process(located_table: pa.Table, ctx: Context) -> dict[str, pa.Table]:
+def gpo_resets(located: list[dict], samples: dict, ctx: Context, tok) -> list[Reset]:
     s: BranchSettings = ctx.settings
-    tok = ctx.generator().tokenizer
-    groups = sorted(set(located_table.column("problem_id").to_pylist()))
-    sample_rows = ctx.read("sample", groups).to_pylist()
-    samples = {(r["problem_id"], r["sample_idx"]): r for r in sample_rows}
+    groups = sorted({loc["problem_id"] for loc in located})
     rollouts: dict = {}
     for r in ctx.read("rollouts", groups).to_pylist():
         rollouts.setdefault((r["problem_id"], r["sample_idx"], r["state_idx"]), []).append(r)
-    located = sorted(located_table.to_pylist(), key=lambda r: (r["problem_id"], r["sample_idx"]))
-
     resets = []
     for loc in located:
         if loc["critical_step"] is None:
@@ -223,19 +223,13 @@ def process(located_table: pa.Table, ctx: Context) -> dict[str, pa.Table]:
         if s.include_original:
             r.branches.append(original_branch(r, tok))
         resets.append(r)
-    sample_branches(resets, ctx, "gpo")
-    pairs = []
-    if s.baseline:
-        steps: dict = {}
-        for e in ctx.read("estimate", groups).to_pylist():
-            steps.setdefault((e["problem_id"], e["sample_idx"]), {})[e["step_idx"]] = e["token_start"]
-        steps = {k: [v[i] for i in sorted(v)] for k, v in steps.items()}
-        random_sets = random_resets(located, samples, steps, s)
-        sample_branches(random_sets, ctx, "random_reset")
-        resets += random_sets
-        pairs += whole_trajectory_pairs(sample_rows, s)
+    sample_branches(resets, ctx, "gpo", s.m)
+    return resets
+
+
+def build_tables(resets: list[Reset], pairs: list[dict], ctx: Context, tok) -> dict[str, pa.Table]:
     for r in resets:
-        made = pairs_for(r, s, tok)
+        made = pairs_for(r, ctx.settings, tok)
         ctx.stats[f"{r.data}_states_without_mixed_outcome"] += not made
         pairs += made
     ctx.stats["pairs"] += len(pairs)
@@ -246,6 +240,36 @@ def process(located_table: pa.Table, ctx: Context) -> dict[str, pa.Table]:
                                                   schema=CONTINUATION_SCHEMA)}
 
 
+def baseline_data(sample_rows: list[dict], ctx: Context, tok) -> tuple[list[Reset], list[dict]]:
+    s: BranchSettings = ctx.settings
+    m = s.m if s.random_m is None else s.random_m
+    resets = random_resets(sample_rows, s, tok) if m > 0 else []
+    sample_branches(resets, ctx, "random_reset", m)
+    return resets, whole_trajectory_pairs(sample_rows, s)
+
+
+def process(located_table: pa.Table, ctx: Context) -> dict[str, pa.Table]:
+    s: BranchSettings = ctx.settings
+    tok = ctx.generator().tokenizer
+    groups = sorted(set(located_table.column("problem_id").to_pylist()))
+    sample_rows = sorted(ctx.read("sample", groups).to_pylist(), key=lambda r: (r["problem_id"], r["sample_idx"]))
+    samples = {(r["problem_id"], r["sample_idx"]): r for r in sample_rows}
+    located = sorted(located_table.to_pylist(), key=lambda r: (r["problem_id"], r["sample_idx"]))
+    resets, pairs = gpo_resets(located, samples, ctx, tok), []
+    if s.baseline:
+        random_sets, pairs = baseline_data(sample_rows, ctx, tok)
+        resets += random_sets
+    return build_tables(resets, pairs, ctx, tok)
+
+
+def process_baseline_only(samples: pa.Table, ctx: Context) -> dict[str, pa.Table]:
+    """`--baseline-only`: no GPO data, so no estimate/locate needed (e.g. a budget-matched baseline run)."""
+    tok = ctx.generator().tokenizer
+    rows = sorted(samples.to_pylist(), key=lambda r: (r["problem_id"], r["sample_idx"]))
+    resets, pairs = baseline_data(rows, ctx, tok)
+    return build_tables(resets, pairs, ctx, tok)
+
+
 def validate(s: BranchSettings) -> None:
     from stages.core.errors import GpoError
 
@@ -253,11 +277,14 @@ def validate(s: BranchSettings) -> None:
         raise GpoError(f"--prefix must be in-response or in-prompt, not {s.prefix!r}")
     if s.m < 2:
         raise GpoError("--m must be at least 2 (a pair needs a correct and an incorrect branch)")
+    if s.random_m is not None and s.random_m < 0:
+        raise GpoError("--random-m must be at least 0")
     if s.pairs_per_state < 1:
         raise GpoError("--pairs-per-state must be at least 1")
 
 
-STAGE = Stage(name="branch", input="locate",
-              outputs={"branch": PAIR_SCHEMA, "unpaired": UNPAIRED_SCHEMA, "reset_prompts": RESET_SCHEMA,
-                       "continuations": CONTINUATION_SCHEMA},
-              key=("pair_id",), process=process)
+OUTPUTS = {"branch": PAIR_SCHEMA, "unpaired": UNPAIRED_SCHEMA, "reset_prompts": RESET_SCHEMA,
+           "continuations": CONTINUATION_SCHEMA}
+STAGE = Stage(name="branch", input="locate", outputs=OUTPUTS, key=("pair_id",), process=process)
+BASELINE_ONLY_STAGE = Stage(name="branch", input="sample", outputs=OUTPUTS, key=("pair_id",),
+                            process=process_baseline_only)

@@ -84,6 +84,16 @@ def rollout_sampling(s: EstimateSettings, base: dict) -> Sampling:
                     pick(s.max_new_tokens, "max_new_tokens"))
 
 
+def split_response(row: dict, split: str, tok, splitters: dict) -> tuple[str, list, list[str]]:
+    """(splitter spec, steps, per-token text pieces) of a sample row; splitters caches one per spec."""
+    spec = splitter_spec(split, row["source"])
+    if spec not in splitters:
+        splitters[spec] = make_splitter(spec, tok)
+    ids = row["response_token_ids"]
+    pieces = tok.batch_decode([[t] for t in ids], skip_special_tokens=True)
+    return spec, splitters[spec].split(ids, pieces), pieces
+
+
 def prepare(rows: list[dict], ctx: Context) -> list[Trajectory]:
     s: EstimateSettings = ctx.settings
     tok = ctx.generator().tokenizer
@@ -93,12 +103,7 @@ def prepare(rows: list[dict], ctx: Context) -> list[Trajectory]:
         if s.scope == "failed" and row["reward"] == 1:
             ctx.stats["skipped_correct"] += 1
             continue
-        spec = splitter_spec(s.split, row["source"])
-        if spec not in splitters:
-            splitters[spec] = make_splitter(spec, tok)
-        ids = row["response_token_ids"]
-        pieces = tok.batch_decode([[t] for t in ids], skip_special_tokens=True)
-        steps = splitters[spec].split(ids, pieces)
+        spec, steps, pieces = split_response(row, s.split, tok, splitters)
         plan = Plan(s.estimator, len(steps), int(row["reward"]), s.k)
         trajectories.append(Trajectory({**row, "splitter": spec}, steps, pieces, plan, []))
     return trajectories

@@ -126,3 +126,17 @@ def test_sharded_chain_equals_unsharded(tmp_path, fake_generator):
 def test_estimate_refuses_before_sample_finished(tmp_path):
     with pytest.raises(GpoError, match="has not finished"):
         run_stage(estimate.STAGE, tmp_path, estimate.EstimateSettings())
+
+
+def test_baseline_only_needs_no_estimate_and_honours_random_m(tmp_path, fake_generator):
+    problems = load_problems("toy:arith?n=4&seed=0&split=train").table
+    gen = fake_generator()
+    run_stage(sample.STAGE, tmp_path, sample.SampleSettings(problems="toy", model="fake", n=4, max_new_tokens=64),
+              input_table=problems, make_generator=lambda: gen)
+    manifest = run_stage(branch.BASELINE_ONLY_STAGE, tmp_path, branch.BranchSettings(baseline=True, random_m=3),
+                         make_generator=lambda: gen)
+    pairs = artifacts.read_table(tmp_path, "branch").to_pylist()
+    assert {p["data"] for p in pairs} <= {"baseline", "random-reset"} and pairs
+    failed = sum(r["reward"] == 0 for r in artifacts.read_table(tmp_path, "sample").to_pylist())
+    assert manifest["stats"]["random_reset_branches_sampled"] == 3 * failed
+    assert not (tmp_path / "estimate").exists()

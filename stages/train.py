@@ -1,0 +1,503 @@
+"""Stage `train`: fit the policy on the branch stage's data with one of TRL's trainers.
+
+    gpo train --run runs/toy --method dpo --data gpo --model data/toy-model
+    accelerate launch -m gpo_cli.main train --run runs/x --method dpo ...     # several GPUs
+
+Preference methods read RUN/branch (`dpo`, `simpo` via TRL's CPO with loss_type="simpo" and cpo_alpha=0,
+`orpo`) or RUN/branch/unpaired (`kto`); the online methods `grpo` and `rloo` (stages/train_online.py)
+sample from the original problems plus the GPO reset states. TRL 1.16 has no PPOTrainer, so GRPO and
+RLOO are the PPO-style online optimizers here. `--data gpo|baseline|random-reset` picks rows by the
+`data` column. Output (default RUN/train/<method>-<data>):
+
+    config.json                   resolved settings, TRL arguments and a fingerprint of the input rows
+    checkpoints/checkpoint-N      written by the HF Trainer; only the one `checkpoints/latest` names is
+                                  trusted (that pointer is replaced atomically after each save)
+    metrics/metrics.parquet       every logged row (loss, rewards_margins, ..., learning_rate, step)
+    model/                        final HF model + tokenizer (LoRA: merged model; adapter in adapter/)
+    summary.json, _SUCCESS        written last
+
+A rerun resumes from the latest trusted checkpoint; a finished run is a no-op; different settings are
+refused unless overwrite=True.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from stages.core import artifacts
+from stages.core.errors import GpoError
+
+METHODS = ("dpo", "kto", "simpo", "orpo", "grpo", "rloo")
+ONLINE = ("grpo", "rloo")
+DATA = ("gpo", "baseline", "random-reset")
+# Full fine-tuning defaults for ~1-8B models (DPO/KTO/SimPO papers; ORPO paper lr; TRL's GRPO/RLOO betas).
+# With LoRA the learning rate is 10x. A tiny model trained from scratch (the toy) needs ~1e-4.
+DEFAULTS = {
+    "dpo": {"learning_rate": 5e-7, "beta": 0.1},
+    "kto": {"learning_rate": 5e-7, "beta": 0.1},
+    "simpo": {"learning_rate": 5e-7, "beta": 2.0},  # simpo_gamma = beta / 2 (the paper's gamma/beta ~ 0.5)
+    "orpo": {"learning_rate": 8e-6, "beta": 0.1},
+    "grpo": {"learning_rate": 1e-6, "beta": 0.0},
+    "rloo": {"learning_rate": 1e-6, "beta": 0.05},
+}
+LORA_LR_FACTOR = 10.0
+# Settings that do not change what is learned: a resume may change them.
+RESUME_FREE = ("save_steps",)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    method: str  # dpo | kto | simpo | orpo | grpo | rloo
+    model: str  # local HF model folder (base policy)
+    data: str = "gpo"
+    loss_type: str = "sigmoid"  # DPO loss type(s); KTO/GRPO take theirs when not "sigmoid"
+    learning_rate: float | None = None  # None -> DEFAULTS (x10 with LoRA)
+    beta: float | None = None
+    epochs: float = 1.0
+    max_steps: int = -1
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_length: int = 512
+    lora_r: int = 0  # 0 = full fine-tune
+    lora_alpha: int = 16
+    merge_lora: bool = True
+    save_steps: int = 50
+    seed: int = 0
+    bf16: bool | None = None  # None: bf16 where CUDA supports it, else fp32
+    num_generations: int = 4  # grpo/rloo
+    max_completion_length: int = 128  # grpo/rloo
+
+
+def load_config_file(path: Path) -> dict:
+    """A TOML (or YAML, when PyYAML is importable) file of TrainSettings fields and extra TRL arguments.
+
+    A `[trl]` table, if present, is merged into the top level (it only groups the TRL arguments).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise GpoError(f"cannot read config file {path}: {e.strerror}") from None
+    if path.suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise GpoError(f"{path}: YAML needs PyYAML, which is not installed; use TOML") from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise GpoError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    else:
+        import tomllib
+
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise GpoError(f"{path} is not valid TOML: {e}") from None
+    if not isinstance(data, dict):
+        raise GpoError(f"{path} must hold a table of settings")
+    trl = data.pop("trl", {}) or {}
+    return {**data, **trl}
+
+
+def resolve(settings: TrainSettings, overrides: dict | None = None) -> tuple[TrainSettings, dict]:
+    """Apply overrides (settings fields win over `settings`; other keys are TRL arguments); fill defaults."""
+    fields = {f.name for f in dataclasses.fields(TrainSettings)}
+    overrides = dict(overrides or {})
+    s = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if k in fields})
+    extra = {k: v for k, v in overrides.items() if k not in fields}
+    if s.method not in METHODS:
+        raise GpoError(f"--method must be one of {', '.join(METHODS)}, not {s.method!r}")
+    if s.data not in DATA:
+        raise GpoError(f"--data must be one of {', '.join(DATA)}, not {s.data!r}")
+    if s.loss_type != "sigmoid" and s.method not in ("dpo", "kto", "grpo"):
+        raise GpoError(f"--loss-type applies to dpo, kto and grpo, not {s.method}")
+    if s.batch_size < 1 or s.grad_accum < 1 or s.lora_r < 0:
+        raise GpoError("batch size and gradient accumulation must be at least 1, LoRA rank at least 0")
+    lr = DEFAULTS[s.method]["learning_rate"] * (LORA_LR_FACTOR if s.lora_r else 1.0)
+    s = dataclasses.replace(s, learning_rate=s.learning_rate if s.learning_rate is not None else lr,
+                            beta=s.beta if s.beta is not None else DEFAULTS[s.method]["beta"],
+                            bf16=s.bf16 if s.bf16 is not None else _cuda_bf16())
+    return s, extra
+
+
+def _cuda_bf16() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def select_rows(run: Path, table: str, data: str) -> list[dict]:
+    rows = [r for r in artifacts.read_table(run, table).to_pylist() if r["data"] == data]
+    if not rows:
+        raise GpoError(f"no '{data}' rows in table '{table}' of {run}: run `gpo branch` with data of that kind "
+                       f"(--baseline adds baseline and random-reset rows)")
+    return rows
+
+
+def fingerprint(rows: list[dict], keys: tuple[str, ...]) -> str:
+    """Hash of the training rows, so that a rerun over changed branch data is not taken for a resume."""
+    h = hashlib.sha256()
+    for r in sorted(json.dumps([r[k] for k in keys], default=str) for r in rows):
+        h.update(r.encode())
+    return h.hexdigest()[:16]
+
+
+def prompt_for_tokenizer(tok, prompt: str, ids: list[int]) -> tuple[str, str]:
+    """The prompt text to hand TRL, which tokenizes it with `tok(text)` (special tokens on), and a verdict.
+
+    Sampling used the stored ids. A chat prompt already carries its BOS as text, and a tokenizer that adds
+    BOS would double it, so a leading BOS string is dropped when that reproduces the stored ids.
+    """
+    if tok(prompt)["input_ids"] == list(ids):
+        return prompt, "match"
+    bos = tok.bos_token
+    if bos and prompt.startswith(bos) and tok(prompt[len(bos):])["input_ids"] == list(ids):
+        return prompt[len(bos):], "bos_dropped"
+    return prompt, "mismatch"
+
+
+def _cpo_prompt_ids(tok, prompt: str) -> list[int]:
+    """How TRL's CPO/ORPO tokenize a prompt: no special tokens, then BOS prepended unless already first."""
+    ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    if tok.bos_token_id is not None and (not ids or ids[0] != tok.bos_token_id):
+        ids = [tok.bos_token_id] + ids
+    return ids
+
+
+def preference_dataset(rows: list[dict], tok, method: str) -> tuple[list[dict], dict]:
+    """Standard (non-conversational) text examples and a count of how well TRL's tokenization matches."""
+    checks = {"match": 0, "bos_dropped": 0, "mismatch": 0, "response_retokenized_differently": 0}
+    examples = []
+    for r in rows:
+        if method in ("simpo", "orpo"):
+            prompt, verdict = r["prompt"], ("match" if _cpo_prompt_ids(tok, r["prompt"]) == list(r["prompt_token_ids"])
+                                            else "mismatch")
+        else:
+            prompt, verdict = prompt_for_tokenizer(tok, r["prompt"], r["prompt_token_ids"])
+        checks[verdict] += 1
+        if method == "kto":
+            examples.append({"prompt": prompt, "completion": r["completion"], "label": bool(r["label"])})
+            responses = [(r["completion"], r["completion_token_ids"])]
+        else:
+            examples.append({"prompt": prompt, "chosen": r["chosen"], "rejected": r["rejected"]})
+            responses = [(r["chosen"], r["chosen_token_ids"]), (r["rejected"], r["rejected_token_ids"])]
+        for text, ids in responses:
+            checks["response_retokenized_differently"] += (
+                tok(text, add_special_tokens=False)["input_ids"] != list(ids))
+    return examples, checks
+
+
+# ----------------------------------------------------------------------------- callbacks and checkpoints
+
+
+def _column_name(key: str) -> str:
+    return key.replace("/", "_").replace(".", "_").replace("-", "_")
+
+
+def metrics_table(rows: list[dict], tags: dict):
+    """One row per log call; numeric values as float64 (`step` int64), snake_case names (`rewards_margins`)."""
+    import pyarrow as pa
+
+    names = sorted({k for r in rows for k in r if k != "step"})
+    cols = {"step": pa.array([r["step"] for r in rows], pa.int64())}
+    cols.update({n: pa.array([r.get(n) for r in rows], pa.float64()) for n in names})
+    cols.update({k: pa.array([v] * len(rows), pa.string()) for k, v in tags.items()})
+    return pa.table(cols)
+
+
+def make_callbacks(out: Path, tags: dict, rows: list[dict], mirror: Path | None):
+    """Callbacks that collect every log row into `rows`, write metrics and move the `latest` pointer."""
+    from transformers import TrainerCallback
+
+    def write_metrics() -> None:
+        if rows:
+            table = metrics_table(rows, tags)
+            artifacts.write_parquet_atomic(table, out / "metrics" / "metrics.parquet", {"stage": "train", **tags})
+            if mirror is not None:
+                artifacts.write_parquet_atomic(table, mirror, {"stage": "train", **tags})
+
+    class Recorder(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs:
+                row = {_column_name(k): float(v) for k, v in logs.items()
+                       if isinstance(v, (int, float)) and not isinstance(v, bool)}
+                rows.append({**row, "step": int(state.global_step), "epoch": float(state.epoch or 0.0)})
+
+        def on_save(self, args, state, control, **kwargs):
+            # The Trainer calls on_save after the checkpoint folder is complete: only now is it trusted.
+            if state.is_world_process_zero:
+                name = f"checkpoint-{state.global_step}"
+                artifacts.write_json_atomic(out / "checkpoints" / "latest",
+                                            {"checkpoint": name, "global_step": state.global_step})
+                write_metrics()
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                write_metrics()
+
+    return [Recorder()], write_metrics
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    """The checkpoint the `latest` pointer names; folders past it (a save cut short) are removed."""
+    ckpts = out / "checkpoints"
+    pointer = ckpts / "latest"
+    trusted = None
+    if pointer.exists():
+        name = artifacts.load_json(pointer).get("checkpoint")
+        if name and (ckpts / name).is_dir():
+            trusted = ckpts / name
+    step = int(trusted.name.split("-")[1]) if trusted else 0
+    for folder in ckpts.glob("checkpoint-*"):
+        tail = folder.name.split("-")[-1]
+        if folder.is_dir() and (not tail.isdigit() or int(tail) > step):
+            shutil.rmtree(folder, ignore_errors=True)
+    return trusted
+
+
+def previous_metrics(out: Path, upto_step: int) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    path = out / "metrics" / "metrics.parquet"
+    if not path.exists():
+        return []
+    rows = pq.read_table(path).to_pylist()
+    return [{k: v for k, v in r.items() if v is not None and k not in ("method", "data", "run_name")}
+            for r in rows if r["step"] <= upto_step]
+
+
+# ----------------------------------------------------------------------------- trainers
+
+
+def trl_args(s: TrainSettings, extra: dict, out: Path) -> dict:
+    """TrainingArguments shared by every method; `extra` (the config file's TRL keys) wins."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    args = dict(output_dir=str(out / "checkpoints"), learning_rate=s.learning_rate, num_train_epochs=s.epochs,
+                max_steps=s.max_steps, per_device_train_batch_size=s.batch_size,
+                gradient_accumulation_steps=s.grad_accum, save_strategy="steps", save_steps=s.save_steps,
+                save_total_limit=2, logging_steps=1, seed=s.seed, data_seed=s.seed, report_to=[],
+                bf16=s.bf16, fp16=False, use_cpu=not cuda, dataloader_num_workers=0,
+                gradient_checkpointing=cuda, push_to_hub=False, beta=s.beta)
+    return {**args, **extra}
+
+
+def build_config(s: TrainSettings, extra: dict, out: Path):
+    """The method's TRL config; a bad combination (e.g. batch vs generations) becomes a one-line GpoError."""
+    common = trl_args(s, extra, out)
+    if s.method == "dpo":
+        from trl import DPOConfig as Config
+
+        common = {"loss_type": [t.strip() for t in s.loss_type.split(",")], "max_length": s.max_length, **common}
+    elif s.method == "kto":
+        from trl import KTOConfig as Config
+
+        common = {"max_length": s.max_length, **({"loss_type": s.loss_type} if s.loss_type != "sigmoid" else {}),
+                  **common}
+    elif s.method == "simpo":
+        from trl.experimental.cpo import CPOConfig as Config
+
+        common = {"loss_type": "simpo", "cpo_alpha": 0.0, "simpo_gamma": s.beta / 2, "max_length": s.max_length,
+                  **common}
+    elif s.method == "orpo":
+        from trl.experimental.orpo import ORPOConfig as Config
+
+        common = {"max_length": s.max_length, **common}
+    else:
+        from stages.train_online import online_config
+
+        return online_config(s, common)
+    return make_config(Config, common)
+
+
+def make_config(Config, kwargs: dict):
+    known = {f.name for f in dataclasses.fields(Config)}
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise GpoError(f"unknown {Config.__name__} argument(s): {', '.join(unknown)}")
+    try:
+        return Config(**kwargs)
+    except ValueError as e:
+        raise GpoError(f"{Config.__name__}: {str(e).splitlines()[0]}") from None
+
+
+def trainer_class(method: str):
+    if method == "dpo":
+        from trl import DPOTrainer
+        return DPOTrainer
+    if method == "kto":
+        from trl import KTOTrainer
+        return KTOTrainer
+    if method == "simpo":
+        from trl.experimental.cpo import CPOTrainer
+        return CPOTrainer
+    from trl.experimental.orpo import ORPOTrainer
+    return ORPOTrainer
+
+
+def lora_config(s: TrainSettings):
+    if not s.lora_r:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=s.lora_r, lora_alpha=s.lora_alpha, lora_dropout=0.0, target_modules="all-linear",
+                      task_type="CAUSAL_LM")
+
+
+def _is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def save_final(trainer, s: TrainSettings, tok, out: Path) -> None:
+    """out/model (and out/adapter for LoRA), each written to a temp folder and renamed into place."""
+    def place(tmp: Path, final: Path) -> None:
+        if _is_main():
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+
+    tmp = out / f".tmp-{'adapter' if s.lora_r else 'model'}"
+    trainer.save_model(str(tmp))  # collective under DDP/FSDP: every rank calls it
+    if not s.lora_r:
+        place(tmp, out / "model")
+        return
+    place(tmp, out / "adapter")
+    if s.merge_lora and _is_main():
+        merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+        tmp = out / ".tmp-model"
+        merged.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+        place(tmp, out / "model")
+
+
+# ----------------------------------------------------------------------------- the stage
+
+
+def default_out(run: Path, s: TrainSettings) -> Path:
+    return Path(run) / "train" / f"{s.method}-{s.data}"
+
+
+def check_rerun(out: Path, config: dict, overwrite: bool) -> dict | None:
+    """Return the stored summary of a finished identical run; refuse a different one; None to (re)start."""
+    path = out / "config.json"
+    if not path.exists():
+        return None
+    old = artifacts.load_json(path)
+    same = _comparable(old) == _comparable(config)
+    if not same and not overwrite:
+        changed = sorted(k for k in set(old["settings"]) | set(config["settings"])
+                         if old["settings"].get(k) != config["settings"].get(k))
+        what = ", ".join(changed) or "TRL arguments or input rows"
+        raise GpoError(f"{out} was trained with different settings ({what}); pass --overwrite to start over")
+    if not same:
+        for child in out.iterdir():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+        return None
+    if (out / "_SUCCESS").exists() and (out / "model").is_dir():
+        return artifacts.load_json(out / "summary.json")
+    return None
+
+
+def _comparable(config: dict) -> dict:
+    settings = {k: v for k, v in config["settings"].items() if k not in RESUME_FREE}
+    return {"settings": settings, "trl_args": config["trl_args"], "inputs": config["inputs"]}
+
+
+def load_rows(run: Path, s: TrainSettings, tok) -> tuple[object, dict, dict]:
+    """The training dataset, its input fingerprint and the tokenization checks."""
+    from datasets import Dataset
+
+    if s.method in ONLINE:
+        from stages.train_online import online_rows
+
+        examples, inputs, checks = online_rows(run, s.data, tok)
+    else:
+        table = "unpaired" if s.method == "kto" else "branch"
+        rows = select_rows(run, table, s.data)
+        keys = ("pair_id", "prompt", "completion", "label") if s.method == "kto" else \
+            ("pair_id", "prompt", "chosen", "rejected")
+        inputs = {"table": table, "rows": len(rows), "hash": fingerprint(rows, keys)}
+        examples, checks = preference_dataset(rows, tok, s.method)
+    return Dataset.from_list(examples), inputs, checks
+
+
+def train(run: Path, settings: TrainSettings, out: Path | None = None, *, config_overrides: dict | None = None,
+          overwrite: bool = False, log=print, callbacks: list | None = None) -> dict:
+    """Train and return summary metrics. `callbacks`: extra transformers TrainerCallbacks (tests, progress)."""
+    run = Path(run)
+    s, extra = resolve(settings, config_overrides)
+    out = Path(out) if out is not None else default_out(run, s)
+    if not Path(s.model).is_dir():
+        raise GpoError(f"--model {s.model} is not a local model folder")
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(s.model)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    dataset, inputs, checks = load_rows(run, s, tok)
+    config = {"stage": "train", "settings": dataclasses.asdict(s), "trl_args": extra, "inputs": inputs,
+              "versions": artifacts.package_versions()}
+    done = check_rerun(out, config, overwrite)
+    if done is not None:
+        log(f"train: {out} is finished; nothing to do")
+        return done
+    if _is_main():
+        artifacts.write_json_atomic(out / "config.json", config)
+    if checks["mismatch"]:
+        log(f"train: warning: for {checks['mismatch']} of {len(dataset)} rows TRL's tokenization of the prompt "
+            f"differs from the ids used at sampling time")
+
+    resume = latest_checkpoint(out)
+    resume_step = int(resume.name.split("-")[1]) if resume else 0
+    rows = previous_metrics(out, resume_step) if resume else []
+    tags = {"method": s.method, "data": s.data, "run_name": out.name}
+    mirror = run / "train" / "metrics" / f"{out.name}.parquet" if out.parent == run / "train" else None
+    own, write_metrics = make_callbacks(out, tags, rows, mirror)
+    trainer = make_trainer(s, extra, out, tok, dataset, own + list(callbacks or []))
+    log(f"train: {s.method} on {len(dataset)} '{s.data}' rows, lr {s.learning_rate:g}, beta {s.beta:g}"
+        + (f", resuming from {resume.name}" if resume else ""))
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    finally:
+        close = getattr(trainer, "gpo_close", None)
+        if close:
+            close()
+    save_final(trainer, s, tok, out)
+    write_metrics()
+    summary = summarize(s, trainer, result, rows, inputs, checks, resume)
+    if _is_main():
+        artifacts.write_json_atomic(out / "summary.json", summary)
+        artifacts.write_json_atomic(out / "_SUCCESS", {"global_step": summary["global_step"]})
+    log(f"train: done at step {summary['global_step']}, model in {out / 'model'}")
+    return summary
+
+
+def make_trainer(s: TrainSettings, extra: dict, out: Path, tok, dataset, callbacks: list):
+    config = build_config(s, extra, out)
+    if s.method in ONLINE:
+        from stages.train_online import online_trainer
+
+        return online_trainer(s, config, tok, dataset, callbacks, lora_config(s))
+    return trainer_class(s.method)(model=s.model, args=config, train_dataset=dataset, processing_class=tok,
+                                   callbacks=callbacks, peft_config=lora_config(s))
+
+
+def summarize(s, trainer, result, rows, inputs, checks, resume) -> dict:
+    losses = [r["loss"] for r in rows if r.get("loss") is not None and math.isfinite(r["loss"])]
+    last = {k: v for r in rows for k, v in r.items()}  # the latest value of every logged metric
+    return {"method": s.method, "data": s.data, "rows": inputs["rows"], "global_step": trainer.state.global_step,
+            "train_loss": result.training_loss, "first_loss": losses[0] if losses else None,
+            "last_loss": losses[-1] if losses else None, "learning_rate": s.learning_rate, "beta": s.beta,
+            "resumed_from": resume.name if resume else None, "tokenization": checks,
+            "metrics": {k: v for k, v in last.items() if k not in ("step", "epoch")}}
