@@ -229,6 +229,58 @@ def branch(
     err.print(f"pairs: {manifest['stats'].get('pairs', 0)}")
 
 
+@app.command()
+@handle_errors
+def train(
+    run: RunOpt,
+    method: Annotated[str, typer.Option(help="dpo, kto, simpo, orpo, grpo or rloo (GRPO/RLOO are the "
+                                             "PPO-style online methods: TRL has no PPOTrainer).")],
+    model: Annotated[str, typer.Option(help="Base policy: local model folder.")],
+    data: Annotated[str, typer.Option(help="gpo, baseline or random-reset rows of the branch tables.")] = "gpo",
+    out: Annotated[Path | None, typer.Option(help="Output folder (default RUN/train/<method>-<data>).")] = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", help="YAML/TOML file of settings and extra TRL arguments (flags given here win).")] = None,
+    loss_type: Annotated[str, typer.Option(help="DPO loss type: sigmoid, ipo, hinge, ...")] = "sigmoid",
+    learning_rate: Annotated[float | None, typer.Option(help="Default per method (x10 with LoRA).")] = None,
+    beta: Annotated[float | None, typer.Option(help="Default per method.")] = None,
+    epochs: Annotated[float, typer.Option(min=0.0)] = 1.0,
+    max_steps: Annotated[int, typer.Option(help="-1: run the epochs.")] = -1,
+    batch_size: Annotated[int, typer.Option(min=1, help="Per-device batch size.")] = 8,
+    grad_accum: Annotated[int, typer.Option(min=1)] = 1,
+    max_length: Annotated[int, typer.Option(min=8)] = 512,
+    lora: Annotated[int, typer.Option("--lora", min=0, help="LoRA rank r (0 = full fine-tune).")] = 0,
+    lora_alpha: int = 16,
+    merge_lora: Annotated[bool, typer.Option(help="Also save the LoRA-merged model in out/model.")] = True,
+    save_steps: Annotated[int, typer.Option(min=1, help="Checkpoint every N steps (resume point).")] = 50,
+    seed: int = 0,
+    bf16: Annotated[bool | None, typer.Option(help="Default: bf16 where the GPU supports it.")] = None,
+    num_generations: Annotated[int, typer.Option(min=2, help="grpo/rloo: completions per prompt.")] = 4,
+    max_completion_length: Annotated[int, typer.Option(min=1, help="grpo/rloo.")] = 128,
+    overwrite: OverwriteOpt = False,
+):
+    """Train on the branch tables with TRL (DPO, KTO, SimPO, ORPO, GRPO, RLOO); resumable from checkpoints."""
+    import click
+
+    from stages import train as stage
+
+    ctx = click.get_current_context()
+    given = {name: value for name, value in ctx.params.items()
+             if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
+    overrides = stage.load_config_file(config) if config else {}
+    flags = {"lora": "lora_r"}
+    fields = {f.name for f in stage.dataclasses.fields(stage.TrainSettings)}
+    for name, value in given.items():  # explicit flags win over the config file
+        key = flags.get(name, name)
+        if key in fields:
+            overrides[key] = value
+    base = {"method": method, "model": model}
+    settings = stage.TrainSettings(**{**base, **{k: v for k, v in overrides.items() if k in fields}})
+    extra = {k: v for k, v in overrides.items() if k not in fields}
+    summary = stage.train(run, settings, out, config_overrides=extra, overwrite=overwrite, log=log)
+    err.print(f"[green]train[/green] {settings.method}/{settings.data}: step {summary.get('global_step')}, "
+              f"loss {summary.get('first_loss')} -> {summary.get('last_loss', summary.get('train_loss'))}")
+
+
 @app.command("eval")
 @handle_errors
 def eval_(
@@ -314,6 +366,31 @@ def export(
 
     for path in do_export(run, fmt, out, data):
         err.print(f"wrote {path}")
+
+
+@app.command()
+@handle_errors
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for the demo's runs.")] = Path("runs/demo"),
+    quick: Annotated[bool, typer.Option(help="A smaller run (about 3 minutes) for smoke tests.")] = False,
+):
+    """Run a whole GPO experiment on the built-in toy task and tiny model (CPU, no network) and report it."""
+    from gpo_cli.demo import run_demo
+
+    run_demo(out, quick)
+
+
+@app.command()
+@handle_errors
+def show(
+    run: Annotated[Path, typer.Argument(help="Run directory.")],
+    problem: Annotated[str, typer.Option(help="Problem id.")],
+    sample: Annotated[int | None, typer.Option(help="Sample index (default: the first with a critical step).")] = None,
+):
+    """One trajectory in the terminal: steps with values, intervals, advantages, the critical step, branches."""
+    from gpo_cli.show import show as show_trajectory
+
+    show_trajectory(run, problem, sample)
 
 
 @toy_app.command("build")
