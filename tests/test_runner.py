@@ -162,3 +162,50 @@ def test_shard_defaults_to_slurm_array_variables():
     assert parse_shard(None, {"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "5"}) == (2, 5)
     assert parse_shard(None, {}) == (0, 1)
     assert array_spec([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
+
+
+def test_finished_shard_with_a_modified_part_is_redone(tmp_path):
+    run_stage(make_stage([]), tmp_path, Settings(), input_table=problems(20), chunk_groups=8)
+    reference = read(tmp_path)
+    part = tmp_path / "toy" / "extra" / "shard-00000.chunk-00002.parquet"
+    part.write_bytes(part.read_bytes()[:-30] + b"x" * 30)  # same size, different bytes
+    calls: list = []
+    run_stage(make_stage(calls), tmp_path, Settings(), input_table=problems(20), chunk_groups=8)
+    assert len(calls) == 1 and read(tmp_path) == reference
+    assert read(tmp_path, "extra") == [{"problem_id": r["problem_id"], "twice": 2 * r["value"]} for r in reference]
+
+
+def test_downstream_refuses_a_corrupted_input(tmp_path):
+    run_stage(make_stage([]), tmp_path, Settings(), input_table=problems(5))
+    part = tmp_path / "toy" / "shard-00000.chunk-00000.parquet"
+    part.write_bytes(part.read_bytes() + b"junk")
+    down = Stage("down", "toy", {"down": SCHEMA}, ("problem_id",), lambda rows, ctx: {"down": rows})
+    with pytest.raises(GpoError, match="does not match its manifest"):
+        run_stage(down, tmp_path, Settings())
+
+
+def test_second_process_on_the_same_shard_is_refused(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from stages.core.runner import shard_lock
+
+    out = tmp_path / "toy"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; sys.path.insert(0, '.'); from pathlib import Path; "
+        "from stages.core.runner import shard_lock\n"
+        f"with shard_lock(Path({str(out)!r}), 0):\n    print('held', flush=True); time.sleep(30)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(GpoError, match="being run by pid"):
+            with shard_lock(out, 0):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    time.sleep(0.1)
+    with shard_lock(out, 0):  # the lock died with its owner (SIGKILL)
+        pass

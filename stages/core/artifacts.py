@@ -98,6 +98,26 @@ def part_info(path: Path) -> dict:
     return {"rows": pq.read_metadata(path).num_rows, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
+def verify_files(out: Path, manifest: dict) -> list[str]:
+    """Files of a finished shard that are missing or differ from the size and checksum its manifest recorded."""
+    bad = []
+    for f in manifest.get("files", []):
+        path = out / f["path"]
+        if not path.exists() or path.stat().st_size != f["bytes"] or sha256_file(path) != f["sha256"]:
+            bad.append(f["path"])
+    return bad
+
+
+def verify_stage(run: Path, stage: str) -> None:
+    """Refuse to read a finished stage whose parts no longer match their manifests (truncated, edited)."""
+    out = stage_dir(run, stage)
+    for path in sorted((out / "_shards").glob("*.json")):
+        bad = verify_files(out, load_json(path))
+        if bad:
+            raise GpoError(f"{out / bad[0]} does not match its manifest (truncated or modified); "
+                           f"rerun `gpo {stage}` with the same arguments to redo it")
+
+
 def stage_dir(run: Path, stage: str) -> Path:
     return Path(run) / stage
 

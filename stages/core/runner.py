@@ -174,17 +174,64 @@ def run_stage(stage: Stage, run: Path, settings: Any, *, input_table: pa.Table |
     run = Path(run)
     if stage.input is not None:
         artifacts.require_success(run, stage.input)
+        artifacts.verify_stage(run, stage.input)
     config = resolve_config(stage, run, settings, num_shards, chunk_groups)
     out = prepare_stage_dir(stage, run, config, overwrite)
-    manifest_path = out / "_shards" / f"{index:05d}.json"
-    if manifest_path.exists():
-        manifest = artifacts.load_json(manifest_path)
-        if manifest.get("config_hash") == config["config_hash"]:
-            log(f"{stage.name} shard {index}/{num_shards} already finished ({manifest['rows']} rows): nothing to do")
+    with shard_lock(out, index):
+        done = finished_manifest(stage, out, config, index, log)
+        if done is not None:
             artifacts.mark_success_if_complete(out, num_shards, config["config_hash"])
-            return manifest
-        manifest_path.unlink()
+            return done
+        return _run_shard(stage, run, out, settings, config, shard, chunk_groups, input_table,
+                          make_generator, log, after_chunk)
 
+
+@contextmanager
+def shard_lock(out: Path, index: int) -> Iterator[None]:
+    """One process per shard: a second one started by mistake says so and exits (the lock dies with its owner)."""
+    import fcntl
+
+    path = out / "_shards" / f"{index:05d}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "another process"
+            raise GpoError(f"shard {index} of {out} is being run by {owner}; not starting a second one") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        handle.flush()
+        yield
+
+
+def finished_manifest(stage: Stage, out: Path, config: dict, index: int, log) -> dict | None:
+    """The shard's manifest if it is finished and its files are intact; damaged chunks are removed for redo."""
+    path = out / "_shards" / f"{index:05d}.json"
+    if not path.exists():
+        return None
+    manifest = artifacts.load_json(path)
+    if manifest.get("config_hash") == config["config_hash"]:
+        bad = artifacts.verify_files(out, manifest)
+        if not bad:
+            log(f"{stage.name} shard {index}/{manifest['num_shards']} already finished "
+                f"({manifest['rows']} rows): nothing to do")
+            return manifest
+        log(f"{stage.name} shard {index}: {', '.join(bad)} do not match the manifest; redoing those chunks")
+        for name in {Path(b).name for b in bad}:  # a chunk is redone whole: drop it from every table
+            for folder in [out, *(out / t for t in stage.outputs if t != stage.name)]:
+                (folder / name).unlink(missing_ok=True)
+    (out / "_SUCCESS").unlink(missing_ok=True)
+    path.unlink()
+    return None
+
+
+def _run_shard(stage: Stage, run: Path, out: Path, settings: Any, config: dict, shard: tuple[int, int],
+               chunk_groups: int, input_table: pa.Table | None, make_generator, log, after_chunk) -> dict:
+    index, num_shards = shard
+    manifest_path = out / "_shards" / f"{index:05d}.json"
     if input_table is None:
         input_table = artifacts.read_table(run, stage.input)
     groups = shard_groups(input_table.column(stage.group_column).to_pylist(), index, num_shards)
@@ -210,7 +257,8 @@ def run_stage(stage: Stage, run: Path, settings: Any, *, input_table: pa.Table |
 def _run_chunk(stage: Stage, out: Path, ctx: Context, rows: pa.Table, k: int, num_chunks: int,
                meta: dict, log: Callable[[str], None]) -> None:
     primary = out / chunk_name(ctx.shard, k)
-    if artifacts.valid_part(primary, meta["config_hash"]):
+    parts = [primary, *(out / name / primary.name for name in stage.outputs if name != stage.name)]
+    if all([artifacts.valid_part(p, meta["config_hash"]) for p in parts]):  # list: check (and clean) every part
         return
     t0 = time.time()
     ctx.stats = Counter()
