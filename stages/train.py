@@ -249,21 +249,32 @@ def make_callbacks(out: Path, tags: dict, rows: list[dict], mirror: Path | None)
     return [Recorder()], write_metrics
 
 
+def _read_latest(out: Path) -> Path | None:
+    """The checkpoint folder the `latest` pointer names, if it exists."""
+    pointer = out / "checkpoints" / "latest"
+    if not pointer.exists():
+        return None
+    name = artifacts.load_json(pointer).get("checkpoint")
+    folder = out / "checkpoints" / str(name)
+    return folder if name and folder.is_dir() else None
+
+
 def latest_checkpoint(out: Path) -> Path | None:
-    """The checkpoint the `latest` pointer names; folders past it (a save cut short) are removed."""
-    ckpts = out / "checkpoints"
-    pointer = ckpts / "latest"
-    trusted = None
-    if pointer.exists():
-        name = artifacts.load_json(pointer).get("checkpoint")
-        if name and (ckpts / name).is_dir():
-            trusted = ckpts / name
+    """The trusted checkpoint; folders past it (a save cut short) are removed so nothing resumes from them."""
+    trusted = _read_latest(out)
     step = int(trusted.name.split("-")[1]) if trusted else 0
-    for folder in ckpts.glob("checkpoint-*"):
+    for folder in (out / "checkpoints").glob("checkpoint-*"):
         tail = folder.name.split("-")[-1]
         if folder.is_dir() and (not tail.isdigit() or int(tail) > step):
             shutil.rmtree(folder, ignore_errors=True)
     return trusted
+
+
+def _barrier() -> None:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        PartialState().wait_for_everyone()
 
 
 def previous_metrics(out: Path, upto_step: int) -> list[dict]:
@@ -294,57 +305,43 @@ def trl_args(s: TrainSettings, extra: dict, out: Path) -> dict:
     return {**args, **extra}
 
 
+# TRL module and class stem per method: <stem>Config, <stem>Trainer. SimPO is CPO with loss_type="simpo".
+TRL_CLASSES = {"dpo": ("trl", "DPO"), "kto": ("trl", "KTO"), "simpo": ("trl.experimental.cpo", "CPO"),
+               "orpo": ("trl.experimental.orpo", "ORPO"), "grpo": ("trl", "GRPO"), "rloo": ("trl", "RLOO")}
+
+
+def trl_class(method: str, kind: str):
+    """`kind` is "Config" or "Trainer"."""
+    import importlib
+
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # CPO and ORPO live in trl.experimental
+    module, stem = TRL_CLASSES[method]
+    return getattr(importlib.import_module(module), stem + kind)
+
+
+def method_args(s: TrainSettings) -> dict:
+    if s.method == "dpo":  # several loss types ("sigmoid,sft") are combined by TRL
+        return {"loss_type": [t.strip() for t in s.loss_type.split(",")], "max_length": s.max_length}
+    if s.method == "simpo":  # cpo_alpha 0: no NLL term, i.e. SimPO proper
+        return {"loss_type": "simpo", "cpo_alpha": 0.0, "simpo_gamma": s.beta / 2, "max_length": s.max_length}
+    own_loss = {"loss_type": s.loss_type} if s.loss_type != "sigmoid" else {}
+    if s.method in ONLINE:
+        return {"num_generations": s.num_generations, "max_completion_length": s.max_completion_length,
+                "use_vllm": False, **own_loss}
+    return {"max_length": s.max_length, **own_loss}
+
+
 def build_config(s: TrainSettings, extra: dict, out: Path):
-    """The method's TRL config; a bad combination (e.g. batch vs generations) becomes a one-line GpoError."""
-    common = trl_args(s, extra, out)
-    if s.method == "dpo":
-        from trl import DPOConfig as Config
-
-        common = {"loss_type": [t.strip() for t in s.loss_type.split(",")], "max_length": s.max_length, **common}
-    elif s.method == "kto":
-        from trl import KTOConfig as Config
-
-        common = {"max_length": s.max_length, **({"loss_type": s.loss_type} if s.loss_type != "sigmoid" else {}),
-                  **common}
-    elif s.method == "simpo":
-        from trl.experimental.cpo import CPOConfig as Config
-
-        common = {"loss_type": "simpo", "cpo_alpha": 0.0, "simpo_gamma": s.beta / 2, "max_length": s.max_length,
-                  **common}
-    elif s.method == "orpo":
-        from trl.experimental.orpo import ORPOConfig as Config
-
-        common = {"max_length": s.max_length, **common}
-    else:
-        from stages.train_online import online_config
-
-        return online_config(s, common)
-    return make_config(Config, common)
-
-
-def make_config(Config, kwargs: dict):
-    known = {f.name for f in dataclasses.fields(Config)}
-    unknown = sorted(set(kwargs) - known)
+    """The method's TRL config; unknown keys or a bad combination (batch vs generations) -> one-line GpoError."""
+    Config = trl_class(s.method, "Config")
+    kwargs = {**method_args(s), **trl_args(s, extra, out)}
+    unknown = sorted(set(kwargs) - {f.name for f in dataclasses.fields(Config)})
     if unknown:
         raise GpoError(f"unknown {Config.__name__} argument(s): {', '.join(unknown)}")
     try:
         return Config(**kwargs)
     except ValueError as e:
         raise GpoError(f"{Config.__name__}: {str(e).splitlines()[0]}") from None
-
-
-def trainer_class(method: str):
-    if method == "dpo":
-        from trl import DPOTrainer
-        return DPOTrainer
-    if method == "kto":
-        from trl import KTOTrainer
-        return KTOTrainer
-    if method == "simpo":
-        from trl.experimental.cpo import CPOTrainer
-        return CPOTrainer
-    from trl.experimental.orpo import ORPOTrainer
-    return ORPOTrainer
 
 
 def lora_config(s: TrainSettings):
@@ -368,6 +365,9 @@ def save_final(trainer, s: TrainSettings, tok, out: Path) -> None:
             os.replace(tmp, final)
 
     tmp = out / f".tmp-{'adapter' if s.lora_r else 'model'}"
+    if _is_main():
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a crash during a previous save
+    _barrier()
     trainer.save_model(str(tmp))  # collective under DDP/FSDP: every rank calls it
     if not s.lora_r:
         place(tmp, out / "model")
@@ -376,6 +376,7 @@ def save_final(trainer, s: TrainSettings, tok, out: Path) -> None:
     if s.merge_lora and _is_main():
         merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
         tmp = out / ".tmp-model"
+        shutil.rmtree(tmp, ignore_errors=True)
         merged.save_pretrained(str(tmp))
         tok.save_pretrained(str(tmp))
         place(tmp, out / "model")
@@ -397,12 +398,14 @@ def check_rerun(out: Path, config: dict, overwrite: bool) -> dict | None:
     same = _comparable(old) == _comparable(config)
     if not same and not overwrite:
         changed = sorted(k for k in set(old["settings"]) | set(config["settings"])
-                         if old["settings"].get(k) != config["settings"].get(k))
+                         if old["settings"].get(k) != config["settings"].get(k) and k not in RESUME_FREE)
         what = ", ".join(changed) or "TRL arguments or input rows"
         raise GpoError(f"{out} was trained with different settings ({what}); pass --overwrite to start over")
     if not same:
-        for child in out.iterdir():
-            shutil.rmtree(child) if child.is_dir() else child.unlink()
+        if _is_main():
+            for child in out.iterdir():
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        _barrier()
         return None
     if (out / "_SUCCESS").exists() and (out / "model").is_dir():
         return artifacts.load_json(out / "summary.json")
@@ -452,19 +455,22 @@ def train(run: Path, settings: TrainSettings, out: Path | None = None, *, config
     if done is not None:
         log(f"train: {out} is finished; nothing to do")
         return done
+    trl_config = build_config(s, extra, out)  # refuses bad TRL arguments before anything is written
     if _is_main():
         artifacts.write_json_atomic(out / "config.json", config)
     if checks["mismatch"]:
         log(f"train: warning: for {checks['mismatch']} of {len(dataset)} rows TRL's tokenization of the prompt "
             f"differs from the ids used at sampling time")
 
-    resume = latest_checkpoint(out)
+    resume = latest_checkpoint(out) if _is_main() else None
+    _barrier()  # rank 0 has cleaned up; every rank now sees the same checkpoints
+    resume = resume or _read_latest(out)
     resume_step = int(resume.name.split("-")[1]) if resume else 0
     rows = previous_metrics(out, resume_step) if resume else []
     tags = {"method": s.method, "data": s.data, "run_name": out.name}
     mirror = run / "train" / "metrics" / f"{out.name}.parquet" if out.parent == run / "train" else None
     own, write_metrics = make_callbacks(out, tags, rows, mirror)
-    trainer = make_trainer(s, extra, out, tok, dataset, own + list(callbacks or []))
+    trainer = make_trainer(s, trl_config, tok, dataset, own + list(callbacks or []))
     log(f"train: {s.method} on {len(dataset)} '{s.data}' rows, lr {s.learning_rate:g}, beta {s.beta:g}"
         + (f", resuming from {resume.name}" if resume else ""))
     try:
@@ -483,14 +489,40 @@ def train(run: Path, settings: TrainSettings, out: Path | None = None, *, config
     return summary
 
 
-def make_trainer(s: TrainSettings, extra: dict, out: Path, tok, dataset, callbacks: list):
-    config = build_config(s, extra, out)
-    if s.method in ONLINE:
-        from stages.train_online import online_trainer
+def make_trainer(s: TrainSettings, config, tok, dataset, callbacks: list):
+    try:  # TRL checks some combinations only here (e.g. KTO needs a batch of at least 2)
+        if s.method in ONLINE:
+            from stages.train_online import online_trainer
 
-        return online_trainer(s, config, tok, dataset, callbacks, lora_config(s))
-    return trainer_class(s.method)(model=s.model, args=config, train_dataset=dataset, processing_class=tok,
-                                   callbacks=callbacks, peft_config=lora_config(s))
+            trainer = online_trainer(s, config, tok, dataset, callbacks, lora_config(s))
+        else:
+            trainer = trl_class(s.method, "Trainer")(model=s.model, args=config, train_dataset=dataset,
+                                                     processing_class=tok, callbacks=callbacks,
+                                                     peft_config=lora_config(s))
+    except ValueError as e:
+        raise GpoError(f"{s.method}: {str(e).splitlines()[0]}") from None
+    _progress_to_stderr(trainer)
+    return trainer
+
+
+def _progress_to_stderr(trainer) -> None:
+    """HF's progress callback prints each log dict to stdout; keep stdout for data, one short line to stderr."""
+    import sys
+
+    from transformers.trainer_callback import ProgressCallback
+
+    class StderrProgress(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and self.training_bar is not None and logs:
+                shown = [f"{k}={v:.4g}" for k, v in logs.items() if k in PROGRESS_KEYS and isinstance(v, float)]
+                if shown:
+                    self.training_bar.write(f"step {state.global_step}: " + " ".join(shown), file=sys.stderr)
+
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(StderrProgress())
+
+
+PROGRESS_KEYS = ("loss", "rewards/margins", "rewards/accuracies", "reward", "kl", "learning_rate", "train_loss")
 
 
 def summarize(s, trainer, result, rows, inputs, checks, resume) -> dict:

@@ -55,21 +55,6 @@ def online_rows(run: Path, data: str, tok) -> tuple[list[dict], dict, dict]:
     return examples, inputs, checks
 
 
-def online_config(s, common: dict):
-    from stages.train import make_config
-
-    if s.method == "grpo":
-        from trl import GRPOConfig as Config
-
-        if s.loss_type != "sigmoid":
-            common = {"loss_type": s.loss_type, **common}
-    else:
-        from trl import RLOOConfig as Config
-    common = {"num_generations": s.num_generations, "max_completion_length": s.max_completion_length,
-              "use_vllm": False, **common}
-    return make_config(Config, common)
-
-
 class AnswerReward:
     """Reward 1.0 when the project's checker accepts prefix + completion, else 0.0 (one checker per kind)."""
 
@@ -99,10 +84,9 @@ class AnswerReward:
 
 
 def online_trainer(s, config, tok, dataset, callbacks: list, peft_config):
-    if s.method == "grpo":
-        from trl import GRPOTrainer as Trainer
-    else:
-        from trl import RLOOTrainer as Trainer
+    from stages.train import trl_class
+
+    Trainer = trl_class(s.method, "Trainer")
     reward = AnswerReward()
     trainer = Trainer(model=s.model, reward_funcs=reward, args=config, train_dataset=dataset,
                       processing_class=tok, callbacks=callbacks, peft_config=peft_config)
