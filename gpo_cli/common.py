@@ -13,7 +13,7 @@ from rich.console import Console
 
 from stages.core.errors import GpoError
 
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)  # soft wrap: an error stays one line
 out = Console(highlight=False)
 
 RunOpt = Annotated[Path, typer.Option("--run", help="Run directory (stage folders are created inside).")]

@@ -24,12 +24,34 @@ toy_app = typer.Typer(no_args_is_help=True, help="The built-in toy task and its 
 app.add_typer(toy_app, name="toy")
 
 
-def generator_factory(backend: str, model: str, dtype: str, device: str, batch_size: int, trust: bool):
+VLLM_KEYS = {"tensor_parallel_size": int, "gpu_memory_utilization": float, "max_model_len": int,
+             "max_num_seqs": int, "enforce_eager": lambda v: v.lower() in ("1", "true", "yes"), "seed": int}
+VllmOpt = Annotated[list[str] | None, typer.Option(
+    "--vllm", help="vLLM engine setting KEY=VALUE (repeatable): " + ", ".join(VLLM_KEYS) + ".")]
+
+
+def parse_vllm_options(items: list[str] | None) -> dict:
+    options = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or key not in VLLM_KEYS:
+            raise GpoError(f"--vllm {item!r}: expected KEY=VALUE with KEY one of {', '.join(VLLM_KEYS)}")
+        try:
+            options[key] = VLLM_KEYS[key](value)
+        except ValueError:
+            raise GpoError(f"--vllm {item!r}: bad value for {key}") from None
+    return options
+
+
+def generator_factory(backend: str, model: str, dtype: str, device: str, batch_size: int, trust: bool,
+                      vllm: list[str] | None = None):
+    options = parse_vllm_options(vllm)  # validated now, before any stage folder is written
+
     def make():
         from stages.core.backends import make_generator
 
         return make_generator(backend, model, dtype=dtype, device=device, batch_size=batch_size,
-                              trust_remote_code=trust)
+                              trust_remote_code=trust, vllm_options=options)
     return make
 
 
@@ -61,6 +83,7 @@ def sample(
     chunk_groups: ChunkOpt = 16,
     overwrite: OverwriteOpt = False,
     trust_remote_code: TrustOpt = False,
+    vllm: VllmOpt = None,
 ):
     """Sample n trajectories per problem and score them: RUN/sample/*.parquet."""
     from stages import sample as stage
@@ -83,7 +106,7 @@ def sample(
     manifest = run_stage(stage.STAGE, run, settings, input_table=loaded.table, shard=shard_ix,
                          chunk_groups=chunk_groups, overwrite=overwrite, log=log,
                          make_generator=generator_factory(backend, model, dtype, device, batch_size,
-                                                          trust_remote_code))
+                                                          trust_remote_code, vllm))
     _report(manifest)
 
 
@@ -99,14 +122,17 @@ def _report(manifest: dict) -> None:
 def _upstream_model(run: Path, model: str | None, backend: str | None) -> tuple[str, str]:
     """Rollouts come from the policy that sampled: default to the sample stage's model and backend."""
     from stages.core import artifacts
+    from stages.core.runner import check_identity
 
     artifacts.require_success(run, "sample")
-    cfg = artifacts.load_json(Path(run) / "sample" / "config.json")["settings"]
-    return model or cfg["model"], backend or cfg["backend"]
+    path = Path(run) / "sample" / "config.json"
+    config = artifacts.load_json(path)
+    check_identity(config, "sample", path)
+    return model or config["settings"]["model"], backend or config["settings"]["backend"]
 
 
 def _run_generating_stage(stage, run: Path, settings, *, model, backend, dtype, device, batch_size, shard,
-                          chunk_groups, overwrite, trust_remote_code):
+                          chunk_groups, overwrite, trust_remote_code, vllm):
     from stages.core.backends import check_model_dir
     from stages.core.runner import parse_shard, run_stage
 
@@ -116,7 +142,7 @@ def _run_generating_stage(stage, run: Path, settings, *, model, backend, dtype, 
     manifest = run_stage(stage, run, settings, shard=shard_ix, chunk_groups=chunk_groups,
                          overwrite=overwrite, log=log,
                          make_generator=generator_factory(backend, model, dtype, device, batch_size,
-                                                          trust_remote_code))
+                                                          trust_remote_code, vllm))
     _report(manifest)
     return manifest
 
@@ -150,6 +176,7 @@ def estimate(
     chunk_groups: ChunkOpt = 16,
     overwrite: OverwriteOpt = False,
     trust_remote_code: TrustOpt = False,
+    vllm: VllmOpt = None,
 ):
     """Cut responses into steps on token ids and estimate each state's value by Monte Carlo rollouts."""
     from stages import estimate as stage
@@ -159,7 +186,7 @@ def estimate(
     stage.validate(settings)
     _run_generating_stage(stage.STAGE, run, settings, model=model, backend=backend, dtype=dtype, device=device,
                           batch_size=batch_size, shard=shard, chunk_groups=chunk_groups, overwrite=overwrite,
-                          trust_remote_code=trust_remote_code)
+                          trust_remote_code=trust_remote_code, vllm=vllm)
 
 
 @app.command()
@@ -214,6 +241,7 @@ def branch(
     chunk_groups: ChunkOpt = 16,
     overwrite: OverwriteOpt = False,
     trust_remote_code: TrustOpt = False,
+    vllm: VllmOpt = None,
 ):
     """Reset at critical steps, sample continuations, write pairs / unpaired rows / reset prompts."""
     from stages import branch as stage
@@ -225,7 +253,7 @@ def branch(
     record = stage.BASELINE_ONLY_STAGE if baseline_only else stage.STAGE
     manifest = _run_generating_stage(record, run, settings, model=model, backend=backend, dtype=dtype, device=device,
                                      batch_size=batch_size, shard=shard, chunk_groups=chunk_groups,
-                                     overwrite=overwrite, trust_remote_code=trust_remote_code)
+                                     overwrite=overwrite, trust_remote_code=trust_remote_code, vllm=vllm)
     err.print(f"pairs: {manifest['stats'].get('pairs', 0)}")
 
 
@@ -307,6 +335,7 @@ def eval_(
     chunk_groups: ChunkOpt = 32,
     overwrite: OverwriteOpt = False,
     trust_remote_code: TrustOpt = False,
+    vllm: VllmOpt = None,
 ):
     """Score a model: greedy accuracy, sampled pass@1 with a 95% interval, pass@k and maj@k."""
     from gpo_cli.report_cmds import print_comparison, print_summary
@@ -335,7 +364,7 @@ def eval_(
     manifest = run_stage(name, run, settings, input_table=loaded.table, shard=shard_ix, chunk_groups=chunk_groups,
                          overwrite=overwrite, log=log,
                          make_generator=generator_factory(backend, model, dtype, device, batch_size,
-                                                          trust_remote_code))
+                                                          trust_remote_code, vllm))
     _report(manifest)
     summary = stage.write_summary(run, label, ks)
     if summary is not None:

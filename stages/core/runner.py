@@ -85,10 +85,22 @@ def config_hash(config: dict) -> str:
     return artifacts.sha256_bytes(json.dumps(config, sort_keys=True, default=str).encode())[:16]
 
 
+def check_identity(config: dict, stage: str, path: Path) -> None:
+    """A folder written by another stage or another schema version is refused, not misread."""
+    if config.get("stage") != stage:
+        raise GpoError(f"{path} belongs to stage {config.get('stage')!r}, not {stage!r}")
+    if config.get("schema_version") != SCHEMA_VERSION:
+        raise GpoError(f"{path} was written with schema version {config.get('schema_version')}; "
+                       f"this gpo reads version {SCHEMA_VERSION}")
+
+
 def resolve_config(stage: Stage, run: Path, settings: Any, num_shards: int, chunk_groups: int) -> dict:
     upstream = None
     if stage.input is not None:
-        upstream = artifacts.load_json(artifacts.stage_dir(run, stage.input) / "config.json")["config_hash"]
+        path = artifacts.stage_dir(run, stage.input) / "config.json"
+        upstream_config = artifacts.load_json(path)
+        check_identity(upstream_config, stage.input, path)
+        upstream = upstream_config.get("config_hash")
     body = {
         "stage": stage.name,
         "schema_version": SCHEMA_VERSION,
@@ -114,6 +126,7 @@ def prepare_stage_dir(stage: Stage, run: Path, config: dict, overwrite: bool) ->
     old_path = out / "config.json"
     if old_path.exists():
         old = artifacts.load_json(old_path)
+        check_identity(old, stage.name, old_path)
         same = old.get("config_hash") == config["config_hash"]
         if same and old.get("num_shards") != config["num_shards"]:
             if not overwrite:

@@ -1,0 +1,141 @@
+"""Bad input: a clear one-line error, a non-zero exit, no traceback, nothing written."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from gpo_cli.main import app
+
+runner = CliRunner()
+COMMANDS = ["sample", "estimate", "locate", "branch", "train", "eval", "export", "status", "sql", "show",
+            "report", "demo", "slurm", "smollm2", "toy"]
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    """Looks like a model folder (config and tokenizer files) without being loaded by these tests."""
+    d = tmp_path / "model"
+    d.mkdir()
+    (d / "config.json").write_text("{}")
+    (d / "tokenizer.json").write_text("{}")
+    return d
+
+
+def fails_cleanly(args, match: str):
+    result = runner.invoke(app, [str(a) for a in args])
+    text = result.output
+    assert result.exit_code != 0, text
+    assert "Traceback" not in text, text
+    assert match.lower() in text.lower(), text
+    error_lines = [line for line in text.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1, text
+    return result
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command):
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+def test_top_level_help_lists_the_stages():
+    result = runner.invoke(app, ["--help"])
+    for command in ("sample", "estimate", "locate", "branch", "train", "eval", "status", "sql"):
+        assert command in result.output
+
+
+def test_missing_problem_file(tmp_path, model_dir):
+    fails_cleanly(["sample", "--problems", tmp_path / "nope.jsonl", "--model", model_dir, "--run", tmp_path / "r"],
+                  "does not exist")
+    assert not (tmp_path / "r").exists()
+
+
+def test_wrong_columns_name_the_expected_ones(tmp_path, model_dir):
+    f = tmp_path / "p.jsonl"
+    f.write_text(json.dumps({"q": "1+1?", "a": "2"}) + "\n")
+    fails_cleanly(["sample", "--problems", f, "--model", model_dir, "--run", tmp_path / "r"], "question")
+    assert not (tmp_path / "r").exists()
+
+
+def test_empty_file(tmp_path, model_dir):
+    f = tmp_path / "p.jsonl"
+    f.write_text("")
+    fails_cleanly(["sample", "--problems", f, "--model", model_dir, "--run", tmp_path / "r"], "empty")
+
+
+def test_non_parquet_file(tmp_path, model_dir):
+    f = tmp_path / "p.parquet"
+    f.write_text("this is not parquet")
+    fails_cleanly(["sample", "--problems", f, "--model", model_dir, "--run", tmp_path / "r"], "not a readable Parquet")
+
+
+def test_bad_rows_are_counted_not_fatal(tmp_path):
+    from stages.core.sources import Fields, load_problems
+
+    f = tmp_path / "p.jsonl"
+    rows = [{"question": "ok?", "answer": "#### 4"}, {"question": "", "answer": "1"}, {"question": "x?"},
+            {"question": "y?", "answer": None}]
+    f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    loaded = load_problems(str(f), Fields())
+    assert loaded.table.num_rows == 1 and loaded.table.column("gold_answer").to_pylist() == ["4"]
+    assert loaded.skipped == {"empty question": 1, "missing gold answer": 2}
+
+
+@pytest.mark.parametrize("spec", ["3/3", "-1/2", "0/0", "x"])
+def test_invalid_shard(tmp_path, model_dir, spec):
+    fails_cleanly(["sample", "--problems", "toy:arith?n=3", "--model", model_dir, "--run", tmp_path / "r",
+                   "--shard", spec], "invalid shard")
+    assert not (tmp_path / "r").exists()
+
+
+def test_model_folder_missing_or_without_tokenizer(tmp_path):
+    fails_cleanly(["sample", "--problems", "toy:arith?n=3", "--model", tmp_path / "none", "--run", tmp_path / "r"],
+                  "does not exist")
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "config.json").write_text("{}")
+    fails_cleanly(["sample", "--problems", "toy:arith?n=3", "--model", bare, "--run", tmp_path / "r"],
+                  "no tokenizer")
+    assert not (tmp_path / "r").exists()
+
+
+def test_upstream_not_finished(tmp_path):
+    fails_cleanly(["estimate", "--run", tmp_path], "has not finished")
+    fails_cleanly(["locate", "--run", tmp_path], "has not finished")
+    fails_cleanly(["branch", "--run", tmp_path], "has not finished")
+
+
+def test_contradictory_or_invalid_options(tmp_path, model_dir):
+    fails_cleanly(["estimate", "--run", tmp_path, "--estimator", "magic"], "--estimator")
+    fails_cleanly(["locate", "--run", tmp_path, "--rule", "biggest"], "--rule")
+    fails_cleanly(["sample", "--problems", "toy:arith?n=3", "--model", model_dir, "--run", tmp_path / "r",
+                   "--template", "fancy"], "--template")
+    fails_cleanly(["sample", "--problems", "toy:arith?n=3", "--model", model_dir, "--run", tmp_path / "r",
+                   "--vllm", "tensor_parallel_size=two"], "--vllm")
+    fails_cleanly(["eval", "--run", tmp_path], "needs --model")
+    fails_cleanly(["export", "--run", tmp_path, "--format", "csv", "--out", tmp_path / "x"], "format")
+
+
+def test_run_dir_of_another_stage_or_schema(tmp_path):
+    from stages.core.runner import SCHEMA_VERSION
+
+    (tmp_path / "sample").mkdir()
+    (tmp_path / "sample" / "_SUCCESS").write_text("{}")
+    (tmp_path / "sample" / "config.json").write_text(json.dumps(
+        {"stage": "sample", "schema_version": SCHEMA_VERSION + 1, "config_hash": "x", "settings": {}}))
+    fails_cleanly(["estimate", "--run", tmp_path], "schema")
+
+
+def test_sql_errors_and_read_only(tmp_path):
+    fails_cleanly(["sql", tmp_path / "nope", "select 1"], "does not exist")
+    (tmp_path / "t").mkdir()
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"a": [1]}), tmp_path / "t" / "x.parquet")
+    fails_cleanly(["sql", tmp_path, "drop view t"], "read-only")
+    fails_cleanly(["sql", tmp_path, "select nope from t"], "SQL error")
+    ok = runner.invoke(app, ["sql", str(tmp_path), "select a from t", "--format", "csv"])
+    assert ok.exit_code == 0 and ok.output.splitlines() == ["a", "1"]
