@@ -449,7 +449,7 @@ def smollm2(
 @handle_errors
 def toy_build(
     out: Annotated[Path, typer.Option(help="Folder for the tokenizer and model.")] = Path("data/toy-model"),
-    steps: Annotated[int, typer.Option(min=1, help="Training steps.")] = 2500,
+    steps: Annotated[int, typer.Option(min=1, help="Training steps.")] = 3000,
     seed: int = 0,
 ):
     """Build the toy tokenizer and train the tiny model by SFT on noisy gold solutions (CPU, minutes)."""

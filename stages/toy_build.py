@@ -167,7 +167,9 @@ def _score(problems: list[dict], responses: list[str]) -> dict:
     return {
         "accuracy": sum(w is None for w in wrong) / n,
         "answer_accuracy": sum(a == p["gold_answer"] for a, p in zip(answers, problems)) / n,
-        "first_wrong_line_counts": dict(sorted(Counter(w for w in wrong if w is not None).items())),
+        "first_wrong_line_counts": {
+            str(k): v for k, v in sorted(Counter(w for w in wrong if w is not None).items())
+        },
     }
 
 
@@ -207,8 +209,8 @@ def build_toy_model(
     t1 = time.time()
     evals = evaluate_toy_model(model, tok, eval_n, seed)
     metrics = {
-        "args": args, "n_params": n_params, "vocab_size": len(tok), "train_seconds": round(train_s, 1),
-        "eval_seconds": round(time.time() - t1, 1),
+        "args": args, "n_params": n_params, "vocab_size": len(tok),
+        "train_seconds": round(train_s, 1), "eval_seconds": round(time.time() - t1, 1),
         "final_loss": round(sum(losses[-100:]) / len(losses[-100:]), 4), **evals,
     }
     _save(out_dir, model, tok, metrics)
@@ -226,36 +228,44 @@ def _save(out_dir: Path, model, tok, metrics: dict) -> None:
     (out_dir / "README.md").write_text(_readme(metrics) + extra)
 
 
+def _counts(scores: dict) -> str:
+    return ", ".join(f"line {k}: {v}" for k, v in scores["first_wrong_line_counts"].items()) or "-"
+
+
 def _readme(m: dict) -> str:
     a, g, s = m["args"], m["greedy"], m["sampled"]
-    arg_text = " ".join(f"{k}={v}" for k, v in a.items())
+    call_args = ", ".join(f"{k}={v!r}" for k, v in a.items())
     example = m["sample_responses"][0].replace("\n", "\\n")
     return f"""# toy-model: tiny Llama for the built-in arithmetic-chain task
 
 Made by `gpo toy build --out data/toy-model`, which calls
-`stages.toy_build.build_toy_model(out_dir, {", ".join(f"{k}={v!r}" for k, v in a.items())})`
+`stages.toy_build.build_toy_model(out_dir, {call_args})`
 on CPU ({a["threads"]} threads), deterministic for the same arguments and machine.
 
 - Task: `stages/core/toy.py` (`toy_problems`, `first_wrong_line`, `noisy_solution`).
   Question `start: 47 a: + 5 b: - 3 c: + 8`, prompt = question + "\\n",
   solution lines `a: 47 + 5 = 52` ... and a last line `answer: 57`.
-- Tokenizer: word level, {m["vocab_size"]} tokens (numbers {NUM_MIN}..{NUM_MAX} are single tokens, "\\n" is one
-  token, `tok(text)` prepends `<bos>`, exact decode round-trip; no chat template).
-- Model: LlamaForCausalLM from config, hidden 128, 4 layers, 4 heads x head_dim 32, intermediate 512,
-  tied embeddings, {m["n_params"]:,} parameters, fp32 safetensors.
-- Training: SFT on {a["steps"] * a["batch_size"]:,} fresh train problems ({arg_text}), AdamW
-  weight decay 0.01, linear warmup then cosine to 10% of lr, grad clip 1.0, loss on solution + eos.
-  Each solution line carries a wrong result (off by 1, 2 or 10) with probability {a["error_rate"]},
-  later lines continuing from it, so the model makes line-level mistakes at a known rate.
-- Training time: {m["train_seconds"]:.0f} s; final loss (mean of last 100 steps): {m["final_loss"]}.
+- Tokenizer: word level, {m["vocab_size"]} tokens: numbers {NUM_MIN}..{NUM_MAX} are single tokens,
+  "\\n" is one token, `tok(text)` prepends `<bos>`, decode round-trips exactly, no chat template.
+- Model: LlamaForCausalLM from config, hidden 128, 4 layers, 4 heads x head_dim 32,
+  intermediate 512, tied embeddings, {m["n_params"]:,} parameters, fp32 safetensors.
+- Training: SFT on {a["steps"] * a["batch_size"]:,} fresh train problems (arguments above),
+  AdamW (weight decay 0.01), linear warmup then cosine to 10% of lr, grad clip 1.0,
+  loss on the solution and eos only. Each solution line carries a wrong result (off by 1, 2
+  or 10) with probability {a["error_rate"]}, later lines continuing from it, so the model
+  makes line-level mistakes at a known rate.
+- Training time: {m["train_seconds"]:.0f} s wall clock (eval {m["eval_seconds"]:.0f} s);
+  final loss (mean of the last 100 steps): {m["final_loss"]}.
 
 ## Measured accuracy ({m["eval_n"]} test problems, `model.generate`, max 48 new tokens)
-Correct = `first_wrong_line(meta, response) is None` (every line right); answer match in brackets.
+Accuracy: `first_wrong_line(meta, response) is None` (every line right); answer match: the last
+`answer: N` equals the gold answer (a later slip can cancel an earlier one).
 
 | decoding | accuracy | answer match | first wrong line: count |
 |---|---|---|---|
-| greedy | {g["accuracy"]:.3f} | {g["answer_accuracy"]:.3f} | {g["first_wrong_line_counts"]} |
-| sampled T=1 (top_k=0, top_p=1, torch seed {a["seed"]}) | {s["accuracy"]:.3f} | {s["answer_accuracy"]:.3f} | {s["first_wrong_line_counts"]} |
+| greedy | {g["accuracy"]:.3f} | {g["answer_accuracy"]:.3f} | {_counts(g)} |
+| sampled T=1, top_k=0, top_p=1, seed {a["seed"]} | {s["accuracy"]:.3f} \
+| {s["answer_accuracy"]:.3f} | {_counts(s)} |
 
 Example sampled response: `{example}`
 
