@@ -325,8 +325,10 @@ def eval_(
     system: str = "You are a helpful assistant.",
     instruction: str = "Please reason step by step, and put your final answer within \\boxed{}.",
     checker: Annotated[str | None, typer.Option(help="numeric, math or choice (default: the source's).")] = None,
-    compare: Annotated[list[Path] | None, typer.Option(
-        help="Compare finished evaluations (RUN/eval_<label> folders); the first is the reference.")] = None,
+    compare: Annotated[bool, typer.Option(
+        help="Compare the finished evaluations given as arguments (RUN/eval_<label> folders; the first is "
+             "the reference) instead of running one.")] = False,
+    folders: Annotated[list[Path] | None, typer.Argument(help="With --compare: evaluation folders.")] = None,
     backend: BackendOpt = "auto",
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
@@ -345,8 +347,12 @@ def eval_(
     from stages.core.sources import load_problems
 
     if compare:
-        print_comparison(stage.compare([_load_summary(p) for p in compare]))
+        if not folders:
+            raise GpoError("--compare needs evaluation folders, e.g. gpo eval --compare R/eval_base R/eval_dpo-gpo")
+        print_comparison(stage.compare([_load_summary(p) for p in folders]))
         return
+    if folders:
+        raise GpoError(f"unexpected argument {folders[0]} (did you mean --compare?)")
     if model is None or problems is None or run is None:
         raise GpoError("gpo eval needs --model, --problems and --run (or --compare EVAL_DIR ...)")
     try:

