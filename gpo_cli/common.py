@@ -14,7 +14,7 @@ from rich.console import Console
 from stages.core.errors import GpoError
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)  # soft wrap: an error stays one line
-out = Console(highlight=False)
+out = Console(highlight=False, soft_wrap=True)  # printed commands must stay copy-pasteable
 
 RunOpt = Annotated[Path, typer.Option("--run", help="Run directory (stage folders are created inside).")]
 ShardOpt = Annotated[str | None, typer.Option(

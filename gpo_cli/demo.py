@@ -178,7 +178,7 @@ def print_summary(r: dict, gpo_run: Path) -> None:
     out.print("\nReproduce these numbers:")
     for name, sql in SQL.items():
         run = gpo_run.parent / "baseline" if name == "baseline" else gpo_run
-        out.print(f"  gpo sql {run} {shlex.quote(sql)}")
+        out.print(f'  gpo sql {run} "{sql}"')  # the queries hold no double quotes or $
 
 
 def verdict(by_label: dict) -> None:

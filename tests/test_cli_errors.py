@@ -139,3 +139,16 @@ def test_sql_errors_and_read_only(tmp_path):
     fails_cleanly(["sql", tmp_path, "select nope from t"], "SQL error")
     ok = runner.invoke(app, ["sql", str(tmp_path), "select a from t", "--format", "csv"])
     assert ok.exit_code == 0 and ok.output.splitlines() == ["a", "1"]
+
+
+def test_slurm_dry_run_writes_checked_scripts(tmp_path):
+    result = runner.invoke(app, ["slurm", str(tmp_path), "--shards", "4", "--stages", "sample,estimate,train",
+                                 "--args", "sample=--problems toy:arith?n=8 --model data/toy-model",
+                                 "--args", "train=--method dpo --model data/toy-model", "--train-gpus", "2"])
+    assert result.exit_code == 0, result.output
+    sample = (tmp_path / "slurm" / "sample.sbatch").read_text()
+    assert "#SBATCH --array=0-3" in sample and '--shard "${SLURM_ARRAY_TASK_ID}/4"' in sample
+    train = (tmp_path / "slurm" / "train.sbatch").read_text()
+    assert "--array" not in train and "accelerate launch" in train
+    fails_cleanly(["slurm", tmp_path, "--args", "sample=--problemz x"], "No such option")
+    fails_cleanly(["slurm", tmp_path, "--stages", "sample", "--args", "branch=--m 4"], "not in --stages")

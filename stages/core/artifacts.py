@@ -191,8 +191,12 @@ def mark_success_if_complete(out: Path, num_shards: int, config_hash: str) -> bo
 
 
 def remove_stage_outputs(out: Path) -> None:
-    """--overwrite: drop a stage's parts, manifests and success marker (config.json is rewritten)."""
+    """--overwrite: drop a stage's parts, manifests and success marker (config.json is rewritten).
+
+    _logs stays: Slurm may be writing the current job's log there."""
     for child in out.iterdir():
+        if child.name == "_logs":
+            continue
         if child.is_dir():
             shutil.rmtree(child)
         elif child.name != "config.json":
