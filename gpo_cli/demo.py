@@ -99,8 +99,12 @@ def run_demo(root: Path, quick: bool, model: Path = TOY_MODEL) -> dict:
     for label, path in models.items():
         gpo(f"eval {label}", "eval", "--model", path, "--problems", test_src, "--run", gpo_run, "--label", label,
             "--n", plan.eval_n, "--temperature", 1.0, "--max-new-tokens", plan.max_new_tokens, "--backend", "hf")
+    gpo("report", "report", gpo_run)
     results = collect(gpo_run, base_run, budget, gpo.timings, time.time() - started)
     print_summary(results, gpo_run)
+    from stages.core.artifacts import write_json_atomic
+
+    write_json_atomic(root / "summary.json", results)
     return results
 
 
