@@ -90,7 +90,8 @@ def split_response(row: dict, split: str, tok, splitters: dict) -> tuple[str, li
     if spec not in splitters:
         splitters[spec] = make_splitter(spec, tok)
     ids = row["response_token_ids"]
-    pieces = tok.batch_decode([[t] for t in ids], skip_special_tokens=True)
+    # batch_decode([]) returns one empty string, not none
+    pieces = tok.batch_decode([[t] for t in ids], skip_special_tokens=True) if ids else []
     return spec, splitters[spec].split(ids, pieces), pieces
 
 

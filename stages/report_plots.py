@@ -173,7 +173,8 @@ def _interval_bars(ax, names: list[str], series: dict[str, list[tuple[float, flo
             ax.text(x, v[2] + 0.015, f"{v[0]:.1%}", ha="center", va="bottom", fontsize=7.5)
     ax.set_xticks(range(len(names)), names, rotation=20 if max(map(len, names)) > 12 else 0, ha="right"
                   if max(map(len, names)) > 12 else "center")
-    ax.set_ylim(0, 1.1)
+    ax.set_ylim(0, 1.22)  # room above a 100% bar for its label and the legend
+    ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     ax.set_xlim(-0.6, len(names) - 0.4)
 
 
@@ -186,7 +187,7 @@ def eval_accuracy(rows: list[tuple[str, str, float, float, float]]) -> bytes:
     fig, axes = _figure(max(5.0, 1.3 * len(labels) * len(modes) + 2), 3.6)
     _interval_bars(axes[0, 0], labels, series)
     _style(axes[0, 0], "accuracy per model (95% interval over problems)", "", "accuracy")
-    axes[0, 0].legend(fontsize=8, frameon=False, loc="upper left", ncols=len(modes))
+    axes[0, 0].legend(fontsize=8, frameon=False, loc="upper right", ncols=len(modes))
     return _png(fig)
 
 

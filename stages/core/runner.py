@@ -63,11 +63,14 @@ class Context:
             self._generator = self.make_generator()
         return self._generator
 
-    def checker(self, name: str, timeout_s: float = 5.0):
-        """One answer checker per kind for the whole shard (the math checker keeps a process pool)."""
+    def checker(self, name: str):
+        """One answer checker per kind for the whole shard (the math checker keeps a process pool).
+
+        GPO_CHECK_TIMEOUT_S (default 5) bounds one check; a check that runs over is judged wrong."""
         if name not in self._checkers:
             from stages.core.answers import make_checker
 
+            timeout_s = float(os.environ.get("GPO_CHECK_TIMEOUT_S", "5"))
             self._checkers[name] = make_checker(name, timeout_s=timeout_s)
         return self._checkers[name]
 
