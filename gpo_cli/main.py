@@ -406,11 +406,12 @@ def export(
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the demo's runs.")] = Path("runs/demo"),
     quick: Annotated[bool, typer.Option(help="A smaller run (about 3 minutes) for smoke tests.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the training problems, sampling, rollouts and training.")] = 0,
 ):
     """Run a whole GPO experiment on the built-in toy task and tiny model (CPU, no network) and report it."""
     from gpo_cli.demo import run_demo
 
-    run_demo(out, quick)
+    run_demo(out, quick, seed=seed)
 
 
 @app.command()

@@ -468,7 +468,8 @@ def train(run: Path, settings: TrainSettings, out: Path | None = None, *, config
     resume_step = int(resume.name.split("-")[1]) if resume else 0
     rows = previous_metrics(out, resume_step) if resume else []
     tags = {"method": s.method, "data": s.data, "run_name": out.name}
-    mirror = run / "train" / "metrics" / f"{out.name}.parquet" if out.parent == run / "train" else None
+    # RUN/train/<name>/ also feeds RUN/train/metrics/, the folder `gpo sql` shows as the `metrics` view.
+    mirror = out.parent / "metrics" / f"{out.name}.parquet" if out.parent.name == "train" else None
     own, write_metrics = make_callbacks(out, tags, rows, mirror)
     trainer = make_trainer(s, trl_config, tok, dataset, own + list(callbacks or []))
     log(f"train: {s.method} on {len(dataset)} '{s.data}' rows, lr {s.learning_rate:g}, beta {s.beta:g}"
