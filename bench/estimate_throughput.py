@@ -96,10 +96,13 @@ def run_backend(work: dict, k: int, variant: str) -> dict:
     outs = gen.generate(requests, Sampling(1.0, 1.0, work["max_new_tokens"]))
     seconds = time.time() - t0
     stats = gen.stats
-    computed = stats.get("prompt_tokens", 0) - stats.get("cached_prompt_tokens", 0)
+    if backend == "hf":  # each prompt is prefilled once; its n samples share that cache
+        computed, cached = stats["prompt_tokens"], stats["prompt_tokens_shared"]
+    else:  # vLLM prefills every sample's prompt except the blocks its prefix cache already holds
+        cached = stats["cached_prompt_tokens"]
+        computed = stats["prompt_tokens"] + stats["prompt_tokens_shared"] - cached
     return {"seconds": seconds, "generated_tokens": sum(len(c.token_ids) for o in outs for c in o),
-            "prompt_tokens_computed": computed,
-            "prompt_tokens_cached": stats.get("cached_prompt_tokens", 0) + stats.get("prompt_tokens_shared", 0)}
+            "prompt_tokens_computed": int(computed), "prompt_tokens_cached": int(cached)}
 
 
 def child(args) -> None:

@@ -3,7 +3,7 @@
     .venv/bin/python bench/estimator_agreement.py [--model data/toy-model] [--problems 128] [--n 4]
 
 One sample run (fixed), then `estimate` + `locate` for each estimator setting on copies of it:
-full K=2,4,8 (the paper uses K=4), adaptive K=4,8 and bisect K=4,8. For each: rollouts spent per failed
+full K=2,4,8 (the paper uses K=4), adaptive K=4,8 and bisect K=2,3,4,8. For each: rollouts spent per failed
 trajectory, the share of failed trajectories with a critical step, and agreement with the first wrong
 line among them. Prints a table and writes JSON.
 """
@@ -20,7 +20,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-SETTINGS = [("full", 2), ("full", 4), ("full", 8), ("adaptive", 4), ("adaptive", 8), ("bisect", 4), ("bisect", 8)]
+SETTINGS = [("full", 2), ("full", 4), ("full", 8), ("adaptive", 4), ("adaptive", 8), ("bisect", 2), ("bisect", 3),
+            ("bisect", 4), ("bisect", 8)]
 
 
 def main() -> None:
