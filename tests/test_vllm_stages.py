@@ -3,24 +3,16 @@
 import importlib.util
 
 import pytest
-from typer.testing import CliRunner
 
-from gpo_cli.main import app
 from stages.core import artifacts
-from tests.conftest import TOY_MODEL
+from tests.conftest import TOY_MODEL, gpo
 
 pytestmark = [
     pytest.mark.vllm,
     pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed (.[cpu-vllm])"),
     pytest.mark.skipif(not (TOY_MODEL / "config.json").exists(), reason="data/toy-model not built"),
 ]
-runner = CliRunner()
 
-
-def gpo(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result.output
 
 
 def test_stages_run_with_vllm_and_resume(tmp_path):
