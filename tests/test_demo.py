@@ -18,7 +18,7 @@ def test_quick_demo_runs_reports_and_its_numbers_come_from_the_tables(tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "summary.json").read_text())
     labels = {row[0] for row in summary["accuracy"]}
-    assert labels == {"base", "dpo-gpo", "dpo-random-reset", "dpo-baseline"}
+    assert labels == {"base", "dpo-gpo", "dpo-random-reset", "dpo-baseline", "dpo-same-samples"}
     assert [list(r) for r in run_query(tmp_path / "gpo", "select label, mode, count(distinct problem_id), count(*), "
                                        "sum(reward), avg(reward) from evals group by label, mode "
                                        "order by mode, label")[1]] == summary["accuracy"]

@@ -6,6 +6,7 @@ visible to DuckDB. Marked slow; .ci/run runs it.
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -68,24 +69,29 @@ def reference(tmp_path_factory):
 
 
 def test_sigkill_at_random_moments_then_rerun_gives_the_reference_tables(reference, tmp_path):
+    """4 independent trials per stage, each from the finished upstream stages: kill, check, rerun, compare."""
     ref, durations = reference
     rng = random.Random(1234)
     trials = 0
-    run = tmp_path / "killed"
+    upstream = None  # a run holding the finished stages before this one
     for stage in COMMANDS:
-        for _ in range(4):
+        for j in range(4):
+            run = tmp_path / f"{stage}-{j}"
+            if upstream is not None:
+                shutil.copytree(upstream, run)
             proc = gpo(run, stage)
-            time.sleep(rng.uniform(0.2, max(0.5, 0.9 * durations[stage])))
+            time.sleep(rng.uniform(0.2, 0.9 * durations[stage]))
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 trials += 1
             proc.wait()
             assert_no_partial_files(run)
-        finish(run, stage)
-        for table in TABLES[stage]:
-            got, want = rows(run, table), rows(ref, table)
-            assert len(got) == len(want), (stage, table)
-            assert got == want, (stage, table)
+            finish(run, stage)
+            for table in TABLES[stage]:
+                got, want = rows(run, table), rows(ref, table)
+                assert len(got) == len(want), (stage, table)
+                assert got == want, (stage, table)
+        upstream = run
     assert trials >= 10
 
 
