@@ -211,6 +211,8 @@ def sample_overview(accuracy: list[tuple[str, float, float, float]],
 
 def cost(stages: list[tuple[str, float, float, float]]) -> bytes:
     """stages: (stage, generated tokens, rollouts + branches, wall seconds)."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
     names = [s[0] for s in stages]
     fig, axes = _figure(10, 0.32 * len(stages) + 1.4, 3, sharey=True)
     for ax, col, title, color in ((axes[0, 0], 1, "generated tokens", BLUE),
@@ -224,6 +226,8 @@ def cost(stages: list[tuple[str, float, float, float]]) -> bytes:
             ax.text(v + top * 0.02, i, label, va="center", fontsize=7.5)
         ax.set_xlim(0, top * 1.3)
         ax.set_yticks(range(len(names)), names)
+        ax.xaxis.set_major_locator(MaxNLocator(4))  # tick labels of large counts must not collide
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:g}k" if x >= 1000 else f"{x:g}"))
         _style(ax, title)
         ax.grid(axis="x", color="#e4e6ea", linewidth=0.8)
         ax.grid(axis="y", visible=False)
