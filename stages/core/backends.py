@@ -49,9 +49,7 @@ class Generator(Protocol):
     def describe(self) -> dict: ...
 
 
-def derive_seed(*parts) -> int:
-    """A 63-bit seed from stable ids (blake2b; never Python's salted hash())."""
-    return stable_seed(*parts)
+derive_seed = stable_seed  # a 63-bit seed from stable ids (blake2b; never Python's salted hash())
 
 
 def eos_ids(tokenizer, model_config=None) -> set[int]:
