@@ -97,15 +97,11 @@ def _list_views(run: Path, views: dict) -> None:
     for name, cols in views.items():
         out.print(f"[bold]{name}[/bold]: " + ", ".join(f"{c} {t.lower()}" for c, t in cols))
     out.print("\nThe same views from the duckdb shell or Python:")
-    for name, folder in _folders(run).items():
-        out.print(f"  CREATE VIEW {name} AS SELECT * FROM read_parquet('{folder}/*.parquet', union_by_name=true);")
-    out.print("  python: import duckdb; duckdb.sql(\"SELECT * FROM read_parquet('RUN/locate/*.parquet')\")")
-
-
-def _folders(run: Path) -> dict:
     from stages.core.artifacts import list_tables
 
-    return list_tables(run)
+    for name, folder in list_tables(run).items():
+        out.print(f"  CREATE VIEW {name} AS SELECT * FROM read_parquet('{folder}/*.parquet', union_by_name=true);")
+    out.print("  python: import duckdb; duckdb.sql(\"SELECT * FROM read_parquet('RUN/locate/*.parquet')\")")
 
 
 def register(app: typer.Typer) -> None:
