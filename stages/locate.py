@@ -35,12 +35,13 @@ class LocateSettings:
 
 
 def ground_truth(sample: dict) -> int | None:
-    """The toy task knows the first wrong line of any solution; real tasks do not."""
-    if not sample["source"].startswith("toy:") or sample["reward"] == 1:
-        return None
-    from stages.core.toy import first_wrong_line
+    """The toy tasks know the first wrong line of any solution; real tasks do not."""
+    from stages.core.toy_tasks import for_source
 
-    return first_wrong_line(sample["meta"], sample["response_text"])
+    task = for_source(sample["source"])
+    if task is None or sample["reward"] == 1:
+        return None
+    return task.first_wrong_line(sample["meta"], sample["response_text"])
 
 
 def locate_one(steps: list[dict], sample: dict, s: LocateSettings) -> dict:

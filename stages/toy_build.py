@@ -20,31 +20,28 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from stages.core.toy import (
-    NUM_MAX,
-    NUM_MIN,
-    first_wrong_line,
-    noisy_solution,
-    toy_problems,
-    toy_prompt_text,
-    toy_words,
-)
+from stages.core import toy
+from stages.core.toy_tasks import ToyTask, get, prompt_text
 
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
+# The arguments each shipped model was built with (`gpo toy build --task NAME`); see its README.
+BUILDS = {
+    "arith": {"steps": 3000, "lr": 1e-3, "batch_size": 64, "warmup": 100},
+    "borrow": {"steps": 2400, "lr": 1e-3, "batch_size": 32, "warmup": 100},
+}
 SPACE = "\u2581"  # Metaspace marker: a word preceded by a space is its own token "▁word"
-EVAL_MAX_NEW_TOKENS = 48  # 5 lines of 7 tokens + answer line + eos, with slack
 
 
 def _log(msg: str) -> None:
     print(f"[toy] {msg}", file=sys.stderr, flush=True)
 
 
-def build_toy_tokenizer() -> PreTrainedTokenizerFast:
+def build_toy_tokenizer(task: str = "arith") -> PreTrainedTokenizerFast:
     """Word-level tokenizer with exact round-trips; "\\n" is one token and tok(text) adds <bos>."""
     vocab = {tok: i for i, tok in enumerate(SPECIALS)}
     for word in ["\n", SPACE]:
         vocab[word] = len(vocab)
-    for word in toy_words():
+    for word in get(task).words():
         for form in (word, SPACE + word):
             vocab[form] = len(vocab)
     core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
@@ -64,16 +61,6 @@ def build_toy_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def encode_example(tok, question: str, solution: str) -> tuple[list[int], int]:
-    """Training ids (prompt with <bos>, solution, <eos>) and the prompt length.
-
-    The prompt part is exactly what the pipeline feeds the model at sampling time.
-    """
-    prompt = tok(toy_prompt_text(question)).input_ids
-    body = tok(solution, add_special_tokens=False).input_ids
-    return prompt + body + [tok.eos_token_id], len(prompt)
-
-
 def _model_config(tok) -> LlamaConfig:
     return LlamaConfig(
         vocab_size=len(tok), hidden_size=128, intermediate_size=512, num_hidden_layers=4,
@@ -84,11 +71,12 @@ def _model_config(tok) -> LlamaConfig:
     )
 
 
-def _training_examples(tok, n: int, seed: int, error_rate: float) -> list[tuple[list[int], int]]:
-    problems = toy_problems(n, seed, "train")
-    rng = random.Random(f"gpo-toy-noise|{seed}")
-    solutions = [noisy_solution(p, rng, error_rate) for p in problems]
-    prompts = tok([toy_prompt_text(p["question"]) for p in problems]).input_ids
+def _training_examples(tok, task: ToyTask, n: int, seed: int) -> list[tuple[list[int], int]]:
+    problems = task.problems(n, seed, "train", {})
+    noise = "gpo-toy-noise" if task.name == "arith" else f"gpo-{task.name}-noise"  # arith: as first built
+    rng = random.Random(f"{noise}|{seed}")
+    solutions = [task.noisy_solution(p, rng) for p in problems]
+    prompts = tok([prompt_text(p["question"]) for p in problems]).input_ids
     bodies = tok(solutions, add_special_tokens=False).input_ids
     eos = tok.eos_token_id
     return [(pr + b + [eos], len(pr)) for pr, b in zip(prompts, bodies)]
@@ -140,28 +128,30 @@ def _train(model, examples, *, steps, batch_size, lr, warmup, pad_id, log_every)
 
 
 @torch.no_grad()
-def _generate(model, tok, problems: list[dict], *, sample: bool) -> list[str]:
-    """Responses for problems, batched by prompt length so that no padding is needed."""
+def _generate(model, tok, problems: list[dict], *, sample: bool, max_new_tokens: int,
+              num: int = 1) -> list[list[str]]:
+    """num responses per problem, batched by prompt length so that no padding is needed."""
     by_len: dict[int, list[int]] = {}
-    prompts = [tok(toy_prompt_text(p["question"])).input_ids for p in problems]
+    prompts = [tok(prompt_text(p["question"])).input_ids for p in problems]
     for i, ids in enumerate(prompts):
         by_len.setdefault(len(ids), []).append(i)
-    out = [""] * len(problems)
-    kwargs = {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0} if sample \
-        else {"do_sample": False}
+    out: list[list[str]] = [[] for _ in problems]
+    kwargs = {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "num_return_sequences": num} \
+        if sample else {"do_sample": False}
     for length, idx in sorted(by_len.items()):
         ids = torch.tensor([prompts[i] for i in idx])
         gen = model.generate(
-            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=EVAL_MAX_NEW_TOKENS,
+            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **kwargs,
         )
-        for row, i in enumerate(idx):
-            out[i] = tok.decode(gen[row, length:], skip_special_tokens=True)
+        per = num if sample else 1
+        for row in range(gen.shape[0]):
+            out[idx[row // per]].append(tok.decode(gen[row, length:], skip_special_tokens=True))
     return out
 
 
-def _score(problems: list[dict], responses: list[str]) -> dict:
-    wrong = [first_wrong_line(p["meta"], r) for p, r in zip(problems, responses)]
+def _score(task: ToyTask, problems: list[dict], responses: list[str]) -> dict:
+    wrong = [task.first_wrong_line(p["meta"], r) for p, r in zip(problems, responses)]
     answers = [r.rsplit("answer:", 1)[-1].strip() if "answer:" in r else None for r in responses]
     n = len(problems)
     return {
@@ -173,31 +163,44 @@ def _score(problems: list[dict], responses: list[str]) -> dict:
     }
 
 
-def evaluate_toy_model(model, tok, n: int = 200, seed: int = 0) -> dict:
-    """Greedy and T=1 sampled accuracy on the first n test problems (seeded sampling)."""
-    problems = toy_problems(n, seed, "test")
-    greedy = _score(problems, _generate(model, tok, problems, sample=False))
+def evaluate_toy_model(model, tok, n: int = 200, seed: int = 0, task: str = "arith") -> dict:
+    """Greedy and T=1 sampled accuracy on the first n test problems (seeded sampling).
+
+    toy:borrow also gets its premise measurements from 4 samples per problem (toy_borrow.premise_stats)."""
+    spec = get(task)
+    problems = spec.problems(n, seed, "test", {})
+    greedy_text = [r[0] for r in _generate(model, tok, problems, sample=False, max_new_tokens=spec.max_new_tokens)]
+    greedy = _score(spec, problems, greedy_text)
     torch.manual_seed(seed)
-    responses = _generate(model, tok, problems, sample=True)
-    sampled = _score(problems, responses)
-    return {"eval_n": n, "greedy": greedy, "sampled": sampled, "sample_responses": responses[:3]}
+    num = 1 if task == "arith" else 4
+    samples = _generate(model, tok, problems, sample=True, max_new_tokens=spec.max_new_tokens, num=num)
+    responses = [r[0] for r in samples]
+    result = {"eval_n": n, "greedy": greedy, "sampled": _score(spec, problems, responses),
+              "sample_responses": responses[:3]}
+    if task == "borrow":
+        from stages.core.toy_borrow import premise_stats
+
+        result["premise"] = premise_stats(problems, samples)
+        result["premise_greedy"] = premise_stats(problems, [[r] for r in greedy_text])
+    return result
 
 
 def build_toy_model(
-    out_dir: str | Path, *, steps: int = 3000, seed: int = 0, lr: float = 1e-3,
-    batch_size: int = 64, error_rate: float = 0.12, warmup: int = 100,
-    eval_n: int = 200, threads: int | None = None, log_every: int = 100,
+    out_dir: str | Path, *, task: str = "arith", steps: int = 3000, seed: int = 0, lr: float = 1e-3,
+    batch_size: int = 64, warmup: int = 100, eval_n: int = 200, threads: int | None = None,
+    log_every: int = 100,
 ) -> dict:
     """Train the toy model from scratch, save model + tokenizer + README.md, return metrics."""
     out_dir = Path(out_dir)
     threads = threads or min(2, os.cpu_count() or 1)
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    args = {"steps": steps, "seed": seed, "lr": lr, "batch_size": batch_size,
-            "error_rate": error_rate, "warmup": warmup, "eval_n": eval_n, "threads": threads}
+    args = {"task": task, "steps": steps, "seed": seed, "lr": lr, "batch_size": batch_size,
+            "warmup": warmup, "eval_n": eval_n, "threads": threads}
+    spec = get(task)
     _log(f"building tokenizer and {steps * batch_size} training examples: {args}")
-    tok = build_toy_tokenizer()
-    examples = _training_examples(tok, steps * batch_size, seed, error_rate)
+    tok = build_toy_tokenizer(task)
+    examples = _training_examples(tok, spec, steps * batch_size, seed)
     model = LlamaForCausalLM(_model_config(tok))
     n_params = sum(p.numel() for p in model.parameters())
     _log(f"model: {n_params} parameters, vocab {len(tok)}")
@@ -207,7 +210,7 @@ def build_toy_model(
     train_s = time.time() - t0
     _log(f"trained in {train_s:.0f}s; evaluating on {eval_n} test problems")
     t1 = time.time()
-    evals = evaluate_toy_model(model, tok, eval_n, seed)
+    evals = evaluate_toy_model(model, tok, eval_n, seed, task)
     metrics = {
         "args": args, "n_params": n_params, "vocab_size": len(tok),
         "train_seconds": round(train_s, 1), "eval_seconds": round(time.time() - t1, 1),
@@ -225,7 +228,13 @@ def _save(out_dir: Path, model, tok, metrics: dict) -> None:
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     notes = out_dir / "NOTES.md"  # hand-written history of tries, kept across rebuilds
     extra = notes.read_text() if notes.exists() else ""
-    (out_dir / "README.md").write_text(_readme(metrics) + extra)
+    if metrics["args"]["task"] == "arith":
+        readme = _readme(metrics)
+    else:
+        from stages.toy_readme import borrow_readme
+
+        readme = borrow_readme(metrics)
+    (out_dir / "README.md").write_text(readme + extra)
 
 
 def _counts(scores: dict) -> str:
@@ -238,21 +247,21 @@ def _readme(m: dict) -> str:
     example = m["sample_responses"][0].replace("\n", "\\n")
     return f"""# toy-model: tiny Llama for the built-in arithmetic-chain task
 
-Made by `gpo toy build --out data/toy-model`, which calls
+Made by `gpo toy build --task arith --out data/toy-model`, which calls
 `stages.toy_build.build_toy_model(out_dir, {call_args})`
 on CPU ({a["threads"]} threads), deterministic for the same arguments and machine.
 
 - Task: `stages/core/toy.py` (`toy_problems`, `first_wrong_line`, `noisy_solution`).
   Question `start: 47 a: + 5 b: - 3 c: + 8`, prompt = question + "\\n",
   solution lines `a: 47 + 5 = 52` ... and a last line `answer: 57`.
-- Tokenizer: word level, {m["vocab_size"]} tokens: numbers {NUM_MIN}..{NUM_MAX} are single tokens,
+- Tokenizer: word level, {m["vocab_size"]} tokens: numbers {toy.NUM_MIN}..{toy.NUM_MAX} are single tokens,
   "\\n" is one token, `tok(text)` prepends `<bos>`, decode round-trips exactly, no chat template.
 - Model: LlamaForCausalLM from config, hidden 128, 4 layers, 4 heads x head_dim 32,
   intermediate 512, tied embeddings, {m["n_params"]:,} parameters, fp32 safetensors.
 - Training: SFT on {a["steps"] * a["batch_size"]:,} fresh train problems (arguments above),
   AdamW (weight decay 0.01), linear warmup then cosine to 10% of lr, grad clip 1.0,
   loss on the solution and eos only. Each solution line carries a wrong result (off by 1, 2
-  or 10) with probability {a["error_rate"]}, later lines continuing from it, so the model
+  or 10) with probability {a.get("error_rate", 0.12)}, later lines continuing from it, so the model
   makes line-level mistakes at a known rate.
 - Training time: {m["train_seconds"]:.0f} s wall clock (eval {m["eval_seconds"]:.0f} s);
   final loss (mean of the last 100 steps): {m["final_loss"]}.

@@ -173,7 +173,7 @@ def test_committed_model_loads_and_generates():
     cfg = model.config
     assert cfg.head_dim >= 32 and cfg.tie_word_embeddings and cfg.vocab_size == len(tok)
     assert sum(f.stat().st_size for f in TOY_MODEL.iterdir()) < 10_000_000
-    assert "gpo toy build --out data/toy-model" in (TOY_MODEL / "README.md").read_text()
+    assert "gpo toy build --task arith --out data/toy-model" in (TOY_MODEL / "README.md").read_text()
     n_correct = 0
     for p in toy_problems(8, 0, "test"):
         ids = torch.tensor([tok(toy_prompt_text(p["question"])).input_ids])

@@ -97,17 +97,18 @@ def _to_table(rows: list[dict], spec: str, checker: str | None) -> Problems:
 
 
 def _toy_rows(name: str, params: dict) -> list[dict]:
-    from stages.core import toy
+    from stages.core import toy_tasks
 
-    if name != "arith":
-        raise GpoError(f"unknown toy task '{name}' (available: arith)")
-    split = params.get("split", "train")
-    if split not in ("train", "test"):
-        raise GpoError(f"toy split must be train or test, not {split!r}")
+    task = toy_tasks.get(name)
+    params = dict(params)
+    split = params.pop("split", "train")
+    if split not in task.splits:
+        raise GpoError(f"{task.source} split must be one of {', '.join(task.splits)}, not {split!r}")
     n, seed = _int_param(params, "n", 500), _int_param(params, "seed", 0)
-    problems = toy.toy_problems(n, seed, split)
+    params.pop("n", None), params.pop("seed", None)
     return [{"problem_id": p["problem_id"], "question": p["question"], "gold_answer": p["gold_answer"],
-             "source": "toy:arith", "checker": "numeric", "meta": p["meta"]} for p in problems]
+             "source": task.source, "checker": "numeric", "meta": p["meta"]}
+            for p in task.problems(n, seed, split, params)]
 
 
 def _reasoning_gym_rows(name: str, params: dict) -> list[dict]:

@@ -1,0 +1,76 @@
+"""The two built-in toy tasks behind one small interface (sources, locate's ground truth, the model builder).
+
+    toy:arith    short chains, one correct text, flat noise: the example where GPO does not pay
+    toy:borrow   long chains, many correct texts, one systematic trap: GPO's premise (the demo's default)
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from stages.core import toy, toy_borrow
+from stages.core.errors import GpoError
+
+DATA = Path(__file__).resolve().parent.parent.parent / "data"
+
+
+@dataclass(frozen=True)
+class ToyTask:
+    name: str
+    splits: tuple[str, ...]
+    words: Callable[[], list[str]]
+    problems: Callable[[int, int, str, dict], list[dict]]  # (n, seed, split, extra source params)
+    noisy_solution: Callable[[dict, random.Random], str]  # an SFT target with the task's slips
+    first_wrong_line: Callable[[str, str], int | None]  # (meta json, response) -> line or None
+    max_new_tokens: int  # enough for the longest solution, with slack
+    model_dir: Path
+
+    @property
+    def source(self) -> str:
+        return f"toy:{self.name}"
+
+
+def _arith_problems(n: int, seed: int, split: str, params: dict) -> list[dict]:
+    if params:
+        raise GpoError(f"toy:arith takes no parameter {sorted(params)[0]!r}")
+    return toy.toy_problems(n, seed, split)
+
+
+def _borrow_problems(n: int, seed: int, split: str, params: dict) -> list[dict]:
+    unknown = set(params) - {"after"}
+    if unknown:
+        raise GpoError(f"toy:borrow takes no parameter {sorted(unknown)[0]!r} (only after=sub|add)")
+    after = params.get("after", "sub")
+    if after not in toy_borrow.AFTER:
+        raise GpoError(f"toy:borrow after= must be one of {', '.join(toy_borrow.AFTER)}, not {after!r}")
+    return toy_borrow.problems(n, seed, split, after)
+
+
+TASKS = {
+    "arith": ToyTask("arith", toy.SPLITS, toy.toy_words, _arith_problems,
+                     lambda p, rng: toy.noisy_solution(p, rng), toy.first_wrong_line, 48, DATA / "toy-model"),
+    "borrow": ToyTask("borrow", toy_borrow.SPLITS, toy_borrow.words, _borrow_problems,
+                      lambda p, rng: toy_borrow.solution_text(json.loads(p["meta"]), rng),
+                      toy_borrow.first_wrong_line, 160, DATA / "borrow-model"),
+}
+
+
+def get(name: str) -> ToyTask:
+    if name not in TASKS:
+        raise GpoError(f"unknown toy task '{name}' (available: {', '.join(TASKS)})")
+    return TASKS[name]
+
+
+def for_source(source: str) -> ToyTask | None:
+    """The toy task a `source` column names (`toy:borrow`), or None for real data."""
+    kind, _, name = source.partition(":")
+    return TASKS.get(name) if kind == "toy" else None
+
+
+def prompt_text(question: str) -> str:
+    """The prompt a model without a chat template sees (both toy tasks): the question and a newline."""
+    return question + "\n"
