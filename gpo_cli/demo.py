@@ -1,24 +1,31 @@
-"""`gpo demo`: a real GPO experiment on the built-in toy task and tiny model, on CPU, with no network.
+"""`gpo demo`: a controlled GPO experiment on a built-in toy task and its tiny model (CPU, no network).
 
-It runs the same commands a user would (each printed, copy-pasteable, and resumable: a finished stage is a
-no-op on rerun), then reads every number of its summary back from the Parquet tables with the SQL it
-prints. The baselines are matched on rollout budget:
-  * whole-trajectory DPO pairs come from a second sample run with more samples per problem, so that its
-    generated tokens equal the GPO run's sample + Monte Carlo tokens;
-  * random-reset (Satori) pairs spend as many continuations per failed trajectory as GPO spent rollouts.
+It runs the commands a user would (each printed, copy-pasteable, resumable: a finished stage is a no-op on
+rerun), then reads every number of its summary back from the run's tables. Five arms, all DPO from the same
+base with the same hyperparameters, the same optimizer steps and batch (pairs cycled or subsampled by TRL's
+max_steps), identical pairs dropped for every arm alike:
+
+    gpo             GPO with the paper's full Monte Carlo estimate (K=4 rollouts at every state)
+    gpo-bisect      GPO with the cheaper bisect estimator (same samples)
+    random-reset    reset at a random step, as many continuations per failed trajectory as GPO's rollouts
+    same-samples    whole-trajectory pairs from the same samples (the paper's baseline)
+    tokens-matched  whole-trajectory pairs from more samples, costing as many tokens as GPO's rollouts
+
+Hyperparameters come from `bench/select_hparams.py` (validation split); the test split is scored once.
 """
 
 from __future__ import annotations
 
 import shlex
+import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from gpo_cli.common import err, out
+from gpo_cli.common import err
 from stages.core.errors import GpoError
 
-TOY_MODEL = Path(__file__).resolve().parent.parent / "data" / "toy-model"
+ARMS = ("gpo", "gpo-bisect", "random-reset", "same-samples", "tokens-matched")
 
 
 def shown(path: Path) -> Path:
@@ -31,23 +38,28 @@ def shown(path: Path) -> Path:
 
 @dataclass(frozen=True)
 class DemoPlan:
+    task: str
     train_problems: int
     test_problems: int
-    n: int
-    k: int
-    m: int
-    eval_n: int
-    epochs: float
-    max_new_tokens: int = 48
-    # Plain DPO (the paper's optimizer). Chosen in a sweep as the setting that did best on average over
-    # the three data sets (gpo, random-reset, matched baseline), not on GPO alone; see README.
-    learning_rate: float = 1e-5
-    beta: float = 0.5
+    n: int = 4  # samples per training problem
+    k: int = 4  # Monte Carlo rollouts per state (the paper)
+    bisect_k: int = 4
+    m: int = 5  # branches at the critical state: its 4 rollouts + the trajectory's own continuation
+    eval_n: int = 4  # samples per test problem (plus one greedy)
+    # Training, identical for every arm. learning_rate and beta: chosen on the validation split by
+    # bench/select_hparams.py (bench/results/select_hparams.json; a test keeps them equal).
+    steps: int = 60
     batch_size: int = 16
+    learning_rate: float = 1e-5
+    beta: float = 0.1
 
 
-FULL = DemoPlan(train_problems=600, test_problems=500, n=4, k=4, m=5, eval_n=4, epochs=2.0)
-QUICK = DemoPlan(train_problems=64, test_problems=100, n=4, k=4, m=5, eval_n=2, epochs=1.0)
+PLANS = {
+    ("borrow", False): DemoPlan("borrow", train_problems=160, test_problems=400, steps=60),
+    ("borrow", True): DemoPlan("borrow", train_problems=24, test_problems=48, eval_n=2, steps=6),
+    ("arith", False): DemoPlan("arith", train_problems=600, test_problems=500, steps=60),
+    ("arith", True): DemoPlan("arith", train_problems=64, test_problems=100, eval_n=2, steps=6),
+}
 
 
 class Runner:
@@ -83,44 +95,98 @@ def scalar(run: Path, sql: str):
     return query(run, sql)[0][0]
 
 
-def run_demo(root: Path, quick: bool, model: Path = TOY_MODEL, seed: int = 0) -> dict:
-    plan = QUICK if quick else FULL
-    model = shown(model)
-    if not (model / "config.json").exists():
-        raise GpoError(f"the toy model is missing at {model}: run `gpo toy build --out {model}`")
-    gpo_run, base_run = root / "gpo", root / "baseline"
-    train_src = f"toy:arith?n={plan.train_problems}&seed={seed}&split=train"
-    test_src = f"toy:arith?n={plan.test_problems}&seed=0&split=test"
-    gpo = Runner()
-    started = time.time()
-    gpo("sample", "sample", "--problems", train_src, "--model", model, "--run", gpo_run, "--n", plan.n,
-        "--max-new-tokens", plan.max_new_tokens, "--backend", "hf", "--seed", seed)
-    gpo("estimate", "estimate", "--run", gpo_run, "--k", plan.k, "--seed", seed)
-    gpo("locate", "locate", "--run", gpo_run)
-    budget = matched_budget(gpo_run, plan)
-    gpo("branch", "branch", "--run", gpo_run, "--m", plan.m, "--baseline", "--random-m", budget["random_m"],
-        "--seed", seed)
-    # Same seed: the first n samples of each problem are the GPO run's own; the rest are the extra budget.
-    gpo("sample (baseline)", "sample", "--problems", train_src, "--model", model, "--run", base_run,
-        "--n", budget["baseline_n"], "--max-new-tokens", plan.max_new_tokens, "--backend", "hf", "--seed", seed)
-    gpo("branch (baseline)", "branch", "--run", base_run, "--baseline-only", "--random-m", 0)
-    models = {"base": model}
-    # dpo-baseline: budget-matched; dpo-same-samples: the paper's comparison (same samples, no MC budget).
-    for name, data, run in (("gpo", "gpo", gpo_run), ("random-reset", "random-reset", gpo_run),
-                            ("baseline", "baseline", base_run), ("same-samples", "baseline", gpo_run)):
-        dest = gpo_run / "train" / f"dpo-{name}"
-        gpo(f"train dpo ({name})", "train", "--run", run, "--method", "dpo", "--data", data, "--model", model,
-            "--out", dest, "--epochs", plan.epochs, "--learning-rate", plan.learning_rate, "--beta", plan.beta,
-            "--batch-size", plan.batch_size, "--max-length", 128, "--save-steps", 100, "--seed", seed)
-        models[f"dpo-{name}"] = dest / "model"
-    for label, path in models.items():
-        gpo(f"eval {label}", "eval", "--model", path, "--problems", test_src, "--run", gpo_run, "--label", label,
-            "--n", plan.eval_n, "--temperature", 1.0, "--max-new-tokens", plan.max_new_tokens, "--backend", "hf")
-    gpo("report", "report", gpo_run)
-    results = collect(gpo_run, base_run, budget, gpo.timings, time.time() - started)
-    print_summary(results, gpo_run)
-    from stages.core.artifacts import write_json_atomic
+def source(plan: DemoPlan, split: str, n: int, seed: int) -> str:
+    return f"toy:{plan.task}?n={n}&seed={seed}&split={split}"
 
+
+def max_new_tokens(plan: DemoPlan) -> int:
+    from stages.core.toy_tasks import get
+
+    return get(plan.task).max_new_tokens
+
+
+def generate_data(root: Path, plan: DemoPlan, model: Path, seed: int, gpo: Runner) -> dict:
+    """Sample, estimate, locate and branch for every arm's data; returns the run folders and the budget rule."""
+    runs = {"gpo": root / "gpo", "gpo-bisect": root / "gpo-bisect", "tokens-matched": root / "tokens-matched"}
+    train_src, tokens = source(plan, "train", plan.train_problems, seed), max_new_tokens(plan)
+    gen = ("--backend", "hf", "--seed", seed)
+    gpo("sample", "sample", "--problems", train_src, "--model", model, "--run", runs["gpo"], "--n", plan.n,
+        "--max-new-tokens", tokens, *gen)
+    gpo("estimate", "estimate", "--run", runs["gpo"], "--k", plan.k, "--seed", seed)
+    gpo("locate", "locate", "--run", runs["gpo"])
+    budget = matched_budget(runs["gpo"], plan)
+    gpo("branch", "branch", "--run", runs["gpo"], "--m", plan.m, "--baseline", "--random-m", budget["random_m"],
+        "--seed", seed)
+    # The cheaper estimator on the very same samples: a copy of the finished sample stage.
+    copy_stage(runs["gpo"], runs["gpo-bisect"], "sample")
+    gpo("estimate (bisect)", "estimate", "--run", runs["gpo-bisect"], "--k", plan.bisect_k, "--estimator", "bisect",
+        "--seed", seed)
+    gpo("locate (bisect)", "locate", "--run", runs["gpo-bisect"])
+    gpo("branch (bisect)", "branch", "--run", runs["gpo-bisect"], "--m", plan.m, "--seed", seed)
+    # Same seed: the first n samples of each problem are the GPO run's own; the rest are the extra budget.
+    gpo("sample (tokens-matched)", "sample", "--problems", train_src, "--model", model, "--run",
+        runs["tokens-matched"], "--n", budget["baseline_n"], "--max-new-tokens", tokens, *gen)
+    gpo("branch (tokens-matched)", "branch", "--run", runs["tokens-matched"], "--baseline-only", "--random-m", 0)
+    return {"runs": runs, "budget": budget}
+
+
+def copy_stage(src_run: Path, dst_run: Path, stage: str) -> None:
+    dst = dst_run / stage
+    if (dst / "_SUCCESS").exists():
+        return
+    tmp = dst_run / f".tmp-{stage}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src_run / stage, tmp, ignore=shutil.ignore_patterns("*.lock"))
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.rename(dst)
+
+
+def arm_data(runs: dict) -> dict[str, tuple[Path, str]]:
+    """arm -> (run folder, `--data` rows of its branch table)."""
+    return {"gpo": (runs["gpo"], "gpo"), "gpo-bisect": (runs["gpo-bisect"], "gpo"),
+            "random-reset": (runs["gpo"], "random-reset"), "same-samples": (runs["gpo"], "baseline"),
+            "tokens-matched": (runs["tokens-matched"], "baseline")}
+
+
+def train_arms(train_dir: Path, plan: DemoPlan, model: Path, seed: int, runs: dict, gpo: Runner) -> dict:
+    """DPO on each arm's pairs with the same settings and optimizer steps; arm -> model folder."""
+    models = {}
+    for arm, (run, data) in arm_data(runs).items():
+        dest = train_dir / f"dpo-{arm}"
+        gpo(f"train ({arm})", "train", "--run", run, "--method", "dpo", "--data", data, "--model", model,
+            "--out", dest, "--max-steps", plan.steps, "--batch-size", plan.batch_size,
+            "--learning-rate", plan.learning_rate, "--beta", plan.beta, "--max-length", 256,
+            "--save-steps", 1000, "--seed", seed)
+        models[arm] = dest / "model"
+    return models
+
+
+def evaluate(run: Path, plan: DemoPlan, models: dict, split: str, problems: int, gpo: Runner) -> list[str]:
+    """Greedy and sampled (T=1) evaluation of each model on one split; returns the eval labels."""
+    src = source(plan, split, problems, 0)
+    for label, path in models.items():
+        gpo(f"eval {label}", "eval", "--model", path, "--problems", src, "--run", run, "--label", label,
+            "--n", plan.eval_n, "--temperature", 1.0, "--max-new-tokens", max_new_tokens(plan), "--backend", "hf")
+    return list(models)
+
+
+def run_demo(root: Path, quick: bool, task: str = "borrow", seed: int = 0, model: Path | None = None) -> dict:
+    from stages.core.artifacts import write_json_atomic
+    from stages.core.toy_tasks import get
+
+    plan = PLANS[(get(task).name, quick)]
+    model = shown(model or get(task).model_dir)
+    if not (model / "config.json").exists():
+        raise GpoError(f"the {task} model is missing at {model}: run `gpo toy build --task {task}`")
+    gpo, started = Runner(), time.time()
+    data = generate_data(root, plan, model, seed, gpo)
+    models = {"base": model, **train_arms(root / "train", plan, model, seed, data["runs"], gpo)}
+    labels = evaluate(root / "gpo", plan, models, "test", plan.test_problems, gpo)
+    gpo("report", "report", root / "gpo")
+    from gpo_cli.demo_summary import collect, print_summary
+
+    results = collect(plan, data, labels, root, gpo.timings, time.time() - started)
+    print_summary(results)
     write_json_atomic(root / "summary.json", results)
     return results
 
@@ -134,88 +200,13 @@ def matched_budget(gpo_run: Path, plan: DemoPlan) -> dict:
     failed = scalar(gpo_run, "select count(*) from sample where reward = 0")
     per_sample = sample_tokens / max(1, plan.n * problems)
     extra_samples = round(mc_tokens / max(1.0, per_sample * problems))
+    random_m = max(2, round(mc_rollouts / max(1, failed)))
     return {"mc_tokens": int(mc_tokens), "mc_rollouts": int(mc_rollouts), "sample_tokens": int(sample_tokens),
-            "baseline_n": plan.n + extra_samples, "random_m": max(2, round(mc_rollouts / max(1, failed))),
-            "rule": (f"baseline: {plan.n}+{extra_samples} samples per problem (the extra ones cost about the "
-                     f"{int(mc_tokens)} Monte Carlo tokens); random reset: {max(2, round(mc_rollouts / max(1, failed)))}"
-                     " continuations per failed trajectory (GPO's rollouts per failed trajectory)")}
+            "baseline_n": plan.n + extra_samples, "random_m": random_m,
+            "rule": (f"tokens-matched: {plan.n}+{extra_samples} samples per problem (the extra ones cost about "
+                     f"the {int(mc_tokens)} Monte Carlo tokens); random reset: {random_m} continuations per failed "
+                     "trajectory (GPO's rollouts per failed trajectory)")}
 
 
-SQL = {
-    "accuracy": "select label, mode, count(distinct problem_id) as problems, count(*) as answers, "
-                "sum(reward) as correct, avg(reward) as accuracy from evals group by label, mode order by mode, label",
-    "agreement": "select count(*) as failed, count(critical_step) as located, avg(agrees::int) as agreement "
-                 "from locate",
-    "gpo_tokens": "select (select sum(num_response_tokens) from sample) as sample_tokens, "
-                  "(select sum(num_tokens) from rollouts where shared_from_sample is null) as rollout_tokens, "
-                  "(select count(*) from rollouts where shared_from_sample is null) as rollouts, "
-                  "(select coalesce(sum(num_tokens), 0) from continuations where origin = 'new' and data = 'gpo') "
-                  "as gpo_branch_tokens, "
-                  "(select coalesce(sum(num_tokens), 0) from continuations where data = 'random-reset') "
-                  "as random_reset_tokens",
-    "pairs": "select data, count(*) as pairs from branch group by data order by data",
-    "baseline": "select (select sum(num_response_tokens) from sample) as sample_tokens, "
-                "(select count(*) from branch where data = 'baseline') as pairs",
-}
-
-
-def collect(gpo_run: Path, base_run: Path, budget: dict, timings, wall: float) -> dict:
-    return {
-        "accuracy": query(gpo_run, SQL["accuracy"]),
-        "agreement": query(gpo_run, SQL["agreement"])[0],
-        "gpo_tokens": query(gpo_run, SQL["gpo_tokens"])[0],
-        "pairs": query(gpo_run, SQL["pairs"]),
-        "baseline": query(base_run, SQL["baseline"])[0],
-        "budget": budget, "timings": timings, "wall_seconds": wall,
-    }
-
-
-def print_summary(r: dict, gpo_run: Path) -> None:
-    from rich.table import Table
-
-    acc = Table(title="toy test accuracy (DPO from the same base, same hyperparameters)")
-    for col in ("model", "mode", "problems", "answers", "accuracy", "95% CI"):
-        acc.add_column(col)
-    from stages.core.values import wilson_interval
-
-    by_label = {}
-    for label, mode, problems, answers, correct, accuracy in r["accuracy"]:
-        lo, hi = wilson_interval(int(correct), int(answers))  # Wilson over answers (samples taken as independent)
-        acc.add_row(label, mode, str(problems), str(answers), f"{accuracy:.3f}", f"[{lo:.3f}, {hi:.3f}]")
-        by_label[(label, mode)] = accuracy
-    out.print(acc)
-    failed, located, agreement = r["agreement"]
-    out.print(f"critical step found for {located}/{failed} failed trajectories; agreement with the known first "
-              f"wrong line: {agreement if agreement is None else f'{agreement:.3f}'}")
-    s_tok, mc_tok, rollouts, branch_tok, random_tok = r["gpo_tokens"]
-    b_tok, b_pairs = r["baseline"]
-    out.print(f"tokens: sample {s_tok}, Monte Carlo {mc_tok} in {rollouts} rollouts, GPO branch {branch_tok}, "
-              f"random-reset branches {random_tok}; baseline run samples {b_tok} tokens for {b_pairs} pairs")
-    out.print(f"budget matching: {r['budget']['rule']}")
-    out.print("pairs: " + ", ".join(f"{d} {n}" for d, n in r["pairs"]))
-    out.print("wall time: " + ", ".join(f"{name} {sec:.0f}s" for name, sec in r["timings"])
-              + f"; total {r['wall_seconds']:.0f}s")
-    verdict(by_label)
-    from gpo_cli.report_cmds import print_comparison
-    from stages import eval as evaluation
-
-    labels = ["base", *sorted(k[0] for k in by_label if k[1] == "sampled" and k[0] != "base")]
-    summaries = [evaluation.write_summary(gpo_run, label, (1, 4)) for label in labels]
-    print_comparison(evaluation.compare([s for s in summaries if s is not None]))
-    out.print("\nReproduce these numbers:")
-    for name, sql in SQL.items():
-        run = gpo_run.parent / "baseline" if name == "baseline" else gpo_run
-        out.print(f'  gpo sql {run} "{sql}"')  # the queries hold no double quotes or $
-    out.print(f"  gpo eval --compare {' '.join(str(gpo_run / ('eval_' + label)) for label in labels)}")
-
-
-def verdict(by_label: dict) -> None:
-    for mode in ("greedy", "sampled"):
-        gpo = by_label.get(("dpo-gpo", mode))
-        others = {k[0]: v for k, v in by_label.items() if k[1] == mode and k[0] != "dpo-gpo"}
-        if gpo is None or not others:
-            continue
-        best = max(others, key=others.get)
-        word = "beats" if gpo > others[best] else "does not beat"
-        out.print(f"[bold]{mode}:[/bold] GPO-DPO ({gpo:.3f}) {word} the best other model, {best} "
-                  f"({others[best]:.3f}), at this budget (see the intervals above before reading much into it)")
+def quick_plan(plan: DemoPlan, **changes) -> DemoPlan:
+    return replace(plan, **changes)

@@ -285,6 +285,7 @@ def train(
     bf16: Annotated[bool | None, typer.Option(help="Default: bf16 where the GPU supports it.")] = None,
     num_generations: Annotated[int, typer.Option(min=2, help="grpo/rloo: completions per prompt.")] = 4,
     max_completion_length: Annotated[int, typer.Option(min=1, help="grpo/rloo.")] = 128,
+    dedup: Annotated[bool, typer.Option(help="Train on identical pairs once (counted in summary.json).")] = True,
     overwrite: OverwriteOpt = False,
 ):
     """Train on the branch tables with TRL (DPO, KTO, SimPO, ORPO, GRPO, RLOO); resumable from checkpoints."""
@@ -405,13 +406,14 @@ def export(
 @handle_errors
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the demo's runs.")] = Path("runs/demo"),
-    quick: Annotated[bool, typer.Option(help="A smaller run (about 3 minutes) for smoke tests.")] = False,
+    task: Annotated[str, typer.Option(help="borrow (GPO's premise) or arith (where GPO does not pay).")] = "borrow",
+    quick: Annotated[bool, typer.Option(help="A smaller run (a few minutes) for smoke tests.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the training problems, sampling, rollouts and training.")] = 0,
 ):
-    """Run a whole GPO experiment on the built-in toy task and tiny model (CPU, no network) and report it."""
+    """A controlled GPO experiment on a built-in toy task and its tiny model (CPU, no network), reported."""
     from gpo_cli.demo import run_demo
 
-    run_demo(out, quick, seed=seed)
+    run_demo(out, quick, task=task, seed=seed)
 
 
 @app.command()
@@ -455,15 +457,21 @@ def smollm2(
 @toy_app.command("build")
 @handle_errors
 def toy_build(
-    out: Annotated[Path, typer.Option(help="Folder for the tokenizer and model.")] = Path("data/toy-model"),
-    steps: Annotated[int, typer.Option(min=1, help="Training steps.")] = 3000,
+    task: Annotated[str, typer.Option(help="borrow (the demo's default) or arith.")] = "borrow",
+    out: Annotated[Path | None, typer.Option(help="Folder for the tokenizer and model "
+                                                  "(default data/borrow-model or data/toy-model).")] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="Training steps (default: the shipped model's).")] = None,
     seed: int = 0,
 ):
-    """Build the toy tokenizer and train the tiny model by SFT on noisy gold solutions (CPU, minutes)."""
-    from stages.toy_build import build_toy_model
+    """Build a toy task's tokenizer and train its tiny model by SFT on noisy gold solutions (CPU, minutes)."""
+    from stages.core.toy_tasks import get
+    from stages.toy_build import BUILDS, build_toy_model
 
-    metrics = build_toy_model(out, steps=steps, seed=seed)
-    err.print(f"[green]toy model[/green] written to {out}: {metrics}")
+    spec = get(task)
+    args = {**BUILDS[task], **({"steps": steps} if steps else {})}
+    metrics = build_toy_model(out or spec.model_dir, task=task, seed=seed, **args)
+    err.print(f"[green]toy model[/green] written to {out or spec.model_dir}: greedy "
+              f"{metrics['greedy']['accuracy']:.3f}, sampled {metrics['sampled']['accuracy']:.3f}")
 
 
 inspect_cmds.register(app)

@@ -73,6 +73,8 @@ class TrainSettings:
     bf16: bool | None = None  # None: bf16 where CUDA supports it, else fp32
     num_generations: int = 4  # grpo/rloo
     max_completion_length: int = 128  # grpo/rloo
+    # Identical pairs (e.g. from rollouts shared by identical states) would weigh a contrast twice.
+    dedup: bool = True
 
 
 def load_config_file(path: Path) -> dict:
@@ -143,6 +145,17 @@ def select_rows(run: Path, table: str, data: str) -> list[dict]:
         raise GpoError(f"no '{data}' rows in table '{table}' of {run}: run `gpo branch` with data of that kind "
                        f"(--baseline adds baseline and random-reset rows)")
     return rows
+
+
+def drop_duplicates(rows: list[dict], keys: tuple[str, ...]) -> tuple[list[dict], int]:
+    """Rows with the same training content (keys other than pair_id) kept once, the first by pair_id."""
+    seen, kept = set(), []
+    for r in sorted(rows, key=lambda r: r["pair_id"]):
+        content = json.dumps([r[k] for k in keys if k != "pair_id"], default=str)
+        if content not in seen:
+            seen.add(content)
+            kept.append(r)
+    return kept, len(rows) - len(kept)
 
 
 def fingerprint(rows: list[dict], keys: tuple[str, ...]) -> str:
@@ -430,7 +443,9 @@ def load_rows(run: Path, s: TrainSettings, tok) -> tuple[object, dict, dict]:
         rows = select_rows(run, table, s.data)
         keys = ("pair_id", "prompt", "completion", "label") if s.method == "kto" else \
             ("pair_id", "prompt", "chosen", "rejected")
-        inputs = {"table": table, "rows": len(rows), "hash": fingerprint(rows, keys)}
+        rows, duplicates = drop_duplicates(rows, keys) if s.dedup else (rows, 0)
+        inputs = {"table": table, "rows": len(rows), "duplicates_dropped": duplicates,
+                  "hash": fingerprint(rows, keys)}
         examples, checks = preference_dataset(rows, tok, s.method)
     return Dataset.from_list(examples), inputs, checks
 
@@ -529,7 +544,8 @@ PROGRESS_KEYS = ("loss", "rewards/margins", "rewards/accuracies", "reward", "kl"
 def summarize(s, trainer, result, rows, inputs, checks, resume) -> dict:
     losses = [r["loss"] for r in rows if r.get("loss") is not None and math.isfinite(r["loss"])]
     last = {k: v for r in rows for k, v in r.items()}  # the latest value of every logged metric
-    return {"method": s.method, "data": s.data, "rows": inputs["rows"], "global_step": trainer.state.global_step,
+    return {"method": s.method, "data": s.data, "rows": inputs["rows"],
+            "duplicates_dropped": inputs.get("duplicates_dropped", 0), "global_step": trainer.state.global_step,
             "train_loss": result.training_loss, "first_loss": losses[0] if losses else None,
             "last_loss": losses[-1] if losses else None, "learning_rate": s.learning_rate, "beta": s.beta,
             "resumed_from": resume.name if resume else None, "tokenization": checks,

@@ -1,34 +1,65 @@
-"""`gpo demo --quick` end to end: the README's main job at smoke-test size."""
+"""`gpo demo --quick` end to end (the README's main job at smoke-test size), and the hyperparameter procedure."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 from typer.testing import CliRunner
 
+from gpo_cli.demo import ARMS, PLANS
 from gpo_cli.main import app
-from stages.core.query import run_query
-from tests.conftest import TOY_MODEL
+from stages.core.toy_tasks import TASKS
 
+REPO = TASKS["arith"].model_dir.parent.parent
 pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not (TOY_MODEL / "config.json").exists(), reason="data/toy-model not built")]
+              pytest.mark.skipif(not (TASKS["arith"].model_dir / "config.json").exists(), reason="no toy model")]
 
 
-def test_quick_demo_runs_reports_and_its_numbers_come_from_the_tables(tmp_path):
-    result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(tmp_path)])
+def test_quick_demo_trains_every_arm_for_the_same_steps_and_reports_paired_differences(tmp_path):
+    result = CliRunner().invoke(app, ["demo", "--task", "arith", "--quick", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "summary.json").read_text())
-    labels = {row[0] for row in summary["accuracy"]}
-    assert labels == {"base", "dpo-gpo", "dpo-random-reset", "dpo-baseline", "dpo-same-samples"}
-    assert [list(r) for r in run_query(tmp_path / "gpo", "select label, mode, count(distinct problem_id), count(*), "
-                                       "sum(reward), avg(reward) from evals group by label, mode "
-                                       "order by mode, label")[1]] == summary["accuracy"]
-    failed, located, agreement = summary["agreement"]
-    assert located > 0 and agreement > 0.5
-    assert summary["budget"]["baseline_n"] > 4  # the baseline bought extra samples with GPO's rollout tokens
+    plan = PLANS[("arith", True)]
+    assert set(summary["training"]) == set(ARMS)
+    for arm, t in summary["training"].items():  # equal training compute for every arm
+        assert t["optimizer_steps"] == plan.steps and t["batch_size"] == plan.batch_size, arm
+        assert t["distinct_pairs"] > 0
+    costs = summary["training"]
+    assert costs["gpo"]["generated_tokens"] > costs["same-samples"]["generated_tokens"]
+    assert costs["gpo-bisect"]["generated_tokens"] < costs["gpo"]["generated_tokens"]
+    assert costs["tokens-matched"]["generated_tokens"] > costs["same-samples"]["generated_tokens"]
+    # every arm (and the base) against GPO, per mode, with the verdict the interval allows
+    assert {(p["arm"], p["mode"]) for p in summary["paired"]} == \
+        {(a, m) for a in ["base", *[x for x in ARMS if x != "gpo"]] for m in ("greedy", "sampled")}
+    for p in summary["paired"]:
+        assert p["ci_low"] <= p["gpo_minus_arm"] <= p["ci_high"]
+        assert p["verdict"] == ("GPO better" if p["ci_low"] > 0 else "GPO worse" if p["ci_high"] < 0
+                                else "not distinguishable")
+    from stages.core.query import run_query
+
+    # the accuracies are the eval tables' per-problem means
+    (acc,), = run_query(tmp_path / "gpo", "select avg(a) from (select avg(reward) a from evals "
+                                          "where label = 'gpo' and mode = 'sampled' group by problem_id)")[1:][0]
+    assert summary["accuracy"]["gpo"]["sampled"]["pass@1"] == pytest.approx(acc)
+    assert summary["agreement"]["gpo"]["failed_with_truth"] > 0
     assert (tmp_path / "gpo" / "report.html").stat().st_size > 10_000
-    for line in ("gpo sql", "budget matching", "wall time"):
+    for line in ("budget matching", "wall time", "GPO minus each other model"):
         assert line in result.output
-    # rerun after completion: every stage is a no-op, same numbers
-    again = CliRunner().invoke(app, ["demo", "--quick", "--out", str(tmp_path)])
+    again = CliRunner().invoke(app, ["demo", "--task", "arith", "--quick", "--out", str(tmp_path)])
     assert again.exit_code == 0 and "nothing to do" in again.output
     assert json.loads((tmp_path / "summary.json").read_text())["accuracy"] == summary["accuracy"]
+
+
+def test_hyperparameter_selection_never_reads_the_test_split(tmp_path):
+    out = tmp_path / "choice.json"
+    subprocess.run([sys.executable, str(REPO / "bench" / "select_hparams.py"), "--task", "arith", "--quick",
+                    "--work", str(tmp_path / "work"), "--lrs", "1e-5,3e-5", "--valid-problems", "16",
+                    "--out", str(out)], check=True, cwd=tmp_path, capture_output=True)
+    result = json.loads(out.read_text())
+    assert result["chosen"]["learning_rate"] in (1e-5, 3e-5) and len(result["grid"]) == 2
+    sources = [json.loads(p.read_text())["settings"].get("problems")
+               for p in (tmp_path / "work").rglob("config.json")]
+    sources = [s for s in sources if s]
+    assert sources and not any("split=test" in s for s in sources)
+    assert any("split=train" in s for s in sources)
