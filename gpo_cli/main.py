@@ -285,6 +285,9 @@ def train(
     bf16: Annotated[bool | None, typer.Option(help="Default: bf16 where the GPU supports it.")] = None,
     num_generations: Annotated[int, typer.Option(min=2, help="grpo/rloo: completions per prompt.")] = 4,
     max_completion_length: Annotated[int, typer.Option(min=1, help="grpo/rloo.")] = 128,
+    truncated: Annotated[str | None, typer.Option(
+        help="Responses cut at --max-new-tokens: no-eos (train without the EOS TRL appends), drop the pair, "
+             "or eos (TRL's way). Default: no-eos (dpo, kto), drop (simpo, orpo).")] = None,
     overwrite: OverwriteOpt = False,
 ):
     """Train on the branch tables with TRL (DPO, KTO, SimPO, ORPO, GRPO, RLOO); resumable from checkpoints."""
