@@ -286,6 +286,9 @@ def train(
     num_generations: Annotated[int, typer.Option(min=2, help="grpo/rloo: completions per prompt.")] = 4,
     max_completion_length: Annotated[int, typer.Option(min=1, help="grpo/rloo.")] = 128,
     dedup: Annotated[bool, typer.Option(help="Train on identical pairs once (counted in summary.json).")] = True,
+    truncated: Annotated[str | None, typer.Option(
+        help="Responses cut at --max-new-tokens: no-eos (train without the EOS TRL appends), drop the pair, "
+             "or eos (TRL's way). Default: no-eos (dpo, kto), drop (simpo, orpo).")] = None,
     overwrite: OverwriteOpt = False,
 ):
     """Train on the branch tables with TRL (DPO, KTO, SimPO, ORPO, GRPO, RLOO); resumable from checkpoints."""

@@ -28,10 +28,13 @@ PAIR_SCHEMA = pa.schema([
     ("rejected_token_ids", IDS), ("chosen_reward", pa.int8()), ("rejected_reward", pa.int8()),
     ("prefix_tokens", pa.int32()), ("chosen_tokens", pa.int32()), ("rejected_tokens", pa.int32()),
     ("gold_answer", pa.string()),
+    # "length" where the response was cut at max_new_tokens: train keeps TRL from appending EOS to it
+    ("chosen_finish_reason", pa.string()), ("rejected_finish_reason", pa.string()),
 ])
 UNPAIRED_SCHEMA = pa.schema([
     ("pair_id", pa.string()), ("data", pa.string()), ("problem_id", pa.string()), ("prompt", pa.string()),
     ("completion", pa.string()), ("label", pa.bool_()), ("prompt_token_ids", IDS), ("completion_token_ids", IDS),
+    ("completion_finish_reason", pa.string()),
 ])
 RESET_SCHEMA = pa.schema([
     ("data", pa.string()), ("problem_id", pa.string()), ("sample_idx", pa.int32()), ("state_idx", pa.int32()),
@@ -77,14 +80,15 @@ class Reset:
 
 def reused_rollouts(reset: Reset, rollouts: dict) -> list[dict]:
     key = (reset.sample["problem_id"], reset.sample["sample_idx"], reset.state)
-    return [{"origin": "rollout", "token_ids": r["token_ids"], "text": r["text"], "reward": r["reward"]}
+    return [{"origin": "rollout", "token_ids": r["token_ids"], "text": r["text"], "reward": r["reward"],
+             "finish_reason": r["finish_reason"]}
             for r in sorted(rollouts.get(key, []), key=lambda r: r["rollout_idx"])]
 
 
 def original_branch(reset: Reset, tok) -> dict:
     ids = list(reset.sample["response_token_ids"][reset.prefix_tokens:])
     return {"origin": "original", "token_ids": ids, "text": tok.decode(ids, skip_special_tokens=True),
-            "reward": reset.sample["reward"]}
+            "reward": reset.sample["reward"], "finish_reason": reset.sample["finish_reason"]}
 
 
 def sample_branches(resets: list[Reset], ctx: Context, tag: str, m: int) -> None:
@@ -111,7 +115,7 @@ def sample_branches(resets: list[Reset], ctx: Context, tag: str, m: int) -> None
         ctx.stats[f"{tag}_branches_sampled"] += len(completions)
     for (r, c), v in zip(slots, score(ctx, checkers, texts, golds)):
         r.branches.append({"origin": "new", "token_ids": list(c.token_ids), "text": c.text,
-                           "reward": int(v.correct)})
+                           "reward": int(v.correct), "finish_reason": c.finish_reason})
 
 
 def pairs_for(reset: Reset, s: BranchSettings, tok) -> list[dict]:
@@ -136,7 +140,8 @@ def pairs_for(reset: Reset, s: BranchSettings, tok) -> list[dict]:
             "chosen_token_ids": lead_ids + list(g["token_ids"]), "rejected_token_ids": lead_ids + list(b["token_ids"]),
             "chosen_reward": 1, "rejected_reward": 0, "prefix_tokens": reset.prefix_tokens,
             "chosen_tokens": len(g["token_ids"]), "rejected_tokens": len(b["token_ids"]),
-            "gold_answer": sample["gold_answer"]})
+            "gold_answer": sample["gold_answer"], "chosen_finish_reason": g["finish_reason"],
+            "rejected_finish_reason": b["finish_reason"]})
     return rows
 
 
@@ -160,7 +165,8 @@ def whole_trajectory_pairs(samples: list[dict], s: BranchSettings) -> list[dict]
                     "chosen_token_ids": g["response_token_ids"], "rejected_token_ids": b["response_token_ids"],
                     "chosen_reward": 1, "rejected_reward": 0, "prefix_tokens": 0,
                     "chosen_tokens": len(g["response_token_ids"]), "rejected_tokens": len(b["response_token_ids"]),
-                    "gold_answer": b["gold_answer"]})
+                    "gold_answer": b["gold_answer"], "chosen_finish_reason": g["finish_reason"],
+                    "rejected_finish_reason": b["finish_reason"]})
     return rows
 
 
@@ -186,7 +192,8 @@ def unpaired_rows(pairs: list[dict]) -> list[dict]:
         for side, label in (("chosen", True), ("rejected", False)):
             rows.append({"pair_id": p["pair_id"], "data": p["data"], "problem_id": p["problem_id"],
                          "prompt": p["prompt"], "completion": p[side], "label": label,
-                         "prompt_token_ids": p["prompt_token_ids"], "completion_token_ids": p[f"{side}_token_ids"]})
+                         "prompt_token_ids": p["prompt_token_ids"], "completion_token_ids": p[f"{side}_token_ids"],
+                         "completion_finish_reason": p[f"{side}_finish_reason"]})
     return rows
 
 

@@ -35,6 +35,9 @@ from stages.core import artifacts
 from stages.core.errors import GpoError
 
 METHODS = ("dpo", "kto", "simpo", "orpo", "grpo", "rloo")
+# How a response cut at max-new-tokens (finish_reason "length") trains. TRL appends EOS to every response,
+# which would teach the model to stop where the length limit cut it, mid-reasoning.
+TRUNCATED = ("no-eos", "drop", "eos")
 ONLINE = ("grpo", "rloo")
 DATA = ("gpo", "baseline", "random-reset")
 # Full fine-tuning defaults for ~1-8B models (DPO/KTO/SimPO papers; ORPO paper lr; TRL's GRPO/RLOO betas).
@@ -75,6 +78,9 @@ class TrainSettings:
     max_completion_length: int = 128  # grpo/rloo
     # Identical pairs (e.g. from rollouts shared by identical states) would weigh a contrast twice.
     dedup: bool = True
+    # responses cut at the length limit: no-eos | drop (the pair/row) | eos (TRL's way); None: no-eos, or drop for
+    # simpo/orpo, whose TRL trainers add EOS inside their own tokenizer
+    truncated: str | None = None
 
 
 def load_config_file(path: Path) -> dict:
@@ -119,6 +125,11 @@ def resolve(settings: TrainSettings, overrides: dict | None = None) -> tuple[Tra
         raise GpoError(f"--method must be one of {', '.join(METHODS)}, not {s.method!r}")
     if s.data not in DATA:
         raise GpoError(f"--data must be one of {', '.join(DATA)}, not {s.data!r}")
+    if s.truncated is not None and s.truncated not in TRUNCATED:
+        raise GpoError(f"--truncated must be one of {', '.join(TRUNCATED)}, not {s.truncated!r}")
+    if s.truncated == "no-eos" and s.method in ("simpo", "orpo"):
+        raise GpoError(f"--truncated no-eos is not available for {s.method} (TRL's CPO/ORPO add EOS inside their "
+                       "tokenizer); choose drop or eos")
     if s.loss_type != "sigmoid" and s.method not in ("dpo", "kto", "grpo"):
         raise GpoError(f"--loss-type applies to dpo, kto and grpo, not {s.method}")
     if s.batch_size < 1 or s.grad_accum < 1 or s.lora_r < 0:
@@ -126,7 +137,8 @@ def resolve(settings: TrainSettings, overrides: dict | None = None) -> tuple[Tra
     lr = DEFAULTS[s.method]["learning_rate"] * (LORA_LR_FACTOR if s.lora_r else 1.0)
     s = dataclasses.replace(s, learning_rate=s.learning_rate if s.learning_rate is not None else lr,
                             beta=s.beta if s.beta is not None else DEFAULTS[s.method]["beta"],
-                            bf16=s.bf16 if s.bf16 is not None else _cuda_bf16())
+                            bf16=s.bf16 if s.bf16 is not None else _cuda_bf16(),
+                            truncated=s.truncated or ("drop" if s.method in ("simpo", "orpo") else "no-eos"))
     return s, extra
 
 
@@ -188,9 +200,22 @@ def _cpo_prompt_ids(tok, prompt: str) -> list[int]:
     return ids
 
 
+def cut(row: dict, side: str) -> bool:
+    """Whether this side's response was cut at the length limit (tables from before the column: no)."""
+    return row.get(f"{side}_finish_reason") == "length"
+
+
+def drop_truncated(rows: list[dict], method: str) -> list[dict]:
+    sides = ("completion",) if method == "kto" else ("chosen", "rejected")
+    return [r for r in rows if not any(cut(r, side) for side in sides)]
+
+
 def preference_dataset(rows: list[dict], tok, method: str) -> tuple[list[dict], dict]:
-    """Standard (non-conversational) text examples and a count of how well TRL's tokenization matches."""
-    checks = {"match": 0, "bos_dropped": 0, "mismatch": 0, "response_retokenized_differently": 0}
+    """Standard (non-conversational) text examples and a count of how well TRL's tokenization matches.
+
+    DPO and KTO examples carry `<side>_truncated` flags, read by `no_eos_on_truncated` after TRL tokenizes."""
+    checks = {"match": 0, "bos_dropped": 0, "mismatch": 0, "response_retokenized_differently": 0,
+              "truncated_responses": 0}
     examples = []
     for r in rows:
         if method in ("simpo", "orpo"):
@@ -200,11 +225,16 @@ def preference_dataset(rows: list[dict], tok, method: str) -> tuple[list[dict], 
             prompt, verdict = prompt_for_tokenizer(tok, r["prompt"], r["prompt_token_ids"])
         checks[verdict] += 1
         if method == "kto":
-            examples.append({"prompt": prompt, "completion": r["completion"], "label": bool(r["label"])})
+            examples.append({"prompt": prompt, "completion": r["completion"], "label": bool(r["label"]),
+                             "completion_truncated": cut(r, "completion")})
             responses = [(r["completion"], r["completion_token_ids"])]
         else:
             examples.append({"prompt": prompt, "chosen": r["chosen"], "rejected": r["rejected"]})
+            if method == "dpo":
+                examples[-1].update(chosen_truncated=cut(r, "chosen"), rejected_truncated=cut(r, "rejected"))
             responses = [(r["chosen"], r["chosen_token_ids"]), (r["rejected"], r["rejected_token_ids"])]
+        checks["truncated_responses"] += sum(cut(r, side) for side in
+                                             (("completion",) if method == "kto" else ("chosen", "rejected")))
         for text, ids in responses:
             checks["response_retokenized_differently"] += (
                 tok(text, add_special_tokens=False)["input_ids"] != list(ids))
@@ -443,9 +473,14 @@ def load_rows(run: Path, s: TrainSettings, tok) -> tuple[object, dict, dict]:
         rows = select_rows(run, table, s.data)
         keys = ("pair_id", "prompt", "completion", "label") if s.method == "kto" else \
             ("pair_id", "prompt", "chosen", "rejected")
-        rows, duplicates = drop_duplicates(rows, keys) if s.dedup else (rows, 0)
-        inputs = {"table": table, "rows": len(rows), "duplicates_dropped": duplicates,
-                  "hash": fingerprint(rows, keys)}
+        kept = drop_truncated(rows, s.method) if s.truncated == "drop" else rows
+        if not kept:
+            raise GpoError(f"every '{s.data}' row of table '{table}' has a response cut at the length limit, "
+                           "and --truncated drop leaves none")
+        dropped_truncated = len(rows) - len(kept)
+        rows, duplicates = drop_duplicates(kept, keys) if s.dedup else (kept, 0)
+        inputs = {"table": table, "rows": len(rows), "hash": fingerprint(rows, keys),
+                  "dropped_truncated": dropped_truncated, "duplicates_dropped": duplicates}
         examples, checks = preference_dataset(rows, tok, s.method)
     return Dataset.from_list(examples), inputs, checks
 
@@ -512,13 +547,38 @@ def make_trainer(s: TrainSettings, config, tok, dataset, callbacks: list):
 
             trainer = online_trainer(s, config, tok, dataset, callbacks, lora_config(s))
         else:
-            trainer = trl_class(s.method, "Trainer")(model=s.model, args=config, train_dataset=dataset,
-                                                     processing_class=tok, callbacks=callbacks,
-                                                     peft_config=lora_config(s))
+            Trainer = trl_class(s.method, "Trainer")
+            if s.truncated == "no-eos" and s.method in ("dpo", "kto"):
+                Trainer = no_eos_on_truncated(Trainer)
+            trainer = Trainer(model=s.model, args=config, train_dataset=dataset, processing_class=tok,
+                              callbacks=callbacks, peft_config=lora_config(s))
     except ValueError as e:
         raise GpoError(f"{s.method}: {str(e).splitlines()[0]}") from None
     _progress_to_stderr(trainer)
     return trainer
+
+
+def no_eos_on_truncated(Trainer):
+    """TRL's DPO/KTO trainer, but a response flagged `<side>_truncated` loses the EOS TRL appended to it.
+
+    TRL 1.16 appends EOS to every response text before tokenizing, with no option to skip it; the flags
+    ride along as dataset columns and the Trainer drops them before batching."""
+    class NoEosOnTruncated(Trainer):
+        def _prepare_dataset(self, dataset, processing_class, *args, **kwargs):
+            dataset = super()._prepare_dataset(dataset, processing_class, *args, **kwargs)
+            eos = getattr(processing_class, "tokenizer", processing_class).eos_token_id
+            sides = [c[:-len("_truncated")] for c in dataset.column_names if c.endswith("_truncated")]
+
+            def strip(example):
+                for side in sides:
+                    ids = example[f"{side}_ids"]
+                    if example[f"{side}_truncated"] and ids and ids[-1] == eos:
+                        example[f"{side}_ids"] = ids[:-1]
+                return example
+
+            return dataset.map(strip, desc="Removing EOS from truncated responses") if sides else dataset
+
+    return NoEosOnTruncated
 
 
 def _progress_to_stderr(trainer) -> None:

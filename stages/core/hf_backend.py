@@ -1,8 +1,12 @@
 """The transformers generation backend: batched, left-padded, KV cache, prompt prefill shared by n samples.
 
 Each request's prompt is prefilled once; its key/value cache is then repeated for the n samples instead
-of recomputing the prompt n times. Sampling draws one uniform per row per step from a CPU generator
-seeded by (request seed, sample index), so a sample does not depend on which batch it ran in.
+of recomputing the prompt n times. With `share_prefixes` (the default), requests whose prompts are
+prefixes of one another (the states of one trajectory) share one prefill too: only the longest prompt of
+each prefix group is prefilled, and every request reads its own leading slice of that cache through the
+attention mask, then computes its last prompt token itself (which yields its first logits). Sampling draws
+one uniform per row per step from a CPU generator seeded by (request seed, sample index), so a sample does
+not depend on which batch it ran in.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from stages.core.backends import (Completion, Request, Sampling, derive_seed, eo
 
 class HFGenerator:
     def __init__(self, model: str, *, dtype: str = "auto", device: str = "auto", batch_size: int = 64,
-                 trust_remote_code: bool = False, model_obj=None, tokenizer=None):
+                 trust_remote_code: bool = False, model_obj=None, tokenizer=None, share_prefixes: bool = True):
         import torch
         from transformers import AutoModelForCausalLM
 
@@ -31,6 +35,7 @@ class HFGenerator:
         pad = self.tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else next(iter(self.eos), 0))
         self.batch_size = max(1, batch_size)
+        self.share_prefixes = share_prefixes
         self.stats: Counter = Counter()
         self._torch = torch
 
@@ -42,9 +47,15 @@ class HFGenerator:
                 **{k: int(v) for k, v in self.stats.items()}}
 
     def generate(self, requests: list[Request], sampling: Sampling) -> list[list[Completion]]:
-        results: list[list[Completion]] = []
-        for batch in self._batches(requests):
-            results.extend(self._generate_batch(batch, sampling))
+        # Keep each prefix group together so a batch boundary rarely splits a trajectory's states.
+        order = (grouped_order([r.prompt_ids for r in requests]) if self.share_prefixes
+                 else list(range(len(requests))))
+        done: list[list[Completion]] = []
+        for batch in self._batches([requests[i] for i in order]):
+            done.extend(self._generate_batch(batch, sampling))
+        results: list[list[Completion]] = [[] for _ in requests]
+        for i, completions in zip(order, done):
+            results[i] = completions
         return results
 
     def _batches(self, requests: list[Request]):
@@ -69,16 +80,49 @@ class HFGenerator:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                          position_ids=positions.to(self.device), use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1, :], out.past_key_values, mask.to(self.device), positions[:, -1].to(self.device)
+        self.stats["prompt_tokens_computed"] += sum(len(p) for p in prompts)
+        next_pos = positions[:, -1].to(self.device) + 1
+        return out.logits[:, -1, :], out.past_key_values, mask.to(self.device), next_pos
+
+    def _prefill_shared(self, prompts: list[tuple[int, ...]]):
+        """Prefill each prefix group's longest prompt but its last token, once; then every request's last
+        prompt token on top of its own slice. Returns what `_prefill` does, one row per request."""
+        torch = self._torch
+        roots, root_of = prefix_groups(prompts)
+        heads = [roots[g][:-1] for g in range(len(roots))]
+        width = max(len(h) for h in heads)
+        cache, mask = None, torch.zeros((len(prompts), width), dtype=torch.long)
+        if width:
+            ids = torch.full((len(heads), width), self.pad_id, dtype=torch.long)
+            head_mask = torch.zeros((len(heads), width), dtype=torch.long)
+            for g, h in enumerate(heads):
+                ids[g, width - len(h):] = torch.tensor(h, dtype=torch.long)
+                head_mask[g, width - len(h):] = 1
+            positions = (head_mask.cumsum(-1) - 1).clamp(min=0)
+            cache = self.model(input_ids=ids.to(self.device), attention_mask=head_mask.to(self.device),
+                               position_ids=positions.to(self.device), use_cache=True,
+                               logits_to_keep=1).past_key_values
+            cache.batch_select_indices(torch.tensor(root_of, device=self.device))
+            for i, p in enumerate(prompts):  # this request sees the first len(p) - 1 tokens of its root
+                start = width - len(heads[root_of[i]])
+                mask[i, start:start + len(p) - 1] = 1
+        mask = torch.cat([mask, torch.ones((len(prompts), 1), dtype=torch.long)], 1).to(self.device)
+        last = torch.tensor([[p[-1]] for p in prompts], dtype=torch.long, device=self.device)
+        pos = torch.tensor([[len(p) - 1] for p in prompts], dtype=torch.long, device=self.device)
+        out = self.model(input_ids=last, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                         use_cache=True)
+        self.stats["prompt_tokens_computed"] += sum(len(h) for h in heads) + len(prompts)
+        return out.logits[:, -1, :], out.past_key_values, mask, pos.view(-1) + 1
 
     def _generate_batch(self, reqs: list[Request], sampling: Sampling) -> list[list[Completion]]:
         torch = self._torch
         with torch.inference_mode():
-            logits, cache, mask, last_pos = self._prefill([r.prompt_ids for r in reqs])
+            prefill = self._prefill_shared if self.share_prefixes else self._prefill
+            logits, cache, mask, next_pos = prefill([r.prompt_ids for r in reqs])
             owner = [i for i, r in enumerate(reqs) for _ in range(r.n)]
             index = torch.tensor(owner, device=self.device)
             cache.batch_select_indices(index)  # share each prompt's prefill across its n samples
-            logits, mask, next_pos = logits[index], mask[index], last_pos[index] + 1
+            logits, mask, next_pos = logits[index], mask[index], next_pos[index]
             gens = [torch.Generator().manual_seed(derive_seed(r.seed, j)) for r in reqs for j in range(r.n)]
             tokens = [[] for _ in owner]
             logps = [[] for _ in owner]
@@ -141,3 +185,28 @@ class HFGenerator:
             pos = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1)).clamp(max=cdf.shape[1] - 1)
             chosen = pos.squeeze(1) if order is None else order.gather(1, pos).squeeze(1)
         return chosen.cpu(), logprobs.gather(1, chosen.to(logits.device).view(-1, 1)).squeeze(1).cpu()
+
+
+def prefix_groups(prompts: list[tuple[int, ...]]) -> tuple[list[tuple[int, ...]], list[int]]:
+    """Group prompts under a longest prompt they are a prefix of: (roots, root index of each prompt).
+
+    Walking the prompts in descending lexicographic order, every prompt between a root and one of its
+    prefixes starts with that prefix, so the latest root is the one to check.
+    """
+    roots: list[tuple[int, ...]] = []
+    root_of = [0] * len(prompts)
+    for i in sorted(range(len(prompts)), key=lambda i: prompts[i], reverse=True):
+        p = tuple(prompts[i])
+        if not roots or roots[-1][:len(p)] != p:
+            roots.append(p)
+        root_of[i] = len(roots) - 1
+    return roots, root_of
+
+
+def grouped_order(prompts: list[tuple[int, ...]]) -> list[int]:
+    """Request indices with each prefix group contiguous, groups in order of first appearance (stable)."""
+    _, root_of = prefix_groups(prompts)
+    first: dict[int, int] = {}
+    for i, g in enumerate(root_of):
+        first.setdefault(g, i)
+    return sorted(range(len(prompts)), key=lambda i: (first[root_of[i]], i))

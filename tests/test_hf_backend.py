@@ -1,0 +1,90 @@
+"""The transformers backend's cross-state prefix sharing: same samples as per-state prefill, far fewer
+prompt tokens computed."""
+
+from __future__ import annotations
+
+import pytest
+
+from stages.core.backends import Request, Sampling, derive_seed
+from stages.core.hf_backend import HFGenerator, grouped_order, prefix_groups
+from tests.conftest import TOY_MODEL
+
+
+def test_prefix_groups_put_each_prompt_under_a_longest_extension():
+    prompts = [(1, 2), (5,), (1, 2, 3, 4), (1, 2, 3), (5, 6), (1, 9), (1, 2)]
+    roots, root_of = prefix_groups(prompts)
+    for p, g in zip(prompts, root_of):
+        assert roots[g][:len(p)] == p  # every prompt is a prefix of its root
+    assert sorted(roots) == [(1, 2, 3, 4), (1, 9), (5, 6)]  # no root is a prefix of another
+    assert grouped_order(prompts) == [0, 2, 3, 6, 1, 4, 5]  # groups contiguous, in first-appearance order
+
+
+@pytest.fixture(scope="module")
+def per_state():
+    return HFGenerator(str(TOY_MODEL), dtype="fp32", device="cpu", share_prefixes=False)
+
+
+@pytest.fixture(scope="module")
+def shared(per_state):
+    return HFGenerator(str(TOY_MODEL), dtype="fp32", device="cpu", model_obj=per_state.model,
+                       tokenizer=per_state.tokenizer)
+
+
+@pytest.fixture(scope="module")
+def state_requests(per_state):
+    """Every line state of 4 sampled toy trajectories (K=3 each, rollouts cut at 16 tokens to keep it quick) plus a duplicate and an unrelated prompt,
+    in an interleaved order, as estimate would send them; and the trajectories' lengths."""
+    from stages.core.sources import load_problems
+    from stages.core.steps import make_splitter
+
+    tok = per_state.tokenizer
+    problems = load_problems("toy:arith?n=4&seed=3&split=train").table.to_pylist()
+    prompts = [tuple(tok(p["question"] + "\n")["input_ids"]) for p in problems]
+    samples = per_state.generate([Request(p, 1, derive_seed(1, i)) for i, p in enumerate(prompts)],
+                                 Sampling(1.0, 1.0, 40))
+    splitter = make_splitter("line")
+    reqs, lengths = [], []
+    for p, (c,) in zip(prompts, samples):
+        steps = splitter.split(list(c.token_ids), tok.batch_decode([[t] for t in c.token_ids]))
+        assert len(steps) >= 2
+        lengths.append(len(p) + steps[-1].token_start)
+        for st in steps:
+            reqs.append(Request(p + c.token_ids[:st.token_start], 3, derive_seed(2, len(reqs)),
+                                min(16, 40 - st.token_start)))
+    reqs = reqs[::2] + reqs[1::2] + [reqs[3], Request(tuple(tok("z: 1\n")["input_ids"]), 2, 99)]
+    return reqs, lengths
+
+
+@pytest.mark.parametrize("sampling", [Sampling(1.0, 1.0, 40, logprobs=True), Sampling(0.7, 0.9, 40, logprobs=True),
+                                      Sampling(0.0, 1.0, 40, logprobs=True)], ids=["t1", "t0.7-p0.9", "greedy"])
+def test_prefix_sharing_samples_the_same_tokens_as_per_state_prefill(per_state, shared, state_requests, sampling):
+    reqs, lengths = state_requests
+    want, got = per_state.generate(reqs, sampling), shared.generate(reqs, sampling)
+    assert [[c.token_ids for c in g] for g in got] == [[c.token_ids for c in g] for g in want]
+    assert [[c.finish_reason for c in g] for g in got] == [[c.finish_reason for c in g] for g in want]
+    for g_got, g_want in zip(got, want):
+        for a, b in zip(g_got, g_want):
+            assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+
+
+def test_prefix_sharing_computes_about_one_trajectory_of_prompt_tokens(shared, state_requests):
+    reqs, lengths = state_requests
+    gen = HFGenerator(str(TOY_MODEL), dtype="fp32", device="cpu", model_obj=shared.model,
+                      tokenizer=shared.tokenizer)
+    gen.generate(reqs, Sampling(1.0, 1.0, 8))
+    states_total = sum(len(r.prompt_ids) for r in reqs)
+    computed = gen.stats["prompt_tokens_computed"]
+    # the 4 trajectories' prompts plus one extra token per request (its own last prompt token), and the
+    # unrelated prompt; the per-state sum is several times that
+    assert computed <= 1.2 * (sum(lengths) + len(reqs[-1].prompt_ids))
+    assert computed < states_total / 2
+    assert gen.stats["prompt_tokens"] == states_total
+
+
+def test_batch_boundaries_inside_a_prefix_group_do_not_change_samples(shared, state_requests):
+    reqs, _ = state_requests
+    small = HFGenerator(str(TOY_MODEL), dtype="fp32", device="cpu", model_obj=shared.model,
+                        tokenizer=shared.tokenizer, batch_size=7)  # splits groups mid-trajectory
+    sampling = Sampling(1.0, 1.0, 8)
+    assert [[c.token_ids for c in g] for g in small.generate(reqs, sampling)] == \
+        [[c.token_ids for c in g] for g in shared.generate(reqs, sampling)]

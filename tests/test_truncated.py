@@ -1,0 +1,126 @@
+"""Responses cut at the length limit train as cut: the branch tables record each side's finish reason, and
+DPO/KTO rows built by TRL carry no EOS after a cut response (or the pair is dropped, by option)."""
+
+from __future__ import annotations
+
+import pytest
+
+from stages import branch, estimate, locate, sample
+from stages.core import artifacts
+from stages.core.errors import GpoError
+from stages.core.runner import run_stage
+from stages.core.sources import load_problems
+from tests.conftest import TOY_MODEL, toy_policy
+
+MAX_NEW = 48
+
+
+def rambling_policy(tok):
+    """The scripted toy policy, but half of its wrong answers run on past the length limit."""
+    base, ramble = toy_policy(tok), "\nz: 1 + 1 = 2" * 12
+
+    def respond(prompt_ids, seed: int) -> str:
+        if "answer:" in tok.decode(list(prompt_ids)):  # a state inside a rambling response: ramble on
+            return ramble
+        text = base(prompt_ids, seed)
+        return text + ramble if seed % 4 == 1 else text
+    return respond
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, toy_tokenizer):
+    from stages.core.backends import FakeGenerator
+
+    run = tmp_path_factory.mktemp("truncated")
+    gen = FakeGenerator(toy_tokenizer, rambling_policy(toy_tokenizer))
+    problems = load_problems("toy:arith?n=8&seed=0&split=train").table
+    for stage, settings in [
+        (sample.STAGE, sample.SampleSettings(problems="toy", model="fake", n=4, max_new_tokens=MAX_NEW)),
+        (estimate.STAGE, estimate.EstimateSettings(k=8)),
+        (locate.STAGE, locate.LocateSettings()),
+        (branch.STAGE, branch.BranchSettings(m=8, baseline=True)),
+    ]:
+        run_stage(stage, run, settings, make_generator=lambda: gen,
+                  input_table=problems if stage is sample.STAGE else None)
+    return run
+
+
+def test_branch_tables_record_where_a_response_was_cut(run):
+    pairs = artifacts.read_table(run, "branch").to_pylist()
+    samples = {(r["problem_id"], r["sample_idx"]): r for r in artifacts.read_table(run, "sample").to_pylist()}
+    reasons = {(p["chosen_finish_reason"], p["rejected_finish_reason"]) for p in pairs}
+    assert ("stop", "length") in reasons and ("stop", "stop") in reasons  # both kinds of pair exist
+    for p in pairs:
+        for side in ("chosen", "rejected"):
+            # a cut response is exactly as long as its budget: max_new_tokens counted from the state
+            cut = len(p[f"{side}_token_ids"]) == MAX_NEW
+            assert (p[f"{side}_finish_reason"] == "length") == cut
+        if p["data"] == "baseline":
+            assert p["rejected_finish_reason"] == samples[(p["problem_id"], p["sample_idx"])]["finish_reason"]
+    unpaired = artifacts.read_table(run, "unpaired").to_pylist()
+    assert sum(r["completion_finish_reason"] == "length" for r in unpaired) == \
+        sum(p["rejected_finish_reason"] == "length" for p in pairs)
+
+
+def _trl_rows(run, tmp_path, method, truncated):
+    """TRL's tokenized training rows (its own DPO/KTO preprocessing) for the run's gpo data."""
+    from transformers import AutoTokenizer
+
+    from stages.train import TrainSettings, build_config, load_rows, make_trainer, resolve
+
+    s, extra = resolve(TrainSettings(method=method, model=str(TOY_MODEL), max_steps=1, batch_size=2,
+                                     max_length=256, truncated=truncated))
+    tok = AutoTokenizer.from_pretrained(TOY_MODEL)
+    dataset, _, _ = load_rows(run, s, tok)
+    trainer = make_trainer(s, build_config(s, extra, tmp_path / method), tok, dataset, [])
+    return trainer.train_dataset.to_list(), tok
+
+
+@pytest.mark.parametrize("truncated", ["no-eos", "eos"])
+def test_dpo_rows_end_in_eos_only_where_the_response_stopped(run, tmp_path, truncated):
+    rows, tok = _trl_rows(run, tmp_path, "dpo", truncated)
+    pairs = artifacts.read_table(run, "branch").to_pylist()
+    gpo = [p for p in pairs if p["data"] == "gpo"]
+    assert len(rows) == len(gpo)
+    cut_seen = 0
+    for row, pair in zip(rows, gpo):  # TRL keeps the dataset's order
+        for side in ("chosen", "rejected"):
+            ids, cut = row[f"{side}_ids"], pair[f"{side}_finish_reason"] == "length"
+            assert row[f"{side}_truncated"] == cut
+            cut_seen += cut
+            ends_in_eos = ids[-1] == tok.eos_token_id
+            assert ends_in_eos == (not cut or truncated == "eos")
+            body = ids[:-1] if ends_in_eos else ids
+            assert tok.decode(body) == pair[side]  # the response itself, untouched
+    assert cut_seen > 0
+
+
+def test_kto_rows_end_in_eos_only_where_the_response_stopped(run, tmp_path):
+    rows, tok = _trl_rows(run, tmp_path, "kto", "no-eos")
+    assert any(r["completion_truncated"] for r in rows) and not all(r["completion_truncated"] for r in rows)
+    for row in rows:
+        assert (row["completion_ids"][-1] == tok.eos_token_id) == (not row["completion_truncated"])
+
+
+def test_drop_leaves_out_pairs_with_a_cut_response(run, tmp_path):
+    from stages.train import TrainSettings, train
+
+    pairs = [p for p in artifacts.read_table(run, "branch").to_pylist() if p["data"] == "baseline"]
+    whole = [p for p in pairs if "length" not in (p["chosen_finish_reason"], p["rejected_finish_reason"])]
+    assert 0 < len(whole) < len(pairs)
+    summary = train(run, TrainSettings(method="dpo", model=str(TOY_MODEL), data="baseline", max_steps=1,
+                                       batch_size=2, max_length=256, truncated="drop"),
+                    tmp_path / "dpo-drop", log=lambda msg: None)
+    assert summary["rows"] == len(whole) and summary["global_step"] == 1
+    config = artifacts.load_json(tmp_path / "dpo-drop" / "config.json")
+    assert config["inputs"]["dropped_truncated"] == len(pairs) - len(whole)
+
+
+def test_bad_truncated_setting_is_one_error(run, tmp_path):
+    from stages.train import TrainSettings, resolve
+
+    with pytest.raises(GpoError, match="--truncated must be one of"):
+        resolve(TrainSettings(method="dpo", model=str(TOY_MODEL), truncated="keep"))
+    with pytest.raises(GpoError, match="not available for simpo"):
+        resolve(TrainSettings(method="simpo", model=str(TOY_MODEL), truncated="no-eos"))
+    assert resolve(TrainSettings(method="orpo", model=str(TOY_MODEL)))[0].truncated == "drop"
