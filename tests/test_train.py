@@ -311,3 +311,15 @@ def test_chat_prompt_bos_is_not_doubled():
     # A chat template writes the BOS as text; TRL's tok(text) would add a second one.
     assert prompt_for_tokenizer(tok, "<bos>q 1 + 2\n", ids) == ("q 1 + 2\n", "bos_dropped")
     assert prompt_for_tokenizer(tok, "q 1 + 3\n", ids)[1] == "mismatch"
+
+
+def test_identical_pairs_train_once_and_are_counted():
+    from stages.train import drop_duplicates
+
+    keys = ("pair_id", "prompt", "chosen", "rejected")
+    rows = [{"pair_id": "b", "prompt": "p", "chosen": "x", "rejected": "y"},
+            {"pair_id": "a", "prompt": "p", "chosen": "x", "rejected": "y"},  # same pair, other id
+            {"pair_id": "c", "prompt": "p", "chosen": "x", "rejected": "z"}]
+    kept, dropped = drop_duplicates(rows, keys)
+    assert dropped == 1 and [r["pair_id"] for r in kept] == ["a", "c"]
+    assert drop_duplicates(kept, keys) == (kept, 0)

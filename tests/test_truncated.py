@@ -69,7 +69,7 @@ def _trl_rows(run, tmp_path, method, truncated):
     from stages.train import TrainSettings, build_config, load_rows, make_trainer, resolve
 
     s, extra = resolve(TrainSettings(method=method, model=str(TOY_MODEL), max_steps=1, batch_size=2,
-                                     max_length=256, truncated=truncated))
+                                     max_length=256, truncated=truncated, dedup=False))
     tok = AutoTokenizer.from_pretrained(TOY_MODEL)
     dataset, _, _ = load_rows(run, s, tok)
     trainer = make_trainer(s, build_config(s, extra, tmp_path / method), tok, dataset, [])
@@ -109,7 +109,7 @@ def test_drop_leaves_out_pairs_with_a_cut_response(run, tmp_path):
     whole = [p for p in pairs if "length" not in (p["chosen_finish_reason"], p["rejected_finish_reason"])]
     assert 0 < len(whole) < len(pairs)
     summary = train(run, TrainSettings(method="dpo", model=str(TOY_MODEL), data="baseline", max_steps=1,
-                                       batch_size=2, max_length=256, truncated="drop"),
+                                       batch_size=2, max_length=256, truncated="drop", dedup=False),
                     tmp_path / "dpo-drop", log=lambda msg: None)
     assert summary["rows"] == len(whole) and summary["global_step"] == 1
     config = artifacts.load_json(tmp_path / "dpo-drop" / "config.json")
