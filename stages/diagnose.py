@@ -39,9 +39,11 @@ from __future__ import annotations
 
 import random
 import statistics
+from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from stages.core import artifacts
 from stages.core.errors import GpoError
@@ -61,10 +63,17 @@ DIAGNOSE_SCHEMA = pa.schema([
 
 # ---------------------------------------------------------------- reading the run
 
+# Only the columns used: rollouts and estimate are the big tables of a run.
+COLUMNS = {"estimate": ["problem_id", "sample_idx", "step_idx", "token_start", "token_end"],
+           "rollouts": ["finish_reason"]}
+
+
 def _read(run: Path, table: str) -> list[dict] | None:
-    if artifacts.table_dir(run, table) is None or not artifacts.part_files(artifacts.table_dir(run, table)):
+    folder = artifacts.table_dir(run, table)
+    files = artifacts.part_files(folder) if folder is not None else []
+    if not files:
         return None
-    return artifacts.read_table(run, table).to_pylist()
+    return pq.ParquetDataset(files).read(columns=COLUMNS.get(table)).to_pylist()
 
 
 def load_run(run: Path) -> dict:
@@ -85,11 +94,7 @@ def _share(count: int, total: int) -> float | None:
 
 
 def common_prefix(a, b) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
 def _side(position: int, start: int, end: int) -> str:
@@ -108,8 +113,7 @@ def _pair_counts(units: list[tuple[str, int, int]], values: list[int]) -> tuple[
     """(matching pairs, pairs) over same-problem pairs; units are (problem, stratum, value)."""
     by_problem: dict = {}
     for (problem, _, _), v in zip(units, values):
-        by_problem.setdefault(problem, {}).setdefault(v, 0)
-        by_problem[problem][v] += 1
+        by_problem.setdefault(problem, Counter())[v] += 1
     matches = pairs = 0
     for counts in by_problem.values():
         n = sum(counts.values())
@@ -236,9 +240,7 @@ def _quantiles(xs: list[float]) -> dict:
 
 def critical_steps(locate: list[dict]) -> dict:
     located = [r for r in locate if r["critical_step"] is not None]
-    hist: dict = {}
-    for r in located:
-        hist[r["critical_step"]] = hist.get(r["critical_step"], 0) + 1
+    hist = Counter(r["critical_step"] for r in located)
     with_truth = [r for r in locate if r["first_wrong_line"] is not None]
     agree = sum(bool(r["agrees"]) for r in with_truth)
     positive = sum((r["advantage"] or 0) > 0 for r in located)
@@ -375,6 +377,39 @@ def rows(summary: dict) -> list[dict]:
         for side in ("before", "at", "after"):
             add("pairs", f"diverge_{side}_first_wrong_line", v[side], v[f"{side}_count"], v["pairs"], p["data"])
     return out
+
+
+def _sides_text(v: dict) -> str:
+    if not v["pairs"]:
+        return "n/a"
+    return f"{v['before']:.2f}/{v['at']:.2f}/{v['after']:.2f} of {v['pairs']}"
+
+
+def headline(summary: dict) -> list[str]:
+    """A few printable lines (the demo's): the verdict, then the numbers a user reads first."""
+    lines = [f"verdict: {summary['verdict']}"]
+    truth = summary["repeatability_first_wrong_line"]
+    if truth and truth["pairs"] and summary["repeatability_critical_step"] is not None:
+        lines.append(f"first wrong lines repeat {truth['share']:.3f} vs {_fmt(truth['null_mean'])} shuffled "
+                     f"(ratio {_fmt(truth['ratio'])}, {truth['pairs']} pairs)")
+    div = summary["diversity"]
+    lines.append(f"distinct correct texts per problem {_fmt(div['distinct_correct_texts_mean'])}; correct/incorrect "
+                 f"pairs diverge before/at/after the critical step {_sides_text(div['vs_critical_step'])}, "
+                 f"the first wrong line {_sides_text(div['vs_first_wrong_line'])}")
+    cs = summary["critical_steps"]
+    if cs:
+        lines.append(f"critical steps: located {_fmt(cs['located_share'])}, positive advantage "
+                     f"{_fmt(cs['positive_advantage_share'])}, median relative position "
+                     f"{_fmt(cs['relative_position'].get('q50'))}, agree with the first wrong line "
+                     f"{_fmt(cs['agreement_all'])} ({cs['agrees']}/{cs['with_truth']})")
+    tr = summary["truncation"]
+    lines.append("truncated: " + ", ".join(f"{k} {v['share']:.3f} ({v['length']}/{v['rows']})"
+                                           for k, v in tr.items() if v and v["rows"]))
+    for p in summary["pairs"] or []:
+        lines.append(f"pairs {p['data']}: {p['pairs']} ({p['duplicate_share']:.0%} exact duplicates), diverge at "
+                     f"token {p['diverge_tokens_median']:g} (median; {_fmt(p['diverge_share_median'])} of the "
+                     f"rejected), before/at/after its first wrong line {_sides_text(p['vs_first_wrong_line'])}")
+    return lines
 
 
 def write(run: Path, summary: dict) -> Path:

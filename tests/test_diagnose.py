@@ -125,14 +125,14 @@ def trap_policy(tokenizer):
     return respond
 
 
-def run_chain(run, gen, n_problems=24):
+def run_chain(run, gen, n_problems=24, stages=4):
     problems = load_problems(f"toy:arith?n={n_problems}&seed=0&split=train").table
     for stage, settings in [
         (sample.STAGE, sample.SampleSettings(problems="toy", model="fake", n=6, max_new_tokens=64)),
         (estimate.STAGE, estimate.EstimateSettings(k=16)),
         (locate.STAGE, locate.LocateSettings()),
         (branch.STAGE, branch.BranchSettings(m=4, baseline=True)),
-    ]:
+    ][:stages]:
         run_stage(stage, run, settings, make_generator=lambda: gen,
                   input_table=problems if stage is sample.STAGE else None, chunk_groups=8)
     return run
@@ -166,6 +166,22 @@ def test_real_chain_with_problem_specific_traps_is_repeatable_and_pairs_diverge_
     pairs = {p["data"]: p for p in s["pairs"]}
     assert set(pairs) == {"gpo", "baseline", "random-reset"}
     assert pairs["gpo"]["vs_first_wrong_line"]["at"] == 1.0 == pairs["baseline"]["vs_first_wrong_line"]["at"]
+    lines = diagnose.headline(s)
+    assert lines[0] == f"verdict: {s['verdict']}"
+    gpo_line = next(line for line in lines if line.startswith("pairs gpo: "))
+    assert gpo_line.endswith(f"before/at/after its first wrong line 0.00/1.00/0.00 of {pairs['gpo']['pairs']}")
+
+
+def test_a_sample_only_toy_run_is_judged_on_its_first_wrong_lines(tmp_path, toy_tokenizer):
+    from stages.core.backends import FakeGenerator
+
+    run = run_chain(tmp_path, FakeGenerator(toy_tokenizer, trap_policy(toy_tokenizer)), stages=1)
+    s = diagnose.diagnose(run, permutations=50)
+    assert s["repeatability_critical_step"] is None and s["critical_steps"] is None and s["pairs"] is None
+    assert s["repeatability_first_wrong_line"]["share"] == 1.0
+    assert s["verdict"].startswith("first wrong lines are repeatable")
+    assert s["verdict"].endswith("(no locate table: ground truth only)")
+    assert s["diversity"]["vs_first_wrong_line"]["at"] == 1.0 and s["diversity"]["vs_critical_step"]["pairs"] == 0
 
 
 def test_real_chain_with_the_hard_line_fixed_by_length_repeats_by_position(tmp_path, fake_generator):
