@@ -16,7 +16,11 @@ behind it) and RUN/diagnose/summary.json. Definitions:
    95% of the null, the ratio observed / null mean and a one-sided permutation p-value. The same is
    computed for ground-truth first wrong lines where the task knows them (toy tasks, every failed sample,
    stratified by its number of lines), which needs no `locate`.
-   Verdict, on critical steps (on first wrong lines when there is no `locate`):
+   Verdict, on first wrong lines where the task knows them (ground truth: no estimation noise), else on
+   critical steps, noting when most matching pairs reset at an identical state (same prefix tokens):
+   identical states share their Monte Carlo rollouts, so such matches can come from one noisy estimate
+   seen twice rather than from a repeated error (on toy:arith with K=2, critical steps "repeat" 1.5x the
+   null while first wrong lines repeat 1.15x):
    - fewer than MIN_PAIRS pairs: "not enough failed trajectories to say";
    - ratio >= REPEAT_RATIO and p < ALPHA: "critical steps are repeatable";
    - observed and null share both >= POSITION_SHARE: "critical steps repeat, but by position alone"
@@ -61,8 +65,6 @@ DIAGNOSE_SCHEMA = pa.schema([
 ])
 
 
-# ---------------------------------------------------------------- reading the run
-
 # Only the columns used: rollouts and estimate are the big tables of a run.
 COLUMNS = {"estimate": ["problem_id", "sample_idx", "step_idx", "token_start", "token_end"],
            "rollouts": ["finish_reason"]}
@@ -106,8 +108,6 @@ def _sides(sides: list[str]) -> dict:
     return {"pairs": n, **{k: _share(sides.count(k), n) for k in ("before", "at", "after")},
             **{f"{k}_count": sides.count(k) for k in ("before", "at", "after")}}
 
-
-# ---------------------------------------------------------------- 1. repeatability
 
 def _pair_counts(units: list[tuple[str, int, int]], values: list[int]) -> tuple[int, int]:
     """(matching pairs, pairs) over same-problem pairs; units are (problem, stratum, value)."""
@@ -157,6 +157,16 @@ def repeatability(units: list[tuple[str, int, int]], permutations: int = PERMUTA
     return result
 
 
+def _identical_state_matches(failed: list[dict], samples: list[dict]) -> int:
+    """Same-problem pairs with the same critical step whose prefixes up to it are identical token for token:
+    identical states share their rollouts (estimate), so such a match is partly one estimate seen twice."""
+    ids = {(r["problem_id"], r["sample_idx"]): r["response_token_ids"] for r in samples}
+    groups = Counter((r["problem_id"], r["critical_step"],  # a sample missing from the table matches nothing
+                      tuple(ids.get((r["problem_id"], r["sample_idx"]), [id(r)])[:r["prefix_tokens"]]))
+                     for r in failed)
+    return sum(c * (c - 1) // 2 for c in groups.values())
+
+
 def verdict(rep: dict, subject: str = "critical steps") -> str:
     """One line, by the rule in the module docstring, with the numbers behind it."""
     if rep["pairs"] < MIN_PAIRS:
@@ -180,16 +190,9 @@ def _fmt(x) -> str:
 
 def _truths(samples: list[dict]) -> dict:
     """(problem, sample) -> ground-truth first wrong line of each failed sample whose task knows it."""
-    found = {}
-    for r in samples:
-        if r["reward"] == 0:
-            line = ground_truth(r)
-            if line is not None:
-                found[(r["problem_id"], r["sample_idx"])] = line
-    return found
+    return {(r["problem_id"], r["sample_idx"]): line for r in samples
+            if r["reward"] == 0 and (line := ground_truth(r)) is not None}
 
-
-# ---------------------------------------------------------------- 2. diversity
 
 def _spans(estimate: list[dict] | None, locate: list[dict] | None) -> dict:
     """(problem, sample) -> token span of its located critical step."""
@@ -229,8 +232,6 @@ def diversity(samples: list[dict], spans: dict, truths: dict) -> dict:
             "vs_first_wrong_line": _sides(vs_truth)}
 
 
-# ---------------------------------------------------------------- 3, 4. critical steps, truncation
-
 def _quantiles(xs: list[float]) -> dict:
     if not xs:
         return {}
@@ -257,8 +258,6 @@ def truncation(rows: list[dict] | None) -> dict | None:
     n = sum(r["finish_reason"] == "length" for r in rows)
     return {"rows": len(rows), "length": n, "share": _share(n, len(rows))}
 
-
-# ---------------------------------------------------------------- 5. preference pairs
 
 def pair_divergence(run: Path, tables: dict | None = None) -> list[dict]:
     """Per `data` of RUN's branch table: where chosen and rejected first differ, and duplicate pairs.
@@ -303,8 +302,6 @@ def pair_divergence(run: Path, tables: dict | None = None) -> list[dict]:
     return result
 
 
-# ---------------------------------------------------------------- the whole diagnosis
-
 def diagnose(run: Path, permutations: int = PERMUTATIONS, seed: int = 0) -> dict:
     """Every statistic of the module docstring as one JSON-able dict (see `rows` for the table form)."""
     if permutations < 1:
@@ -319,9 +316,15 @@ def diagnose(run: Path, permutations: int = PERMUTATIONS, seed: int = 0) -> dict
     rep_truth = repeatability([(k[0], lines[k], v) for k, v in sorted(truths.items())], permutations, seed) \
         if truths else None
     if rep_critical is not None:
+        rep_critical["identical_state_matches"] = _identical_state_matches(failed, samples)
+    if rep_truth is not None:  # the task's own ground truth: no estimation noise, no shared rollouts
+        line = verdict(rep_truth, "first wrong lines") + " (ground truth)"
+    elif rep_critical is not None:
         line = verdict(rep_critical)
-    elif rep_truth is not None:
-        line = verdict(rep_truth, "first wrong lines") + " (no locate table: ground truth only)"
+        same = rep_critical["identical_state_matches"]
+        if rep_critical["matches"] and same * 2 >= rep_critical["matches"]:
+            line += (f"; {same} of the {rep_critical['matches']} matching pairs reset at an identical state, whose "
+                     "rollouts are shared, so part of the repeat may come from the estimate")
     else:
         line = "not enough failed trajectories to say: no locate table and no ground-truth first wrong lines"
     return {"run": str(run), "verdict": line, "incomplete_stages": t["incomplete"],
@@ -345,6 +348,9 @@ def rows(summary: dict) -> list[dict]:
         if rep:
             sec = f"repeatability:{name}"
             add(sec, "same_step_share", rep["share"], rep["matches"], rep["pairs"])
+            if "identical_state_matches" in rep:
+                add(sec, "identical_state_matches", rep["identical_state_matches"], rep["identical_state_matches"],
+                    rep["matches"])
             add(sec, "problems", rep["problems"])
             add(sec, "units", rep["units"])
             for k in ("null_mean", "null_sd", "null_low", "null_high", "ratio", "p_value"):
@@ -377,39 +383,6 @@ def rows(summary: dict) -> list[dict]:
         for side in ("before", "at", "after"):
             add("pairs", f"diverge_{side}_first_wrong_line", v[side], v[f"{side}_count"], v["pairs"], p["data"])
     return out
-
-
-def _sides_text(v: dict) -> str:
-    if not v["pairs"]:
-        return "n/a"
-    return f"{v['before']:.2f}/{v['at']:.2f}/{v['after']:.2f} of {v['pairs']}"
-
-
-def headline(summary: dict) -> list[str]:
-    """A few printable lines (the demo's): the verdict, then the numbers a user reads first."""
-    lines = [f"verdict: {summary['verdict']}"]
-    truth = summary["repeatability_first_wrong_line"]
-    if truth and truth["pairs"] and summary["repeatability_critical_step"] is not None:
-        lines.append(f"first wrong lines repeat {truth['share']:.3f} vs {_fmt(truth['null_mean'])} shuffled "
-                     f"(ratio {_fmt(truth['ratio'])}, {truth['pairs']} pairs)")
-    div = summary["diversity"]
-    lines.append(f"distinct correct texts per problem {_fmt(div['distinct_correct_texts_mean'])}; correct/incorrect "
-                 f"pairs diverge before/at/after the critical step {_sides_text(div['vs_critical_step'])}, "
-                 f"the first wrong line {_sides_text(div['vs_first_wrong_line'])}")
-    cs = summary["critical_steps"]
-    if cs:
-        lines.append(f"critical steps: located {_fmt(cs['located_share'])}, positive advantage "
-                     f"{_fmt(cs['positive_advantage_share'])}, median relative position "
-                     f"{_fmt(cs['relative_position'].get('q50'))}, agree with the first wrong line "
-                     f"{_fmt(cs['agreement_all'])} ({cs['agrees']}/{cs['with_truth']})")
-    tr = summary["truncation"]
-    lines.append("truncated: " + ", ".join(f"{k} {v['share']:.3f} ({v['length']}/{v['rows']})"
-                                           for k, v in tr.items() if v and v["rows"]))
-    for p in summary["pairs"] or []:
-        lines.append(f"pairs {p['data']}: {p['pairs']} ({p['duplicate_share']:.0%} exact duplicates), diverge at "
-                     f"token {p['diverge_tokens_median']:g} (median; {_fmt(p['diverge_share_median'])} of the "
-                     f"rejected), before/at/after its first wrong line {_sides_text(p['vs_first_wrong_line'])}")
-    return lines
 
 
 def write(run: Path, summary: dict) -> Path:

@@ -8,6 +8,7 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
+from gpo_cli.diagnose_cmd import headline
 from gpo_cli.main import app
 from stages import branch, diagnose, estimate, locate, sample
 from stages.core import artifacts
@@ -28,11 +29,11 @@ def sample_row(pid: str, idx: int, reward: int, text: str = "", ids=(), source: 
             "verdict_checker": "numeric", "verdict_error": None, "model": "hand", "seed": 0}
 
 
-def locate_row(pid: str, idx: int, step: int | None, advantage: float = -0.5) -> dict:
+def locate_row(pid: str, idx: int, step: int | None, advantage: float = -0.5, prefix_tokens: int = 2) -> dict:
     return {"problem_id": pid, "sample_idx": idx, "rule": "abs-advantage", "critical_step": step,
             "reason": "max_abs_advantage" if step is not None else "all_zero", "num_steps": NUM_STEPS,
             "advantage": advantage if step is not None else None, "value_before": None, "value_after": None,
-            "relative_position": None if step is None else step / NUM_STEPS, "prefix_tokens": None, "reward": 0,
+            "relative_position": None if step is None else step / NUM_STEPS, "prefix_tokens": prefix_tokens, "reward": 0,
             "first_wrong_line": None, "agrees": None, "estimator": "full"}
 
 
@@ -42,15 +43,17 @@ def write_table(run, folder: str, rows: list[dict], schema: pa.Schema) -> None:
         artifacts.write_json_atomic(run / folder / "_SUCCESS", {})
 
 
-def hand_run(run, pick_step, problems: int = 30, failed: int = 6, seed: int = 0):
-    """`failed` failed samples (and 2 correct ones) per problem; pick_step(rng, problem) gives a critical step."""
+def hand_run(run, pick_step, problems: int = 30, failed: int = 6, seed: int = 0, shared_prefix: bool = False):
+    """`failed` failed samples (and 2 correct ones) per problem; pick_step(rng, problem) gives a critical step.
+
+    Each sample's first 2 tokens (its critical state's prefix) are its own unless shared_prefix."""
     rng = random.Random(seed)
     samples, located = [], []
     for p in range(problems):
         pid = f"p{p:03d}"
         trap = rng.randrange(NUM_STEPS)
         for i in range(failed + 2):
-            samples.append(sample_row(pid, i, int(i >= failed)))
+            samples.append(sample_row(pid, i, int(i >= failed), ids=[p, 0 if shared_prefix else i, 5]))
             if i < failed:
                 located.append(locate_row(pid, i, pick_step(rng, trap)))
     write_table(run, "sample", samples, sample.SAMPLE_SCHEMA)
@@ -77,6 +80,11 @@ def test_repeatable_errors_stand_far_above_the_shuffled_null_and_noise_does_not(
     assert rep["verdict"].startswith("critical steps are repeatable")
     assert noisy["verdict"].startswith("critical steps look like noise")
     assert str(r["matches"]) in rep["verdict"] and "ratio" in rep["verdict"]
+    assert r["identical_state_matches"] == 0 and "identical state" not in rep["verdict"]
+    shared = diagnose.diagnose(hand_run(tmp_path / "shared", repeatable, shared_prefix=True), permutations=20)
+    same = shared["repeatability_critical_step"]
+    assert same["identical_state_matches"] == same["matches"] > 0
+    assert f"{same['matches']} of the {same['matches']} matching pairs reset at an identical state" in shared["verdict"]
 
 
 def test_errors_at_one_position_everywhere_repeat_by_position_and_few_pairs_say_nothing(tmp_path):
@@ -144,7 +152,10 @@ def test_real_chain_with_problem_specific_traps_is_repeatable_and_pairs_diverge_
 
     run = run_chain(tmp_path / "trap", FakeGenerator(toy_tokenizer, trap_policy(toy_tokenizer)))
     s = diagnose.diagnose(run, permutations=50)
-    assert s["verdict"].startswith("critical steps are repeatable")
+    assert s["verdict"].startswith("first wrong lines are repeatable") and s["verdict"].endswith("(ground truth)")
+    # one correct text: all failures of a problem share the prefix up to the slip, hence its rollouts
+    crit = s["repeatability_critical_step"]
+    assert crit["identical_state_matches"] == crit["matches"] > 0
     for key in ("repeatability_critical_step", "repeatability_first_wrong_line"):
         assert s[key]["share"] == 1.0 and s[key]["ratio"] > 1.5
     # one correct text per problem: every correct/incorrect pair diverges exactly at the slip, which is the
@@ -166,7 +177,7 @@ def test_real_chain_with_problem_specific_traps_is_repeatable_and_pairs_diverge_
     pairs = {p["data"]: p for p in s["pairs"]}
     assert set(pairs) == {"gpo", "baseline", "random-reset"}
     assert pairs["gpo"]["vs_first_wrong_line"]["at"] == 1.0 == pairs["baseline"]["vs_first_wrong_line"]["at"]
-    lines = diagnose.headline(s)
+    lines = headline(s)
     assert lines[0] == f"verdict: {s['verdict']}"
     gpo_line = next(line for line in lines if line.startswith("pairs gpo: "))
     assert gpo_line.endswith(f"before/at/after its first wrong line 0.00/1.00/0.00 of {pairs['gpo']['pairs']}")
@@ -179,8 +190,7 @@ def test_a_sample_only_toy_run_is_judged_on_its_first_wrong_lines(tmp_path, toy_
     s = diagnose.diagnose(run, permutations=50)
     assert s["repeatability_critical_step"] is None and s["critical_steps"] is None and s["pairs"] is None
     assert s["repeatability_first_wrong_line"]["share"] == 1.0
-    assert s["verdict"].startswith("first wrong lines are repeatable")
-    assert s["verdict"].endswith("(no locate table: ground truth only)")
+    assert s["verdict"].startswith("first wrong lines are repeatable") and s["verdict"].endswith("(ground truth)")
     assert s["diversity"]["vs_first_wrong_line"]["at"] == 1.0 and s["diversity"]["vs_critical_step"]["pairs"] == 0
 
 
@@ -188,7 +198,7 @@ def test_real_chain_with_the_hard_line_fixed_by_length_repeats_by_position(tmp_p
     s = diagnose.diagnose(run_chain(tmp_path, fake_generator()), permutations=50)
     rep = s["repeatability_critical_step"]
     assert rep["share"] == 1.0 == rep["null_mean"]
-    assert s["verdict"].startswith("critical steps repeat, but by position alone")
+    assert s["verdict"].startswith("first wrong lines repeat, but by position alone")
 
 
 def toy_text(start, ops, wrong_at=None, order=None):
