@@ -256,9 +256,12 @@ def test_cli_prints_the_verdict_writes_a_queryable_table_and_refuses_a_run_witho
     summary = json.loads((run / "diagnose" / "summary.json").read_text())
     assert summary["repeatability_critical_step"]["pairs"] == 30 * 15
     assert "same_step_share" in gpo("sql", run, "select statistic from diagnose where section like 'repeat%'")
+    assert "Usage" in gpo("diagnose", "--help")
     empty = tmp_path / "empty"
-    empty.mkdir()
-    for bad in (empty, tmp_path / "missing"):
-        result = CliRunner().invoke(app, ["diagnose", str(bad)])
+    (empty / "sample").mkdir(parents=True)  # a stage folder without finished parts
+    for args, message in [([empty], "has no sample table"), ([tmp_path / "missing"], "does not exist"),
+                          ([run, "--permutations", 0], "--permutations must be at least 1")]:
+        result = CliRunner().invoke(app, ["diagnose", *map(str, args)])
         assert result.exit_code != 0 and result.output.count("error:") == 1, result.output
-        assert not (bad / "diagnose").exists()
+        assert message in result.output and "Traceback" not in result.output
+    assert not (empty / "diagnose").exists()
