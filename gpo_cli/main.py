@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from gpo_cli import inspect_cmds, slurm_cmd
+from gpo_cli import diagnose_cmd
 from gpo_cli.common import (BackendOpt, BatchOpt, ChunkOpt, DeviceOpt, DtypeOpt, OverwriteOpt, RunOpt,
                             ShardOpt, TrustOpt, err, handle_errors, log)
 from stages.core.errors import GpoError
@@ -479,6 +480,7 @@ def toy_build(
 
 inspect_cmds.register(app)
 slurm_cmd.register(app)
+diagnose_cmd.register(app)
 
 if __name__ == "__main__":
     app()

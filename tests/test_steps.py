@@ -127,11 +127,19 @@ def test_mismatched_lengths_are_refused():
 # ---- the authors' rule ---------------------------------------------------------------------------
 
 
-def test_authors_min_tokens_counts_the_boundary():
-    # 3 tokens "a a \n" reach min 3; "b \n" (2 tokens) is too short and merges on
+def test_authors_min_tokens_counts_the_tokens_before_the_boundary():
+    # "a a" (2 tokens before its newline) reaches min 2; "b" (1 token) is too short and merges on
     pieces = ["a", "a", "\n", "b", "\n", "c", "c", ".\n", "42"]
-    steps = AuthorsSplitter(NEWLINE_IDS, min_tokens=3, max_steps=30).split(ids_of(pieces), pieces)
+    steps = AuthorsSplitter(NEWLINE_IDS, min_tokens=2, max_steps=30).split(ids_of(pieces), pieces)
     assert texts(steps) == ["aa\n", "b\ncc.\n", "42"]
+    steps = AuthorsSplitter(NEWLINE_IDS, min_tokens=3, max_steps=30).split(ids_of(pieces), pieces)
+    assert texts(steps) == ["aa\nb\n", "cc.\n", "42"]  # 4 tokens before the 2nd newline; the last always cuts
+
+
+def test_authors_last_boundary_closes_a_step_however_short():
+    pieces = ["a", "a", "a", "\n", "b", "\n", "c", "c"]
+    steps = AuthorsSplitter(NEWLINE_IDS, min_tokens=3).split(ids_of(pieces), pieces)
+    assert texts(steps) == ["aaa\n", "b\n", "cc"]
 
 
 def test_authors_short_final_step_is_kept():
@@ -148,17 +156,59 @@ def test_authors_ignores_newlines_inside_other_tokens():
 
 def test_authors_max_steps_cap():
     pieces = (["a"] * 3 + ["\n"]) * 10
-    steps = AuthorsSplitter(NEWLINE_IDS, min_tokens=4, max_steps=3).split(ids_of(pieces), pieces)
+    steps = AuthorsSplitter(NEWLINE_IDS, min_tokens=3, max_steps=3).split(ids_of(pieces), pieces)
     assert [s.num_tokens for s in steps] == [4, 4, 32]
 
 
 def test_authors_defaults_match_the_paper_code():
     splitter = AuthorsSplitter({5})
     assert (splitter.min_tokens, splitter.max_steps) == (30, 30)
-    pieces = (["a"] * 29 + ["\n"]) * 40  # 40 lines of exactly 30 tokens
+    pieces = (["a"] * 30 + ["\n"]) * 40  # 40 lines of exactly 30 tokens and a newline
     steps = splitter.split(ids_of(pieces), pieces)
-    assert len(steps) == 30 and [s.num_tokens for s in steps[:29]] == [30] * 29
-    assert steps[-1].num_tokens == 11 * 30
+    assert len(steps) == 30 and [s.num_tokens for s in steps[:29]] == [31] * 29
+    assert steps[-1].num_tokens == 11 * 31
+    short = (["a"] * 29 + ["\n"]) * 4  # 29 tokens before each newline: too short, pairs of lines merge
+    assert [s.num_tokens for s in splitter.split(ids_of(short), short)] == [60, 60]
+
+
+def authors_reference(token_ids, boundary_ids, min_length, max_steps):
+    """The authors' loop (GPO code, go_and_explore), restated: [start, end] inclusive token spans.
+
+    Walk the boundary tokens in order. Once max_steps - 1 steps exist, the rest is one step and the walk
+    stops. A boundary closes the current step when the tokens before it number at least min_length, or
+    when it is the last boundary; the step ends with the boundary. What is left after the walk is the
+    last step, if there is room for it."""
+    boundaries = [i for i, t in enumerate(token_ids) if t in boundary_ids]
+    steps, start = [], 0
+    for n, idx in enumerate(boundaries):
+        if len(steps) >= max_steps - 1:
+            steps.append((start, len(token_ids) - 1))
+            break
+        if idx - start < min_length and n < len(boundaries) - 1:
+            continue
+        steps.append((start, idx))
+        start = idx + 1
+    else:
+        if start < len(token_ids) and len(steps) < max_steps:
+            steps.append((start, len(token_ids) - 1))
+    return steps
+
+
+def test_authors_splitter_reproduces_the_authors_loop_on_random_sequences():
+    """Equal spans wherever their loop makes no whitespace-only step (boundaries never adjacent, none first)."""
+    rng = random.Random(7)
+    boundaries, words = sorted(NEWLINE_IDS), [ID["a"], ID["b"], ID["42"]]
+    for _ in range(2000):
+        ids, gap = [], 0
+        for _ in range(rng.randint(0, 300)):
+            newline = ids and gap > 0 and rng.random() < rng.choice([0.03, 0.1, 0.3])
+            ids.append(rng.choice(boundaries) if newline else rng.choice(words))
+            gap = 0 if newline else gap + 1
+        min_length, max_steps = rng.choice([(30, 30), (rng.randint(1, 40), rng.randint(1, 12))])
+        pieces = [VOCAB[i] for i in ids]
+        ours = AuthorsSplitter(NEWLINE_IDS, min_tokens=min_length, max_steps=max_steps).split(ids, pieces)
+        theirs = authors_reference(ids, NEWLINE_IDS, min_length, max_steps)
+        assert [(s.token_start, s.token_end - 1) for s in ours] == theirs, (ids, min_length, max_steps)
 
 
 def _tiny_bpe() -> Tokenizer:
@@ -258,8 +308,10 @@ def test_random_inputs_keep_every_invariant():
         check_cover(steps, pieces)
         if getattr(splitter, "max_steps", None):
             assert len(steps) <= splitter.max_steps
-        min_tokens = getattr(splitter, "min_tokens", 1)
-        assert all(s.num_tokens >= min_tokens for s in steps[:-1])
+        if isinstance(splitter, AuthorsSplitter):  # tokens before each boundary; the last boundary always cuts
+            assert all(s.num_tokens >= splitter.min_tokens + 1 for s in steps[:-2])
+        else:
+            assert all(s.num_tokens >= getattr(splitter, "min_tokens", 1) for s in steps[:-1])
 
 
 def test_line_steps_end_on_newline_tokens_on_random_input():

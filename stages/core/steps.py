@@ -59,13 +59,14 @@ def cut_steps(
     *,
     min_tokens: int = 1,
     max_steps: int | None = None,
+    always_cut: int | None = None,
 ) -> list[Step]:
     """Build steps from candidate cut positions (a cut at p ends a step after token p - 1).
 
     Candidates are taken greedily in order. A cut is kept when the step so far has at least
-    ``min_tokens`` tokens and some non-whitespace text, and the text up to the next candidate is not
-    whitespace-only (else that whitespace would become its own step). After ``max_steps - 1`` cuts the
-    rest of the response is the last step.
+    ``min_tokens`` tokens (whatever its length at ``always_cut``) and some non-whitespace text, and the
+    text up to the next candidate is not whitespace-only (else that whitespace would become its own
+    step). After ``max_steps - 1`` cuts the rest of the response is the last step.
     """
     n = len(pieces)
     if n == 0:
@@ -78,7 +79,8 @@ def cut_steps(
         if max_steps is not None and len(cuts) >= max_steps - 1:
             break
         following = positions[j + 1] if j + 1 < len(positions) else n
-        if p - start >= min_tokens and content[p] > content[start] and content[following] > content[p]:
+        long_enough = p - start >= min_tokens or p == always_cut
+        if long_enough and content[p] > content[start] and content[following] > content[p]:
             cuts.append(p)
             start = p
     return _steps_from_bounds(pieces, [0, *cuts, n])
@@ -113,11 +115,14 @@ def _check_limits(min_tokens: int, max_steps: int | None) -> None:
 
 @dataclass(frozen=True)
 class AuthorsSplitter:
-    """The authors' rule: a newline-ish token closes a step of at least ``min_tokens`` tokens.
+    """The authors' rule: a newline-ish token closes a step when at least ``min_tokens`` tokens precede it.
 
-    ``min_tokens`` counts the boundary token itself. The authors' code counts only the tokens before
-    the newline (``min=31`` here reproduces its threshold) and always cuts at the last newline however
-    short the step; here a short step before the last newline merges with the text after it.
+    As in the authors' code (``step_length = idx - current_step_start``), ``min_tokens`` counts the
+    tokens before the boundary, not the boundary token itself (which belongs to the step it closes),
+    the last boundary token of the response closes a step however short, and after ``max_steps - 1``
+    steps the rest of the response is the last step. The one difference is the rule every splitter
+    shares: no whitespace-only step (their loop makes one from, e.g., a lone last newline, or from a
+    newline token right after a cut), so such whitespace joins the step before it.
     """
 
     boundary_ids: frozenset[int]
@@ -131,8 +136,10 @@ class AuthorsSplitter:
 
     def split(self, token_ids: list[int], pieces: list[str]) -> list[Step]:
         _check_inputs(token_ids, pieces)
-        candidates = (i + 1 for i, t in enumerate(token_ids) if t in self.boundary_ids)
-        return cut_steps(pieces, candidates, min_tokens=self.min_tokens, max_steps=self.max_steps)
+        candidates = [i + 1 for i, t in enumerate(token_ids) if t in self.boundary_ids]
+        # cut_steps counts the tokens of a step up to its cut, boundary included: one more than theirs
+        return cut_steps(pieces, candidates, min_tokens=self.min_tokens + 1, max_steps=self.max_steps,
+                         always_cut=candidates[-1] if candidates else None)
 
 
 def authors_boundary_ids(tokenizer: Any) -> set[int]:
