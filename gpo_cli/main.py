@@ -17,11 +17,27 @@ from gpo_cli.common import (BackendOpt, BatchOpt, ChunkOpt, DeviceOpt, DtypeOpt,
                             ShardOpt, TrustOpt, err, handle_errors, log)
 from stages.core.errors import GpoError
 
+# -h as well as --help; click passes help_option_names down to every subcommand's context.
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+                  context_settings={"help_option_names": ["-h", "--help"]},
                   help="Guided Pivotal Optimization (arXiv 2509.16456): sample, estimate, locate, branch, "
                        "train, eval, as resumable Parquet stages you can query with DuckDB.")
 toy_app = typer.Typer(no_args_is_help=True, help="The built-in toy task and its tiny model.")
 app.add_typer(toy_app, name="toy")
+
+
+def print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"gpo {version('gpo')}")  # the installed distribution's metadata, not a copied constant
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: Annotated[bool, typer.Option("--version", callback=print_version, is_eager=True,
+                                               help="Print gpo's version and exit.")] = False):
+    pass
 
 
 VLLM_KEYS = {"tensor_parallel_size": int, "gpu_memory_utilization": float, "max_model_len": int,
