@@ -409,12 +409,20 @@ def export(
     fmt: Annotated[str, typer.Option("--format", help="trl, verl or llamafactory.")],
     out: Annotated[Path, typer.Option(help="Output folder.")],
     data: Annotated[str, typer.Option(help="gpo, baseline or random-reset rows.")] = "gpo",
+    data_source: Annotated[str | None, typer.Option(
+        help="verl's data_source column (default: the problem source), e.g. a name verl's "
+             "default_compute_score knows, such as math or openai/gsm8k.")] = None,
 ):
-    """Write the branch tables as TRL datasets, verl RL Parquet, or LLaMA-Factory pairwise JSON."""
+    """Write the branch tables as TRL datasets (one folder per table), verl RL Parquet, or LLaMA-Factory data."""
     from stages.export import export as do_export
 
-    for path in do_export(run, fmt, out, data):
+    for path in do_export(run, fmt, out, data, data_source):
         err.print(f"wrote {path}")
+    if fmt == "verl":
+        import stages.verl_reward
+
+        err.print(f"verl reward: custom_reward_function.path={stages.verl_reward.__file__} "
+                  "custom_reward_function.name=compute_score")
 
 
 @app.command()
