@@ -18,11 +18,27 @@ from gpo_cli.common import (BackendOpt, BatchOpt, ChunkOpt, DeviceOpt, DtypeOpt,
                             ShardOpt, TrustOpt, err, handle_errors, log)
 from stages.core.errors import GpoError
 
+# -h as well as --help; click passes help_option_names down to every subcommand's context.
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+                  context_settings={"help_option_names": ["-h", "--help"]},
                   help="Guided Pivotal Optimization (arXiv 2509.16456): sample, estimate, locate, branch, "
                        "train, eval, as resumable Parquet stages you can query with DuckDB.")
 toy_app = typer.Typer(no_args_is_help=True, help="The built-in toy task and its tiny model.")
 app.add_typer(toy_app, name="toy")
+
+
+def print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"gpo {version('gpo')}")  # the installed distribution's metadata, not a copied constant
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: Annotated[bool, typer.Option("--version", callback=print_version, is_eager=True,
+                                               help="Print gpo's version and exit.")] = False):
+    pass
 
 
 VLLM_KEYS = {"tensor_parallel_size": int, "gpu_memory_utilization": float, "max_model_len": int,
@@ -398,12 +414,20 @@ def export(
     fmt: Annotated[str, typer.Option("--format", help="trl, verl or llamafactory.")],
     out: Annotated[Path, typer.Option(help="Output folder.")],
     data: Annotated[str, typer.Option(help="gpo, baseline or random-reset rows.")] = "gpo",
+    data_source: Annotated[str | None, typer.Option(
+        help="verl's data_source column (default: the problem source), e.g. a name verl's "
+             "default_compute_score knows, such as math or openai/gsm8k.")] = None,
 ):
-    """Write the branch tables as TRL datasets, verl RL Parquet, or LLaMA-Factory pairwise JSON."""
+    """Write the branch tables as TRL datasets (one folder per table), verl RL Parquet, or LLaMA-Factory data."""
     from stages.export import export as do_export
 
-    for path in do_export(run, fmt, out, data):
+    for path in do_export(run, fmt, out, data, data_source):
         err.print(f"wrote {path}")
+    if fmt == "verl":
+        import stages.verl_reward
+
+        err.print(f"verl reward: custom_reward_function.path={stages.verl_reward.__file__} "
+                  "custom_reward_function.name=compute_score")
 
 
 @app.command()

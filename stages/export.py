@@ -1,47 +1,112 @@
-"""`gpo export`: the branch tables in the formats other trainers read directly.
+"""`gpo export`: the branch tables as datasets that TRL, verl and LLaMA-Factory load and train on as is.
 
     gpo export --run runs/toy --format trl --out exports/trl
-    gpo export --run runs/toy --format verl --out exports/verl
-    gpo export --run runs/toy --format llamafactory --out exports/lf
+    gpo export --run runs/toy --format verl --out exports/verl --data-source math
+    gpo export --run runs/toy --format llamafactory --out LLaMA-Factory/data
 
-trl:          preference.parquet (prompt, chosen, rejected), unpaired.parquet (prompt, completion, label),
-              prompts.parquet (prompt, gold_answer): standard (non-conversational) text datasets.
-verl:         train.parquet rows with data_source, prompt (chat messages), ability, reward_model.ground_truth,
-              extra_info (ids, and raw_prompt: the exact text including a reset prefix).
-llamafactory: gpo_pairwise.json (instruction, input, chosen, rejected) and dataset_info.json (ranking: true).
+Prompts are exported as the messages the sample stage templated (system prompt, question + instruction),
+not as templated text, so the trainer's tokenizer applies its chat template once (one BOS, not two).
+A run sampled without a chat template (`--template plain`) is exported as the exact plain text instead.
+
+trl:          one folder per table, each a `datasets` folder on its own (`trl dpo --dataset_name DIR/preference`):
+              preference/ (prompt, chosen, rejected), unpaired/ (prompt, completion, label) and prompts/
+              (prompt, gold_answer, checker, reset_prefix), all with problem_id and pair_id / state ids.
+verl:         train.parquet (data_source, prompt messages, ability, reward_model.ground_truth, extra_info with
+              checker and reset_prefix); score with gpo's stages/verl_reward.py `compute_score`.
+llamafactory: gpo_<data>_pairwise.json (ranking) and gpo_<data>_kto.json (kto_tag), alpaca columns with
+              `system`; their entries are merged into DIR/dataset_info.json, whose other entries are kept.
+
+The reset prefix (the kept steps before the critical step) starts the assistant turn of every chosen,
+rejected and KTO completion. Online-RL prompts (trl prompts/, verl) cannot end inside an assistant turn:
+TRL's GRPOTrainer and verl's rollout always open a new one (add_generation_prompt=True). There the prefix
+is appended to the user turn under CONTINUE_NOTE, and the reward scores reset_prefix + completion, as gpo
+scores a branch.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 
 from stages.core import artifacts
 from stages.core.errors import GpoError
+from stages.core.prompts import PLAIN_TEMPLATE
 
 FORMATS = ("trl", "verl", "llamafactory")
+CONTINUE_NOTE = "Here is the beginning of a solution. Continue it from where it stops, without repeating it:"
 
 
-def _select(run: Path, table: str, data: str) -> list[dict]:
-    artifacts.require_success(run, "branch")
-    rows = [r for r in artifacts.read_table(run, table).to_pylist() if r["data"] == data]
-    return sorted(rows, key=lambda r: [str(v) for v in r.values()])
+@dataclass(frozen=True)
+class Prompting:
+    """How the sample stage prompted: with the model's chat template (system, instruction) or plain text."""
+
+    chat: bool
+    system: str | None
+    instruction: str | None
+
+    def user(self, question: str) -> str:
+        # The same user turn stages/core/prompts.py builds, so the exported messages re-template exactly.
+        return f"{question}\n{self.instruction}" if self.chat and self.instruction else question
+
+    def messages(self, question: str, prefix: str = "") -> list[dict]:
+        user = self.user(question)
+        if prefix:
+            user = f"{user}\n\n{CONTINUE_NOTE}\n\n{prefix}"
+        system = [{"role": "system", "content": self.system}] if self.chat and self.system else []
+        return system + [{"role": "user", "content": user}]
 
 
-def export(run: Path, fmt: str, out: Path, data: str = "gpo") -> list[Path]:
+class _Run:
+    """The sample rows and prompting of a run, to rebuild each table row's messages and prefix."""
+
+    def __init__(self, run: Path):
+        artifacts.require_success(run, "branch")
+        self.run = run
+        self.samples = {(r["problem_id"], r["sample_idx"]): r for r in artifacts.read_table(run, "sample").to_pylist()}
+        if not self.samples:
+            raise GpoError(f"{run}/sample has no rows")
+        settings = artifacts.load_json(run / "sample" / "config.json")["settings"]
+        first = next(iter(self.samples.values()))
+        # "auto" resolved per model at sampling time; the stored prompt text tells which one it chose.
+        chat = first["prompt_text"] != PLAIN_TEMPLATE.format(question=first["question"])
+        self.prompting = Prompting(chat, settings.get("system"), settings.get("instruction"))
+
+    def rows(self, table: str, data: str) -> list[dict]:
+        rows = [r for r in artifacts.read_table(self.run, table).to_pylist() if r["data"] == data]
+        return sorted(rows, key=lambda r: [str(v) for v in r.values()])
+
+    def prefix(self, row: dict) -> str:
+        """The reset prefix held in a row's prompt (reset prompts, and pairs built with --prefix in-prompt)."""
+        base = self.samples[(row["problem_id"], row["sample_idx"])]["prompt_text"]
+        if not row["prompt"].startswith(base):
+            raise GpoError(f"{self.run}/branch does not match {self.run}/sample (problem {row['problem_id']}): "
+                           "rerun branch")
+        return row["prompt"][len(base):]
+
+    def question(self, row: dict) -> str:
+        return self.samples[(row["problem_id"], row["sample_idx"])]["question"]
+
+
+def export(run: Path, fmt: str, out: Path, data: str = "gpo", data_source: str | None = None) -> list[Path]:
     if fmt not in FORMATS:
         raise GpoError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    if data_source is not None and fmt != "verl":
+        raise GpoError("--data-source applies to --format verl only")
+    if data_source is not None and not data_source.strip():
+        raise GpoError("--data-source must not be empty")
     run, out = Path(run), Path(out)
-    pairs = _select(run, "branch", data)
+    r = _Run(run)
+    pairs = r.rows("branch", data)
     if not pairs:
         raise GpoError(f"no '{data}' pairs in {run}/branch (data kinds: gpo, baseline, random-reset)")
-    out.mkdir(parents=True, exist_ok=True)
     if fmt == "trl":
-        return _trl(run, out, data, pairs)
+        return _trl(r, out, data, pairs)
     if fmt == "verl":
-        return _verl(run, out, data)
-    return _llamafactory(out, data, pairs)
+        return _verl(r, out, data, data_source)
+    return _llamafactory(r, out, data, pairs)
 
 
 def _write(path: Path, rows: list[dict]) -> Path:
@@ -49,47 +114,108 @@ def _write(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def _trl(run: Path, out: Path, data: str, pairs: list[dict]) -> list[Path]:
-    unpaired = _select(run, "unpaired", data)
-    resets = _select(run, "reset_prompts", data)
-    return [
-        _write(out / "preference.parquet",
-               [{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]} for p in pairs]),
-        _write(out / "unpaired.parquet",
-               [{"prompt": u["prompt"], "completion": u["completion"], "label": u["label"]} for u in unpaired]),
-        _write(out / "prompts.parquet",
-               [{"prompt": r["prompt"], "gold_answer": r["gold_answer"], "problem_id": r["problem_id"]}
-                for r in resets]),
-    ]
+def _responses(r: _Run, pair: dict) -> tuple[str, str]:
+    """chosen and rejected, each starting with the reset prefix (moved out of the prompt if it sat there)."""
+    lead = r.prefix(pair) if pair["prefix_placement"] == "in-prompt" and r.prompting.chat else ""
+    return lead + pair["chosen"], lead + pair["rejected"]
 
 
-def _verl(run: Path, out: Path, data: str) -> list[Path]:
-    questions = {r["problem_id"]: r["question"] for r in artifacts.read_table(run, "sample").to_pylist()}
+def _prompt(r: _Run, row: dict):
+    """The prompt side of a pair or KTO row: messages for chat runs, the exact plain text otherwise."""
+    return r.prompting.messages(r.question(row)) if r.prompting.chat else row["prompt"]
+
+
+def _turn(r: _Run, text: str):
+    return [{"role": "assistant", "content": text}] if r.prompting.chat else text
+
+
+def _trl(r: _Run, out: Path, data: str, pairs: list[dict]) -> list[Path]:
+    preference, unpaired = [], []
+    for p in pairs:
+        chosen, rejected = _responses(r, p)
+        prompt = _prompt(r, p)
+        preference.append({"prompt": prompt, "chosen": _turn(r, chosen), "rejected": _turn(r, rejected),
+                           "problem_id": p["problem_id"], "pair_id": p["pair_id"]})
+        for text, label in ((chosen, True), (rejected, False)):
+            unpaired.append({"prompt": prompt, "completion": _turn(r, text), "label": label,
+                             "problem_id": p["problem_id"], "pair_id": p["pair_id"]})
+    prompts = [{"prompt": r.prompting.messages(r.question(x), r.prefix(x)) if r.prompting.chat else x["prompt"],
+                "gold_answer": x["gold_answer"], "checker": x["checker"], "reset_prefix": r.prefix(x),
+                "problem_id": x["problem_id"], "sample_idx": x["sample_idx"], "state_idx": x["state_idx"]}
+               for x in r.rows("reset_prompts", data)]
+    # train.parquet in a folder of its own: `datasets` names the split "train" and never mixes two tables.
+    return [_write(out / "preference" / "train.parquet", preference),
+            _write(out / "unpaired" / "train.parquet", unpaired),
+            _write(out / "prompts" / "train.parquet", prompts)]
+
+
+def _verl(r: _Run, out: Path, data: str, data_source: str | None) -> list[Path]:
     rows = []
-    for i, r in enumerate(_select(run, "reset_prompts", data)):
+    for i, x in enumerate(r.rows("reset_prompts", data)):
+        prefix = r.prefix(x)
         rows.append({
-            "data_source": r["source"],
-            "prompt": [{"role": "user", "content": questions[r["problem_id"]]}],
+            "data_source": data_source or x["source"],
+            # verl always applies a chat template to `prompt`, so even plain runs get messages here.
+            "prompt": r.prompting.messages(r.question(x), prefix),
             "ability": "math",
-            "reward_model": {"style": "rule", "ground_truth": r["gold_answer"]},
-            "extra_info": {"split": "train", "index": i, "problem_id": r["problem_id"],
-                           "sample_idx": r["sample_idx"], "state_idx": r["state_idx"],
-                           "prefix_tokens": r["prefix_tokens"], "raw_prompt": r["prompt"]},
+            "reward_model": {"style": "rule", "ground_truth": x["gold_answer"]},
+            "extra_info": {"split": "train", "index": i, "problem_id": x["problem_id"],
+                           "sample_idx": x["sample_idx"], "state_idx": x["state_idx"],
+                           "prefix_tokens": x["prefix_tokens"], "reset_prefix": prefix, "checker": x["checker"]},
         })
     if not rows:
-        raise GpoError(f"no '{data}' reset prompts in {run}/branch")
+        raise GpoError(f"no '{data}' reset prompts in {r.run}/branch")
     return [_write(out / "train.parquet", rows)]
 
 
-def _llamafactory(out: Path, data: str, pairs: list[dict]) -> list[Path]:
-    records = [{"instruction": p["prompt"], "input": "", "chosen": p["chosen"], "rejected": p["rejected"]}
-               for p in pairs]
-    name = f"gpo_{data.replace('-', '_')}_pairwise"
-    data_path = out / f"{name}.json"
+def _llamafactory(r: _Run, out: Path, data: str, pairs: list[dict]) -> list[Path]:
     info_path = out / "dataset_info.json"
-    artifacts.write_json_atomic(data_path, records)
-    info = {name: {"file_name": data_path.name, "ranking": True,
-                   "columns": {"prompt": "instruction", "query": "input", "chosen": "chosen",
-                               "rejected": "rejected"}}}
-    artifacts.write_json_atomic(info_path, info)
-    return [data_path, info_path]
+    info = _existing_info(info_path)
+    pairwise, kto = [], []
+    for p in pairs:
+        chosen, rejected = _responses(r, p)
+        if r.prompting.chat:  # LLaMA-Factory joins "instruction\ninput" into the user turn, as prompts.py does
+            head = {"instruction": r.question(p), "input": r.prompting.instruction or "",
+                    "system": r.prompting.system or ""}
+        else:
+            head = {"instruction": p["prompt"], "input": "", "system": ""}
+        ids = {"problem_id": p["problem_id"], "pair_id": p["pair_id"]}
+        pairwise.append({**head, "chosen": chosen, "rejected": rejected, **ids})
+        kto += [{**head, "output": chosen, "kto_tag": True, **ids},
+                {**head, "output": rejected, "kto_tag": False, **ids}]
+    stem = f"gpo_{data.replace('-', '_')}"
+    alpaca = {"prompt": "instruction", "query": "input", "system": "system"}
+    entries = {f"{stem}_pairwise": ({"ranking": True, "columns": {**alpaca, "chosen": "chosen", "rejected": "rejected"}},
+                                    pairwise),
+               f"{stem}_kto": ({"columns": {**alpaca, "response": "output", "kto_tag": "kto_tag"}}, kto)}
+    paths = []
+    for name, (attrs, records) in entries.items():
+        path = out / f"{name}.json"
+        artifacts.write_json_atomic(path, records)
+        info[name] = {"file_name": path.name, "formatting": "alpaca", **attrs}
+        paths.append(path)
+    _write_info(info_path, info)
+    return paths + [info_path]
+
+
+def _existing_info(path: Path) -> dict:
+    """LLaMA-Factory's registry of datasets: gpo adds its entries and keeps every other one."""
+    if not path.exists():
+        return {}
+    try:
+        info = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise GpoError(f"{path} is not valid JSON; fix or move it (gpo merges its entries into it)") from None
+    if not isinstance(info, dict):
+        raise GpoError(f"{path} is not a JSON object of dataset entries")
+    return info
+
+
+def _write_info(path: Path, info: dict) -> None:
+    # Insertion order kept (not sorted) so a merged registry diffs as a few added lines.
+    tmp = path.with_name(f".tmp-{path.name}")
+    try:
+        tmp.write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -58,7 +58,7 @@ def test_sql_status_show_export(chain, tmp_path):
     shown = gpo("show", chain, "--problem", pid)
     assert "critical step" in shown and "branches from state" in shown
     gpo("export", "--run", chain, "--format", "trl", "--out", tmp_path / "trl")
-    assert (tmp_path / "trl" / "preference.parquet").exists()
+    assert (tmp_path / "trl" / "preference" / "train.parquet").exists()
 
 
 def test_train_then_eval_the_trained_model(chain):

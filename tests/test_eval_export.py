@@ -1,4 +1,4 @@
-"""eval metrics (pass@k, maj@k, intervals, comparison) and the export formats."""
+"""eval metrics (pass@k, maj@k, intervals, comparison); the export formats are in test_export.py."""
 
 import json
 import math
@@ -10,8 +10,6 @@ from stages.core import artifacts
 from stages.core.errors import GpoError
 from stages.core.runner import run_stage
 from stages.core.sources import load_problems
-from stages.export import export
-from tests.test_stages import run_chain
 
 
 @pytest.mark.parametrize("n,c,k", [(8, 0, 1), (8, 3, 1), (8, 3, 4), (8, 8, 4), (5, 2, 5), (10, 1, 3)])
@@ -67,37 +65,3 @@ def test_eval_stage_writes_greedy_and_sampled_rows(tmp_path, fake_generator):
 def test_bad_label_is_refused():
     with pytest.raises(GpoError, match="label"):
         evaluation.make_stage("a/b")
-
-
-def test_trl_export_loads_with_trl_utilities(tmp_path, fake_generator, toy_tokenizer):
-    datasets = pytest.importorskip("datasets")
-    from trl.data_utils import is_conversational, maybe_apply_chat_template, unpair_preference_dataset
-
-    run_chain(tmp_path / "run", fake_generator)
-    paths = export(tmp_path / "run", "trl", tmp_path / "trl")
-    pref = datasets.load_dataset("parquet", data_files=str(paths[0]), split="train")
-    assert len(pref) == len(artifacts.read_table(tmp_path / "run", "branch"))
-    assert not is_conversational(pref[0])
-    example = maybe_apply_chat_template(pref[0], toy_tokenizer)
-    assert example["prompt"] == pref[0]["prompt"] and example["chosen"] == pref[0]["chosen"]
-    unpaired = unpair_preference_dataset(pref)
-    assert len(unpaired) == 2 * len(pref) and sum(unpaired["label"]) == len(pref)
-    kto = datasets.load_dataset("parquet", data_files=str(paths[1]), split="train")
-    assert set(kto.column_names) == {"prompt", "completion", "label"}
-
-
-def test_verl_and_llamafactory_exports(tmp_path, fake_generator):
-    import pyarrow.parquet as pq
-
-    run_chain(tmp_path / "run", fake_generator)
-    (verl,) = export(tmp_path / "run", "verl", tmp_path / "verl")
-    row = pq.read_table(verl).to_pylist()[0]
-    assert set(row) == {"data_source", "prompt", "ability", "reward_model", "extra_info"}
-    assert row["reward_model"]["ground_truth"] and row["prompt"][0]["role"] == "user"
-    data_path, info_path = export(tmp_path / "run", "llamafactory", tmp_path / "lf")
-    records = json.loads(data_path.read_text())
-    info = json.loads(info_path.read_text())
-    assert set(records[0]) == {"instruction", "input", "chosen", "rejected"}
-    assert next(iter(info.values()))["ranking"] is True
-    with pytest.raises(GpoError, match="format"):
-        export(tmp_path / "run", "csv", tmp_path / "x")
