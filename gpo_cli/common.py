@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Annotated, Callable
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from stages.core.errors import GpoError
 
@@ -29,6 +31,16 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Sequences decoded at once (transformers backend).")]
 TrustOpt = Annotated[bool, typer.Option(
     "--trust-remote-code", help="Allow model folders to run their own Python code (off by default).")]
+
+
+class _WarningsToStderr(logging.Handler):
+    """The library's warnings (logger "gpo": e.g. a stray file it did not read) as one yellow line each."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        err.print(f"[yellow]{escape(record.getMessage())}[/yellow]")
+
+
+logging.getLogger("gpo").addHandler(_WarningsToStderr(logging.WARNING))
 
 
 def log(message: str) -> None:

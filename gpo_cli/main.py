@@ -119,30 +119,21 @@ def _report(manifest: dict) -> None:
               f"{manifest['rows']} rows{extra}, {manifest['wall_seconds']:.1f}s")
 
 
-def _upstream_model(run: Path, model: str | None, backend: str | None) -> tuple[str, str]:
-    """Rollouts come from the policy that sampled: default to the sample stage's model and backend."""
-    from stages.core import artifacts
-    from stages.core.runner import check_identity
-
-    artifacts.require_success(run, "sample")
-    path = Path(run) / "sample" / "config.json"
-    config = artifacts.load_json(path)
-    check_identity(config, "sample", path)
-    return model or config["settings"]["model"], backend or config["settings"]["backend"]
-
-
-def _run_generating_stage(stage, run: Path, settings, *, model, backend, dtype, device, batch_size, shard,
+def _run_generating_stage(stage, run: Path, settings, *, dtype, device, batch_size, shard,
                           chunk_groups, overwrite, trust_remote_code, vllm):
+    from stages.core import lineage
     from stages.core.backends import check_model_dir
     from stages.core.runner import parse_shard, run_stage
+    from stages.sample import with_policy
 
     shard_ix = parse_shard(shard)
-    model, backend = _upstream_model(run, model, backend)
-    check_model_dir(model)
+    lineage.require_fresh(run, stage.input)
+    settings = with_policy(run, settings)  # the policy that sampled, unless --model/--backend/... say otherwise
+    check_model_dir(settings.model)
     manifest = run_stage(stage, run, settings, shard=shard_ix, chunk_groups=chunk_groups,
                          overwrite=overwrite, log=log,
-                         make_generator=generator_factory(backend, model, dtype, device, batch_size,
-                                                          trust_remote_code, vllm))
+                         make_generator=generator_factory(settings.backend, settings.model, dtype, device,
+                                                          batch_size, trust_remote_code, vllm))
     _report(manifest)
     return manifest
 
@@ -182,9 +173,10 @@ def estimate(
     from stages import estimate as stage
 
     settings = stage.EstimateSettings(k=k, split=split, scope=scope, estimator=estimator, temperature=temperature,
-                                      top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+                                      top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
+                                      model=model, backend=backend)
     stage.validate(settings)
-    _run_generating_stage(stage.STAGE, run, settings, model=model, backend=backend, dtype=dtype, device=device,
+    _run_generating_stage(stage.STAGE, run, settings, dtype=dtype, device=device,
                           batch_size=batch_size, shard=shard, chunk_groups=chunk_groups, overwrite=overwrite,
                           trust_remote_code=trust_remote_code, vllm=vllm)
 
@@ -248,10 +240,11 @@ def branch(
 
     settings = stage.BranchSettings(m=m, pairs_per_state=pairs_per_state, prefix=prefix,
                                     include_original=include_original, baseline=baseline or baseline_only,
-                                    random_m=random_m, split=split, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+                                    random_m=random_m, split=split, temperature=temperature, top_p=top_p,
+                                    max_new_tokens=max_new_tokens, seed=seed, model=model, backend=backend)
     stage.validate(settings)
     record = stage.BASELINE_ONLY_STAGE if baseline_only else stage.STAGE
-    manifest = _run_generating_stage(record, run, settings, model=model, backend=backend, dtype=dtype, device=device,
+    manifest = _run_generating_stage(record, run, settings, dtype=dtype, device=device,
                                      batch_size=batch_size, shard=shard, chunk_groups=chunk_groups,
                                      overwrite=overwrite, trust_remote_code=trust_remote_code, vllm=vllm)
     err.print(f"pairs: {manifest['stats'].get('pairs', 0)}")

@@ -19,7 +19,7 @@ import pyarrow as pa
 from stages.core.backends import Request, derive_seed
 from stages.core.runner import Context, Stage
 from stages.estimate import rollout_sampling, sample_settings, split_response
-from stages.sample import IDS, score
+from stages.sample import IDS, score, with_policy
 
 PAIR_SCHEMA = pa.schema([
     ("pair_id", pa.string()), ("data", pa.string()), ("problem_id", pa.string()), ("sample_idx", pa.int32()),
@@ -58,6 +58,8 @@ class BranchSettings:
     top_p: float | None = None
     max_new_tokens: int | None = None
     seed: int = 0
+    model: str | None = None  # None: the sample stage's policy (resolved before the run, then stored)
+    backend: str | None = None
 
 
 @dataclass
@@ -285,6 +287,7 @@ def validate(s: BranchSettings) -> None:
 
 OUTPUTS = {"branch": PAIR_SCHEMA, "unpaired": UNPAIRED_SCHEMA, "reset_prompts": RESET_SCHEMA,
            "continuations": CONTINUATION_SCHEMA}
-STAGE = Stage(name="branch", input="locate", outputs=OUTPUTS, key=("pair_id",), process=process)
+STAGE = Stage(name="branch", input="locate", outputs=OUTPUTS, key=("pair_id",), process=process,
+              resolve_settings=with_policy)
 BASELINE_ONLY_STAGE = Stage(name="branch", input="sample", outputs=OUTPUTS, key=("pair_id",),
-                            process=process_baseline_only)
+                            process=process_baseline_only, resolve_settings=with_policy)

@@ -20,7 +20,7 @@ from stages.core.estimators import ESTIMATORS, Plan
 from stages.core.runner import Context, Stage
 from stages.core.steps import make_splitter
 from stages.core.values import advantages, wilson_interval
-from stages.sample import IDS, score
+from stages.sample import IDS, score, with_policy
 
 STEP_SCHEMA = pa.schema([
     ("problem_id", pa.string()), ("sample_idx", pa.int32()), ("step_idx", pa.int32()),
@@ -49,6 +49,8 @@ class EstimateSettings:
     top_p: float | None = None
     max_new_tokens: int | None = None
     seed: int = 0
+    model: str | None = None  # None: the sample stage's policy (resolved before the run, then stored)
+    backend: str | None = None
 
 
 def splitter_spec(spec: str, source: str) -> str:
@@ -216,4 +218,4 @@ def validate(s: EstimateSettings) -> None:
 
 
 STAGE = Stage(name="estimate", input="sample", outputs={"estimate": STEP_SCHEMA, "rollouts": ROLLOUT_SCHEMA},
-              key=("problem_id", "sample_idx", "step_idx"), process=process)
+              key=("problem_id", "sample_idx", "step_idx"), process=process, resolve_settings=with_policy)

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from stages.core import artifacts
+from stages.core import artifacts, lineage
 from stages.core.errors import GpoError
 
 FORMATS = ("trl", "verl", "llamafactory")
 
 
 def _select(run: Path, table: str, data: str) -> list[dict]:
-    artifacts.require_success(run, "branch")
+    lineage.require_fresh(run, "branch")  # finished, and built on what the run holds now
     rows = [r for r in artifacts.read_table(run, table).to_pylist() if r["data"] == data]
     return sorted(rows, key=lambda r: [str(v) for v in r.values()])
 

@@ -8,7 +8,9 @@ so later stages cut steps on ids and never re-tokenize.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -87,6 +89,18 @@ def process(problems: pa.Table, ctx: Context) -> dict[str, pa.Table]:
     ctx.stats["correct"] += sum(r["reward"] for r in records)
     ctx.stats["truncated"] += sum(r["finish_reason"] == "length" for r in records)
     return {"sample": pa.Table.from_pylist(records, schema=SAMPLE_SCHEMA)}
+
+
+POLICY = ("model", "backend", "temperature", "top_p", "max_new_tokens")
+
+
+def with_policy(run: Path, settings):
+    """Rollouts and branches come from the policy that sampled: settings left unset (None) take sample's
+    model, backend and sampling values, so they are stored and hashed with the stage that uses them."""
+    from stages.core import artifacts
+
+    base = artifacts.load_json(Path(run) / "sample" / "config.json")["settings"]
+    return dataclasses.replace(settings, **{k: base[k] for k in POLICY if getattr(settings, k) is None})
 
 
 STAGE = Stage(name="sample", input=None, outputs={"sample": SAMPLE_SCHEMA},
