@@ -11,13 +11,42 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import typer.core
 
 from gpo_cli import inspect_cmds, slurm_cmd
 from gpo_cli.common import (BackendOpt, BatchOpt, ChunkOpt, DeviceOpt, DtypeOpt, OverwriteOpt, RunOpt,
                             ShardOpt, TrustOpt, err, handle_errors, log)
 from stages.core.errors import GpoError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+class OneLineUsageErrors(typer.core.TyperGroup):
+    """Usage errors (unknown option, missing option, bad value) as the same one `error:` line as every
+    other error, instead of click's framed box."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        import sys
+
+        from rich.markup import escape
+        from typer._click import exceptions as click  # the click that typer vendors and raises
+
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as e:
+            where = e.ctx.command_path if e.ctx is not None else "gpo"
+            err.print(f"[bold red]error:[/bold red] {where}: {escape(e.format_message())} "
+                      f"(see `{where} --help`)")
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            err.print(f"[bold red]error:[/bold red] {escape(e.format_message())}")
+            sys.exit(e.exit_code)
+        except (click.Abort, typer.Abort):
+            err.print("[bold red]error:[/bold red] aborted")
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+app = typer.Typer(cls=OneLineUsageErrors, add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   help="Guided Pivotal Optimization (arXiv 2509.16456): sample, estimate, locate, branch, "
                        "train, eval, as resumable Parquet stages you can query with DuckDB.")
 toy_app = typer.Typer(no_args_is_help=True, help="The built-in toy task and its tiny model.")
@@ -45,7 +74,10 @@ def parse_vllm_options(items: list[str] | None) -> dict:
 
 def generator_factory(backend: str, model: str, dtype: str, device: str, batch_size: int, trust: bool,
                       vllm: list[str] | None = None):
-    options = parse_vllm_options(vllm)  # validated now, before any stage folder is written
+    from stages.core.backends import check_runtime
+
+    check_runtime(backend, dtype, device)  # validated now, before any stage folder is written
+    options = parse_vllm_options(vllm)
 
     def make():
         from stages.core.backends import make_generator
@@ -87,27 +119,32 @@ def sample(
 ):
     """Sample n trajectories per problem and score them: RUN/sample/*.parquet."""
     from stages import sample as stage
-    from stages.core.backends import check_model_dir
     from stages.core.runner import parse_shard, run_stage
     from stages.core.sources import Fields, load_problems
 
-    if template not in ("auto", "chat", "plain"):
-        raise GpoError(f"--template must be auto, chat or plain, not {template!r}")
-    if checker is not None and checker not in ("numeric", "math", "choice"):
-        raise GpoError(f"--checker must be numeric, math or choice, not {checker!r}")
-    shard_ix = parse_shard(shard)
-    check_model_dir(model)
-    loaded = load_problems(problems, Fields(question_field, answer_field, id_field), checker)
-    if loaded.skipped:
-        err.print(f"[yellow]skipped rows[/yellow]: {loaded.skipped}")
+    # Everything is checked before the run folder is written: options, problems, then the model.
     settings = stage.SampleSettings(problems=problems, model=model, n=n, temperature=temperature, top_p=top_p,
                                     max_new_tokens=max_new_tokens, seed=seed, backend=backend, template=template,
                                     system=system or None, instruction=instruction or None, checker=checker)
+    shard_ix = parse_shard(shard)
+    make = generator_factory(backend, model, dtype, device, batch_size, trust_remote_code, vllm)
+    loaded = load_problems(problems, Fields(question_field, answer_field, id_field), checker)
+    if loaded.skipped:
+        err.print(f"[yellow]skipped rows[/yellow]: {loaded.skipped}")
+    preflight(model, trust_remote_code, loaded.table, max_new_tokens)
     manifest = run_stage(stage.STAGE, run, settings, input_table=loaded.table, shard=shard_ix,
-                         chunk_groups=chunk_groups, overwrite=overwrite, log=log,
-                         make_generator=generator_factory(backend, model, dtype, device, batch_size,
-                                                          trust_remote_code, vllm))
+                         chunk_groups=chunk_groups, overwrite=overwrite, log=log, make_generator=make)
     _report(manifest)
+
+
+def preflight(model: str, trust_remote_code: bool, problems=None, max_new_tokens: int | None = None) -> None:
+    """The model folder loads (config, tokenizer, weights' headers) and the questions fit its context."""
+    from stages.core.backends import check_fits, preflight_model
+
+    config, tokenizer = preflight_model(model, trust_remote_code)
+    if problems is not None:
+        questions = zip(problems.column("problem_id").to_pylist(), problems.column("question").to_pylist())
+        check_fits(model, config, tokenizer, list(questions), max_new_tokens)
 
 
 def _report(manifest: dict) -> None:
@@ -122,18 +159,16 @@ def _report(manifest: dict) -> None:
 def _run_generating_stage(stage, run: Path, settings, *, dtype, device, batch_size, shard,
                           chunk_groups, overwrite, trust_remote_code, vllm):
     from stages.core import lineage
-    from stages.core.backends import check_model_dir
     from stages.core.runner import parse_shard, run_stage
     from stages.sample import with_policy
 
     shard_ix = parse_shard(shard)
     lineage.require_fresh(run, stage.input)
     settings = with_policy(run, settings)  # the policy that sampled, unless --model/--backend/... say otherwise
-    check_model_dir(settings.model)
+    make = generator_factory(settings.backend, settings.model, dtype, device, batch_size, trust_remote_code, vllm)
+    preflight(settings.model, trust_remote_code)
     manifest = run_stage(stage, run, settings, shard=shard_ix, chunk_groups=chunk_groups,
-                         overwrite=overwrite, log=log,
-                         make_generator=generator_factory(settings.backend, settings.model, dtype, device,
-                                                          batch_size, trust_remote_code, vllm))
+                         overwrite=overwrite, log=log, make_generator=make)
     _report(manifest)
     return manifest
 
@@ -335,7 +370,6 @@ def eval_(
     """Score a model: greedy accuracy, sampled pass@1 with a 95% interval, pass@k and maj@k."""
     from gpo_cli.report_cmds import print_comparison, print_summary
     from stages import eval as stage
-    from stages.core.backends import check_model_dir
     from stages.core.runner import parse_shard, run_stage
     from stages.core.sources import load_problems
 
@@ -353,17 +387,16 @@ def eval_(
     except ValueError:
         raise GpoError(f"--k must be comma-separated integers, not {k!r}") from None
     name = stage.make_stage(label)
-    shard_ix = parse_shard(shard)
-    check_model_dir(model)
-    loaded = load_problems(problems, checker=checker)
     settings = stage.EvalSettings(problems=problems, model=model, n=n if temperature > 0 else 1,
                                   temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
                                   backend=backend, template=template, system=system or None,
                                   instruction=instruction or None, checker=checker, label=label, greedy=greedy)
+    shard_ix = parse_shard(shard)
+    make = generator_factory(backend, model, dtype, device, batch_size, trust_remote_code, vllm)
+    loaded = load_problems(problems, checker=checker)
+    preflight(model, trust_remote_code, loaded.table, max_new_tokens)
     manifest = run_stage(name, run, settings, input_table=loaded.table, shard=shard_ix, chunk_groups=chunk_groups,
-                         overwrite=overwrite, log=log,
-                         make_generator=generator_factory(backend, model, dtype, device, batch_size,
-                                                          trust_remote_code, vllm))
+                         overwrite=overwrite, log=log, make_generator=make)
     _report(manifest)
     summary = stage.write_summary(run, label, ks)
     if summary is not None:
@@ -376,7 +409,11 @@ def _load_summary(folder: Path) -> dict:
     path = Path(folder) / "summary.json"
     if not path.exists():
         raise GpoError(f"{folder} has no summary.json: is it a finished `gpo eval` folder (RUN/eval_<label>)?")
-    return artifacts.load_json(path)
+    summary = artifacts.load_json(path)
+    if not isinstance(summary.get("per_problem"), dict):
+        raise GpoError(f"{path} has no per-problem scores (written by an older or interrupted `gpo eval`): "
+                       "rerun that evaluation to compare it")
+    return summary
 
 
 @app.command()

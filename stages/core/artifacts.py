@@ -288,6 +288,11 @@ def mark_success_if_complete(out: Path, num_shards: int, config_hash: str) -> bo
     return False
 
 
+def has_outputs(out: Path) -> bool:
+    """Whether a stage folder holds any part or manifest (a folder with only config.json lost nothing)."""
+    return any(out.rglob("*.parquet")) or any((out / "_shards").glob("*.json"))
+
+
 def remove_stage_outputs(out: Path) -> None:
     """--overwrite: drop a stage's parts, manifests and success marker (config.json is rewritten).
 

@@ -137,6 +137,9 @@ def prepare_stage_dir(stage: Stage, run: Path, config: dict, overwrite: bool) ->
                 raise GpoError(
                     f"{out} was started with {old.get('num_shards')} shards, not {config['num_shards']}; "
                     "use the same --shard count or --overwrite")
+        elif not same and not overwrite and not artifacts.has_outputs(out):
+            with all_shard_locks(out, "not replacing its settings"):  # a failed start left only config.json
+                pass
         elif not same and not overwrite:
             changed = ", ".join(_changed_keys(old, config)) or "settings"
             raise GpoError(
@@ -208,13 +211,13 @@ def run_stage(stage: Stage, run: Path, settings: Any, *, input_table: pa.Table |
 
 
 @contextmanager
-def all_shard_locks(out: Path) -> Iterator[None]:
+def all_shard_locks(out: Path, action: str = "overwrite it") -> Iterator[None]:
     """Every shard lock of a stage at once (for --overwrite); refused while any shard is being run."""
     from contextlib import ExitStack
 
     with ExitStack() as stack:
         for path in sorted((out / "_shards").glob("*.lock")):
-            stack.enter_context(shard_lock(out, int(path.stem), action="overwrite it"))
+            stack.enter_context(shard_lock(out, int(path.stem), action=action))
         yield
 
 
