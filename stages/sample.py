@@ -140,8 +140,12 @@ def with_policy(run: Path, settings):
     """Rollouts and branches come from the policy that sampled: settings left unset (None) take sample's
     model, backend and sampling values, so they are stored and hashed with the stage that uses them."""
     from stages.core import artifacts
+    from stages.core.runner import check_identity
 
-    base = artifacts.load_json(Path(run) / "sample" / "config.json")["settings"]
+    path = Path(run) / "sample" / "config.json"
+    config = artifacts.load_json(path)
+    check_identity(config, "sample", path)
+    base = config["settings"]
     return dataclasses.replace(settings, **{k: base[k] for k in POLICY if getattr(settings, k) is None})
 
 
