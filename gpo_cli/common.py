@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Callable
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.markup import escape
 
@@ -69,3 +70,28 @@ def handle_errors(fn: Callable) -> Callable:
 
 def command_line() -> str:
     return " ".join(["gpo", *sys.argv[1:]])
+
+
+class OneLineUsageErrors(typer.core.TyperGroup):
+    """Usage errors (unknown option, missing option, bad value) as the same one `error:` line as every
+    other error, instead of click's framed box."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        from typer._click import exceptions as click  # the click that typer vendors and raises
+
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as e:
+            where = e.ctx.command_path if e.ctx is not None else "gpo"
+            err.print(f"[bold red]error:[/bold red] {where}: {escape(e.format_message())} "
+                      f"(see `{where} --help`)")
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            err.print(f"[bold red]error:[/bold red] {escape(e.format_message())}")
+            sys.exit(e.exit_code)
+        except (click.Abort, typer.Abort):
+            err.print("[bold red]error:[/bold red] aborted")
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)

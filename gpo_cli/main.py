@@ -11,40 +11,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-import typer.core
 
 from gpo_cli import inspect_cmds, slurm_cmd
-from gpo_cli.common import (BackendOpt, BatchOpt, ChunkOpt, DeviceOpt, DtypeOpt, OverwriteOpt, RunOpt,
-                            ShardOpt, TrustOpt, err, handle_errors, log)
+from gpo_cli.common import (BackendOpt, BatchOpt, ChunkOpt, DeviceOpt, DtypeOpt, OneLineUsageErrors, OverwriteOpt,
+                            RunOpt, ShardOpt, TrustOpt, err, handle_errors, log)
 from stages.core.errors import GpoError
-
-class OneLineUsageErrors(typer.core.TyperGroup):
-    """Usage errors (unknown option, missing option, bad value) as the same one `error:` line as every
-    other error, instead of click's framed box."""
-
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
-        import sys
-
-        from rich.markup import escape
-        from typer._click import exceptions as click  # the click that typer vendors and raises
-
-        if not standalone_mode:
-            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
-        try:
-            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except click.UsageError as e:
-            where = e.ctx.command_path if e.ctx is not None else "gpo"
-            err.print(f"[bold red]error:[/bold red] {where}: {escape(e.format_message())} "
-                      f"(see `{where} --help`)")
-            sys.exit(e.exit_code)
-        except click.ClickException as e:
-            err.print(f"[bold red]error:[/bold red] {escape(e.format_message())}")
-            sys.exit(e.exit_code)
-        except (click.Abort, typer.Abort):
-            err.print("[bold red]error:[/bold red] aborted")
-            sys.exit(1)
-        sys.exit(code if isinstance(code, int) else 0)
-
 
 app = typer.Typer(cls=OneLineUsageErrors, add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   help="Guided Pivotal Optimization (arXiv 2509.16456): sample, estimate, locate, branch, "

@@ -92,6 +92,11 @@ def test_a_truncated_part_leaves_other_tables_queryable(chain):
     assert result.exit_code == 0, result.output
     assert "rollouts" in result.output and "does not match its manifest" in result.output
     one_error(cli("sql", chain, "select count(*) from rollouts"), "rollouts")
+    report = cli("report", chain, "--out", chain / "report.html")
+    assert report.exit_code == 0 and "does not match its manifest" in report.output, report.output
+    problem = run_query(chain, "select problem_id from locate limit 1")[1][0][0]
+    shown = cli("show", chain, "--problem", problem)  # reads rollouts: refused in one line, or shown without
+    assert shown.exit_code == 0 or [ln for ln in shown.output.splitlines() if ln.startswith("error:")]
 
 
 def test_temp_files_left_by_a_kill_are_removed_on_the_next_run_of_that_shard(chain):
