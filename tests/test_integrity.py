@@ -85,6 +85,24 @@ def test_an_edited_upstream_part_is_refused_by_a_later_stage(chain):
         run(chain, locate.STAGE, locate.LocateSettings(seed=1), chain.gen, overwrite=True)
 
 
+def swap_first_rows(part, a: str, b: str) -> None:
+    """Edit a part in place: swap two columns (e.g. chosen and rejected), keeping its schema."""
+    table = pq.read_table(part)
+    columns = {name: table.column(name) for name in table.column_names}
+    columns[a], columns[b] = columns[b], columns[a]
+    pq.write_table(pa.table(columns, schema=table.schema), part)
+
+
+def test_edited_rollouts_are_refused_by_branch_and_edited_pairs_by_export(chain, tmp_path_factory):
+    swap_first_rows(chain / "branch" / "shard-00000.chunk-00000.parquet", "chosen", "rejected")
+    out = tmp_path_factory.mktemp("export") / "trl"
+    one_error(cli("export", "--run", chain, "--format", "trl", "--out", out), "does not match its manifest")
+    assert not out.exists()
+    swap_first_rows(chain / "estimate" / "rollouts" / "shard-00000.chunk-00000.parquet", "text", "extracted_answer")
+    with pytest.raises(GpoError, match="rollouts/shard-00000.chunk-00000.parquet does not match its manifest"):
+        run(chain, branch.STAGE, branch.BranchSettings(m=5), chain.gen, overwrite=True)
+
+
 def test_a_truncated_part_leaves_other_tables_queryable(chain):
     part = chain / "estimate" / "rollouts" / "shard-00000.chunk-00000.parquet"
     part.write_bytes(part.read_bytes()[:200])
