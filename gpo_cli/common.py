@@ -52,8 +52,11 @@ def handle_errors(fn: Callable) -> Callable:
     """Turn user errors into one line on stderr and a non-zero exit; GPO_DEBUG=1 shows tracebacks."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from stages.core.runner import sigterm_stops_work
+
         try:
-            return fn(*args, **kwargs)
+            with sigterm_stops_work():  # from the start: a preemption during the checks exits 143 too
+                return fn(*args, **kwargs)
         except GpoError as e:
             err.print(f"[bold red]error:[/bold red] {e}")
             raise typer.Exit(e.exit_code) from None

@@ -158,6 +158,8 @@ def _catalog(run: Path) -> dict[str, tuple[Path, Path, list[dict] | None]]:
     Runner stages expose only the parts their finished shards' manifests list; folders written otherwise
     (train's metrics, each file written atomically and whole) expose their Parquet files."""
     found: dict = {}
+    if not Path(run).is_dir():
+        return found
     for out in sorted(p for p in Path(run).iterdir() if p.is_dir() and not p.name.startswith(("_", "."))):
         config = runner_config(out)
         if config is not None:
