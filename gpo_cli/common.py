@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 from pathlib import Path
 from typing import Annotated, Callable
 
 import typer
+import typer.core
 from rich.console import Console
+from rich.markup import escape
 
 from stages.core.errors import GpoError
 
@@ -31,6 +34,16 @@ TrustOpt = Annotated[bool, typer.Option(
     "--trust-remote-code", help="Allow model folders to run their own Python code (off by default).")]
 
 
+class _WarningsToStderr(logging.Handler):
+    """The library's warnings (logger "gpo": e.g. a stray file it did not read) as one yellow line each."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        err.print(f"[yellow]{escape(record.getMessage())}[/yellow]")
+
+
+logging.getLogger("gpo").addHandler(_WarningsToStderr(logging.WARNING))
+
+
 def log(message: str) -> None:
     err.print(f"[dim]{message}[/dim]")
 
@@ -39,8 +52,11 @@ def handle_errors(fn: Callable) -> Callable:
     """Turn user errors into one line on stderr and a non-zero exit; GPO_DEBUG=1 shows tracebacks."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from stages.core.runner import sigterm_stops_work
+
         try:
-            return fn(*args, **kwargs)
+            with sigterm_stops_work():  # from the start: a preemption during the checks exits 143 too
+                return fn(*args, **kwargs)
         except GpoError as e:
             err.print(f"[bold red]error:[/bold red] {e}")
             raise typer.Exit(e.exit_code) from None
@@ -57,3 +73,28 @@ def handle_errors(fn: Callable) -> Callable:
 
 def command_line() -> str:
     return " ".join(["gpo", *sys.argv[1:]])
+
+
+class OneLineUsageErrors(typer.core.TyperGroup):
+    """Usage errors (unknown option, missing option, bad value) as the same one `error:` line as every
+    other error, instead of click's framed box."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        from typer._click import exceptions as click  # the click that typer vendors and raises
+
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as e:
+            where = e.ctx.command_path if e.ctx is not None else "gpo"
+            err.print(f"[bold red]error:[/bold red] {where}: {escape(e.format_message())} "
+                      f"(see `{where} --help`)")
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            err.print(f"[bold red]error:[/bold red] {escape(e.format_message())}")
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            err.print("[bold red]error:[/bold red] aborted")
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)

@@ -27,6 +27,9 @@ def status(run: Annotated[Path, typer.Argument(help="Run directory.")]):
         table.add_column(col)
     for r in rows:
         state = "[green]done[/green]" if r["success"] else "[yellow]incomplete[/yellow]"
+        if r["stale"]:
+            state = f"[red]stale[/red] (redo {r['stale'][0]})" if r["stale"][1] != "unfinished" \
+                else f"[red]stale[/red] (finish {r['stale'][0]})"
         table.add_row(r["stage"], f"{r['done']}/{r['num_shards']}", str(r["rows"]), state,
                       array_spec(r["unfinished"]) or "-")
     out.print(table)
@@ -42,10 +45,17 @@ def sql(
     fmt: Annotated[str, typer.Option("--format", help="table, csv, json or parquet.")] = "table",
     output: Annotated[Path | None, typer.Option("--out", help="File for --format parquet.")] = None,
     limit: Annotated[int, typer.Option(help="Rows shown in table format.")] = 100,
+    views: Annotated[bool, typer.Option(
+        "--views", help="Print the views as SQL for the duckdb shell or Python (e.g. > RUN/views.sql).")] = False,
 ):
     """Query the run with DuckDB (views named after the tables); with no query, list the views."""
     from stages.core import query as q
 
+    if views:
+        if query is not None:
+            raise GpoError("--views takes no query")
+        sys.stdout.write(q.views_sql(run))
+        return
     if fmt not in ("table", "csv", "json", "parquet"):
         raise GpoError(f"--format must be table, csv, json or parquet, not {fmt!r}")
     if query is None:
@@ -96,12 +106,8 @@ def _list_views(run: Path, views: dict) -> None:
         raise GpoError(f"{run} has no finished tables yet")
     for name, cols in views.items():
         out.print(f"[bold]{name}[/bold]: " + ", ".join(f"{c} {t.lower()}" for c, t in cols))
-    out.print("\nThe same views from the duckdb shell or Python:")
-    from stages.core.artifacts import list_tables
-
-    for name, folder in list_tables(run).items():
-        out.print(f"  CREATE VIEW {name} AS SELECT * FROM read_parquet('{folder}/*.parquet', union_by_name=true);")
-    out.print("  python: import duckdb; duckdb.sql(\"SELECT * FROM read_parquet('RUN/locate/*.parquet')\")")
+    out.print(f"\nThe same views for the duckdb shell or Python: gpo sql {run} --views > views.sql; "
+              "duckdb -init views.sql")
 
 
 def register(app: typer.Typer) -> None:

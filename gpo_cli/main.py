@@ -14,12 +14,12 @@ import typer
 
 from gpo_cli import inspect_cmds, slurm_cmd
 from gpo_cli import diagnose_cmd
-from gpo_cli.common import (BackendOpt, BatchOpt, ChunkOpt, DeviceOpt, DtypeOpt, OverwriteOpt, RunOpt,
-                            ShardOpt, TrustOpt, err, handle_errors, log)
+from gpo_cli.common import (BackendOpt, BatchOpt, ChunkOpt, DeviceOpt, DtypeOpt, OneLineUsageErrors, OverwriteOpt,
+                            RunOpt, ShardOpt, TrustOpt, err, handle_errors, log)
 from stages.core.errors import GpoError
 
 # -h as well as --help; click passes help_option_names down to every subcommand's context.
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+app = typer.Typer(cls=OneLineUsageErrors, add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   context_settings={"help_option_names": ["-h", "--help"]},
                   help="Guided Pivotal Optimization (arXiv 2509.16456): sample, estimate, locate, branch, "
                        "train, eval, as resumable Parquet stages you can query with DuckDB.")
@@ -62,7 +62,10 @@ def parse_vllm_options(items: list[str] | None) -> dict:
 
 def generator_factory(backend: str, model: str, dtype: str, device: str, batch_size: int, trust: bool,
                       vllm: list[str] | None = None):
-    options = parse_vllm_options(vllm)  # validated now, before any stage folder is written
+    from stages.core.backends import check_runtime
+
+    check_runtime(backend, dtype, device)  # validated now, before any stage folder is written
+    options = parse_vllm_options(vllm)
 
     def make():
         from stages.core.backends import make_generator
@@ -104,27 +107,32 @@ def sample(
 ):
     """Sample n trajectories per problem and score them: RUN/sample/*.parquet."""
     from stages import sample as stage
-    from stages.core.backends import check_model_dir
     from stages.core.runner import parse_shard, run_stage
     from stages.core.sources import Fields, load_problems
 
-    if template not in ("auto", "chat", "plain"):
-        raise GpoError(f"--template must be auto, chat or plain, not {template!r}")
-    if checker is not None and checker not in ("numeric", "math", "choice"):
-        raise GpoError(f"--checker must be numeric, math or choice, not {checker!r}")
-    shard_ix = parse_shard(shard)
-    check_model_dir(model)
-    loaded = load_problems(problems, Fields(question_field, answer_field, id_field), checker)
-    if loaded.skipped:
-        err.print(f"[yellow]skipped rows[/yellow]: {loaded.skipped}")
+    # Everything is checked before the run folder is written: options, problems, then the model.
     settings = stage.SampleSettings(problems=problems, model=model, n=n, temperature=temperature, top_p=top_p,
                                     max_new_tokens=max_new_tokens, seed=seed, backend=backend, template=template,
                                     system=system or None, instruction=instruction or None, checker=checker)
+    shard_ix = parse_shard(shard)
+    make = generator_factory(backend, model, dtype, device, batch_size, trust_remote_code, vllm)
+    loaded = load_problems(problems, Fields(question_field, answer_field, id_field), checker)
+    if loaded.skipped:
+        err.print(f"[yellow]skipped rows[/yellow]: {loaded.skipped}")
+    preflight(model, trust_remote_code, loaded.table, max_new_tokens)
     manifest = run_stage(stage.STAGE, run, settings, input_table=loaded.table, shard=shard_ix,
-                         chunk_groups=chunk_groups, overwrite=overwrite, log=log,
-                         make_generator=generator_factory(backend, model, dtype, device, batch_size,
-                                                          trust_remote_code, vllm))
+                         chunk_groups=chunk_groups, overwrite=overwrite, log=log, make_generator=make)
     _report(manifest)
+
+
+def preflight(model: str, trust_remote_code: bool, problems=None, max_new_tokens: int | None = None) -> None:
+    """The model folder loads (config, tokenizer, weights' headers) and the questions fit its context."""
+    from stages.core.backends import check_fits, preflight_model
+
+    config, tokenizer = preflight_model(model, trust_remote_code)
+    if problems is not None:
+        questions = zip(problems.column("problem_id").to_pylist(), problems.column("question").to_pylist())
+        check_fits(model, config, tokenizer, list(questions), max_new_tokens)
 
 
 def _report(manifest: dict) -> None:
@@ -136,30 +144,19 @@ def _report(manifest: dict) -> None:
               f"{manifest['rows']} rows{extra}, {manifest['wall_seconds']:.1f}s")
 
 
-def _upstream_model(run: Path, model: str | None, backend: str | None) -> tuple[str, str]:
-    """Rollouts come from the policy that sampled: default to the sample stage's model and backend."""
-    from stages.core import artifacts
-    from stages.core.runner import check_identity
-
-    artifacts.require_success(run, "sample")
-    path = Path(run) / "sample" / "config.json"
-    config = artifacts.load_json(path)
-    check_identity(config, "sample", path)
-    return model or config["settings"]["model"], backend or config["settings"]["backend"]
-
-
-def _run_generating_stage(stage, run: Path, settings, *, model, backend, dtype, device, batch_size, shard,
+def _run_generating_stage(stage, run: Path, settings, *, dtype, device, batch_size, shard,
                           chunk_groups, overwrite, trust_remote_code, vllm):
-    from stages.core.backends import check_model_dir
+    from stages.core import lineage
     from stages.core.runner import parse_shard, run_stage
+    from stages.sample import with_policy
 
     shard_ix = parse_shard(shard)
-    model, backend = _upstream_model(run, model, backend)
-    check_model_dir(model)
+    lineage.require_fresh(run, stage.input)
+    settings = with_policy(run, settings)  # the policy that sampled, unless --model/--backend/... say otherwise
+    make = generator_factory(settings.backend, settings.model, dtype, device, batch_size, trust_remote_code, vllm)
+    preflight(settings.model, trust_remote_code)
     manifest = run_stage(stage, run, settings, shard=shard_ix, chunk_groups=chunk_groups,
-                         overwrite=overwrite, log=log,
-                         make_generator=generator_factory(backend, model, dtype, device, batch_size,
-                                                          trust_remote_code, vllm))
+                         overwrite=overwrite, log=log, make_generator=make)
     _report(manifest)
     return manifest
 
@@ -199,9 +196,10 @@ def estimate(
     from stages import estimate as stage
 
     settings = stage.EstimateSettings(k=k, split=split, scope=scope, estimator=estimator, temperature=temperature,
-                                      top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+                                      top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
+                                      model=model, backend=backend)
     stage.validate(settings)
-    _run_generating_stage(stage.STAGE, run, settings, model=model, backend=backend, dtype=dtype, device=device,
+    _run_generating_stage(stage.STAGE, run, settings, dtype=dtype, device=device,
                           batch_size=batch_size, shard=shard, chunk_groups=chunk_groups, overwrite=overwrite,
                           trust_remote_code=trust_remote_code, vllm=vllm)
 
@@ -265,10 +263,11 @@ def branch(
 
     settings = stage.BranchSettings(m=m, pairs_per_state=pairs_per_state, prefix=prefix,
                                     include_original=include_original, baseline=baseline or baseline_only,
-                                    random_m=random_m, split=split, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+                                    random_m=random_m, split=split, temperature=temperature, top_p=top_p,
+                                    max_new_tokens=max_new_tokens, seed=seed, model=model, backend=backend)
     stage.validate(settings)
     record = stage.BASELINE_ONLY_STAGE if baseline_only else stage.STAGE
-    manifest = _run_generating_stage(record, run, settings, model=model, backend=backend, dtype=dtype, device=device,
+    manifest = _run_generating_stage(record, run, settings, dtype=dtype, device=device,
                                      batch_size=batch_size, shard=shard, chunk_groups=chunk_groups,
                                      overwrite=overwrite, trust_remote_code=trust_remote_code, vllm=vllm)
     err.print(f"pairs: {manifest['stats'].get('pairs', 0)}")
@@ -363,7 +362,6 @@ def eval_(
     """Score a model: greedy accuracy, sampled pass@1 with a 95% interval, pass@k and maj@k."""
     from gpo_cli.report_cmds import print_comparison, print_summary
     from stages import eval as stage
-    from stages.core.backends import check_model_dir
     from stages.core.runner import parse_shard, run_stage
     from stages.core.sources import load_problems
 
@@ -381,17 +379,16 @@ def eval_(
     except ValueError:
         raise GpoError(f"--k must be comma-separated integers, not {k!r}") from None
     name = stage.make_stage(label)
-    shard_ix = parse_shard(shard)
-    check_model_dir(model)
-    loaded = load_problems(problems, checker=checker)
     settings = stage.EvalSettings(problems=problems, model=model, n=n if temperature > 0 else 1,
                                   temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
                                   backend=backend, template=template, system=system or None,
                                   instruction=instruction or None, checker=checker, label=label, greedy=greedy)
+    shard_ix = parse_shard(shard)
+    make = generator_factory(backend, model, dtype, device, batch_size, trust_remote_code, vllm)
+    loaded = load_problems(problems, checker=checker)
+    preflight(model, trust_remote_code, loaded.table, max_new_tokens)
     manifest = run_stage(name, run, settings, input_table=loaded.table, shard=shard_ix, chunk_groups=chunk_groups,
-                         overwrite=overwrite, log=log,
-                         make_generator=generator_factory(backend, model, dtype, device, batch_size,
-                                                          trust_remote_code, vllm))
+                         overwrite=overwrite, log=log, make_generator=make)
     _report(manifest)
     summary = stage.write_summary(run, label, ks)
     if summary is not None:
@@ -404,7 +401,11 @@ def _load_summary(folder: Path) -> dict:
     path = Path(folder) / "summary.json"
     if not path.exists():
         raise GpoError(f"{folder} has no summary.json: is it a finished `gpo eval` folder (RUN/eval_<label>)?")
-    return artifacts.load_json(path)
+    summary = artifacts.load_json(path)
+    if not isinstance(summary.get("per_problem"), dict):
+        raise GpoError(f"{path} has no per-problem scores (written by an older or interrupted `gpo eval`): "
+                       "rerun that evaluation to compare it")
+    return summary
 
 
 @app.command()

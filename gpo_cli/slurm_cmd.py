@@ -39,7 +39,8 @@ def stage_commands(app: typer.Typer, run: Path, stages: list[str], stage_args: l
         try:
             command.make_context(name, list(argv), resilient_parsing=False)
         except Exception as e:  # click's usage errors: missing or unknown options
-            raise GpoError(f"gpo {name} {shlex.join(argv)}: {getattr(e, 'message', e)}") from None
+            why = e.format_message() if hasattr(e, "format_message") else str(e)  # MissingParameter's .message is ''
+            raise GpoError(f"gpo {name} {shlex.join(argv)}: {why}") from None
         prefix = MULTI_GPU_TRAIN if stage == "train" and train_gpus > 1 else ["gpo"]
         commands[stage] = [*prefix, name, *argv]
     return commands

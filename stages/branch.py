@@ -19,7 +19,7 @@ import pyarrow as pa
 from stages.core.backends import Request, derive_seed
 from stages.core.runner import Context, Stage
 from stages.estimate import rollout_sampling, sample_settings, split_response
-from stages.sample import IDS, score
+from stages.sample import IDS, check_count, check_policy, score, with_policy
 
 PAIR_SCHEMA = pa.schema([
     ("pair_id", pa.string()), ("data", pa.string()), ("problem_id", pa.string()), ("sample_idx", pa.int32()),
@@ -61,6 +61,11 @@ class BranchSettings:
     top_p: float | None = None
     max_new_tokens: int | None = None
     seed: int = 0
+    model: str | None = None  # None: the sample stage's policy (resolved before the run, then stored)
+    backend: str | None = None
+
+    def __post_init__(self):
+        validate(self)
 
 
 @dataclass
@@ -284,14 +289,22 @@ def validate(s: BranchSettings) -> None:
         raise GpoError(f"--prefix must be in-response or in-prompt, not {s.prefix!r}")
     if s.m < 2:
         raise GpoError("--m must be at least 2 (a pair needs a correct and an incorrect branch)")
-    if s.random_m is not None and s.random_m < 0:
-        raise GpoError("--random-m must be at least 0")
-    if s.pairs_per_state < 1:
-        raise GpoError("--pairs-per-state must be at least 1")
+    check_count("m", s.m, 2)
+    check_count("random-m", s.random_m, 0)
+    check_count("pairs-per-state", s.pairs_per_state)
+    check_policy(s)
+    if s.split != "auto" and not s.split.startswith("authors"):
+        from stages.core.steps import make_splitter
+
+        try:
+            make_splitter(s.split, None)
+        except ValueError as e:
+            raise GpoError(f"--split: {e}") from None
 
 
 OUTPUTS = {"branch": PAIR_SCHEMA, "unpaired": UNPAIRED_SCHEMA, "reset_prompts": RESET_SCHEMA,
            "continuations": CONTINUATION_SCHEMA}
-STAGE = Stage(name="branch", input="locate", outputs=OUTPUTS, key=("pair_id",), process=process)
+STAGE = Stage(name="branch", input="locate", outputs=OUTPUTS, key=("pair_id",), process=process,
+              resolve_settings=with_policy)
 BASELINE_ONLY_STAGE = Stage(name="branch", input="sample", outputs=OUTPUTS, key=("pair_id",),
-                            process=process_baseline_only)
+                            process=process_baseline_only, resolve_settings=with_policy)

@@ -20,7 +20,7 @@ from stages.core.estimators import ESTIMATORS, Plan
 from stages.core.runner import Context, Stage
 from stages.core.steps import make_splitter
 from stages.core.values import advantages, wilson_interval
-from stages.sample import IDS, score
+from stages.sample import IDS, check_count, check_policy, score, with_policy
 
 STEP_SCHEMA = pa.schema([
     ("problem_id", pa.string()), ("sample_idx", pa.int32()), ("step_idx", pa.int32()),
@@ -49,6 +49,11 @@ class EstimateSettings:
     top_p: float | None = None
     max_new_tokens: int | None = None
     seed: int = 0
+    model: str | None = None  # None: the sample stage's policy (resolved before the run, then stored)
+    backend: str | None = None
+
+    def __post_init__(self):
+        validate(self)
 
 
 def splitter_spec(spec: str, source: str) -> str:
@@ -206,8 +211,8 @@ def validate(s: EstimateSettings) -> None:
         raise GpoError(f"--estimator must be one of {', '.join(ESTIMATORS)}, not {s.estimator!r}")
     if s.scope not in ("failed", "all"):
         raise GpoError(f"--scope must be failed or all, not {s.scope!r}")
-    if s.k < 1:
-        raise GpoError("--k must be at least 1")
+    check_count("k", s.k)
+    check_policy(s)
     if s.split != "auto":
         try:
             make_splitter(s.split, None) if not s.split.startswith("authors") else None
@@ -216,4 +221,4 @@ def validate(s: EstimateSettings) -> None:
 
 
 STAGE = Stage(name="estimate", input="sample", outputs={"estimate": STEP_SCHEMA, "rollouts": ROLLOUT_SCHEMA},
-              key=("problem_id", "sample_idx", "step_idx"), process=process)
+              key=("problem_id", "sample_idx", "step_idx"), process=process, resolve_settings=with_policy)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from stages.core import artifacts
+from stages.core import artifacts, lineage
 from stages.core.errors import GpoError
 from stages.core.prompts import PLAIN_TEMPLATE
 
@@ -63,7 +63,7 @@ class _Run:
     """The sample rows and prompting of a run, to rebuild each table row's messages and prefix."""
 
     def __init__(self, run: Path):
-        artifacts.require_success(run, "branch")
+        lineage.require_fresh(run, "branch")  # finished, and built on what the run holds now
         self.run = run
         self.samples = {(r["problem_id"], r["sample_idx"]): r for r in artifacts.read_table(run, "sample").to_pylist()}
         if not self.samples:

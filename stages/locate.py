@@ -33,6 +33,9 @@ class LocateSettings:
     scope: str = "failed"
     seed: int = 0
 
+    def __post_init__(self):
+        validate(self)
+
 
 def ground_truth(sample: dict) -> int | None:
     """The toy tasks know the first wrong line of any solution; real tasks do not."""

@@ -221,14 +221,12 @@ def _stats_sum(keys: tuple[str, ...]) -> str:
 
 def cost_section(c: Ctx) -> Section | None:
     queries, png = [], None
-    if any(c.run.glob("*/_shards/*.json")):
-        glob = str(c.run / "*" / "_shards" / "*.json").replace("'", "''")
+    if "manifests" in c.views:
         order = ", ".join(f"'{s}'" for s in PIPELINE)
         tokens = _stats_sum(("generated_tokens", "gpo_generated_tokens", "random_reset_generated_tokens"))
         rollouts = _stats_sum(("rollouts", "gpo_branches_sampled", "random_reset_branches_sampled"))
         q = c.q("per stage, from the shard manifests RUN/<stage>/_shards/*.json", f"""
-WITH m AS (SELECT regexp_extract(filename, '([^/]+)/_shards/[^/]+$', 1) AS stage, content::JSON AS j
-           FROM read_text('{glob}'))
+WITH m AS (SELECT stage, content::JSON AS j FROM manifests)
 SELECT stage, count(*) AS shards, {tokens} AS generated_tokens,
        {rollouts} AS rollouts_and_branches,
        {_stats_sum(("prompt_tokens",))} AS prompt_tokens, round(sum(j.wall_seconds::DOUBLE), 2) AS wall_seconds,

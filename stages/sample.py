@@ -8,7 +8,9 @@ so later stages cut steps on ids and never re-tokenize.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -42,6 +44,9 @@ class SampleSettings:
     system: str | None = DEFAULT_SYSTEM
     instruction: str | None = DEFAULT_INSTRUCTION
     checker: str | None = None
+
+    def __post_init__(self):
+        validate(self)
 
     @property
     def sampling(self) -> Sampling:
@@ -87,6 +92,61 @@ def process(problems: pa.Table, ctx: Context) -> dict[str, pa.Table]:
     ctx.stats["correct"] += sum(r["reward"] for r in records)
     ctx.stats["truncated"] += sum(r["finish_reason"] == "length" for r in records)
     return {"sample": pa.Table.from_pylist(records, schema=SAMPLE_SCHEMA)}
+
+
+POLICY = ("model", "backend", "temperature", "top_p", "max_new_tokens")
+MAX_SAMPLES = 10_000  # per problem or state: far above any method's need, far below exhausting memory
+MAX_NEW_TOKENS = 1 << 20
+TEMPLATES = ("auto", "chat", "plain")
+CHECKERS = ("numeric", "math", "choice")
+
+
+def check_policy(s) -> None:
+    """The sampling settings every generating stage shares (None: taken from sample's config)."""
+    import math
+
+    from stages.core.backends import BACKENDS
+    from stages.core.errors import GpoError
+
+    if s.temperature is not None and not (math.isfinite(s.temperature) and 0 <= s.temperature <= 100):
+        raise GpoError(f"--temperature must be between 0 and 100, not {s.temperature}")
+    if s.top_p is not None and not 0 < s.top_p <= 1:
+        raise GpoError(f"--top-p must be in (0, 1], not {s.top_p}")
+    if s.max_new_tokens is not None and not 1 <= s.max_new_tokens <= MAX_NEW_TOKENS:
+        raise GpoError(f"--max-new-tokens must be between 1 and {MAX_NEW_TOKENS}, not {s.max_new_tokens}")
+    if s.backend is not None and s.backend not in BACKENDS:
+        raise GpoError(f"--backend must be one of {', '.join(BACKENDS)}, not {s.backend!r}")
+
+
+def check_count(name: str, value: int | None, low: int = 1) -> None:
+    from stages.core.errors import GpoError
+
+    if value is not None and not low <= value <= MAX_SAMPLES:
+        raise GpoError(f"--{name} must be between {low} and {MAX_SAMPLES}, not {value}")
+
+
+def validate(s: SampleSettings) -> None:
+    from stages.core.errors import GpoError
+
+    check_count("n", s.n)
+    check_policy(s)
+    if s.template not in TEMPLATES:
+        raise GpoError(f"--template must be auto, chat or plain, not {s.template!r}")
+    if s.checker is not None and s.checker not in CHECKERS:
+        raise GpoError(f"--checker must be numeric, math or choice, not {s.checker!r}")
+
+
+def with_policy(run: Path, settings):
+    """Rollouts and branches come from the policy that sampled: settings left unset (None) take sample's
+    model, backend and sampling values, so they are stored and hashed with the stage that uses them."""
+    from stages.core import artifacts
+    from stages.core.runner import check_identity
+
+    path = Path(run) / "sample" / "config.json"
+    config = artifacts.load_json(path)
+    check_identity(config, "sample", path)
+    base = config["settings"]
+    return dataclasses.replace(settings, **{k: base[k] for k in POLICY if getattr(settings, k) is None})
 
 
 STAGE = Stage(name="sample", input=None, outputs={"sample": SAMPLE_SCHEMA},

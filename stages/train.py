@@ -31,7 +31,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from stages.core import artifacts
+from stages.core import artifacts, lineage
 from stages.core.errors import GpoError
 
 METHODS = ("dpo", "kto", "simpo", "orpo", "grpo", "rloo")
@@ -490,6 +490,7 @@ def train(run: Path, settings: TrainSettings, out: Path | None = None, *, config
     """Train and return summary metrics. `callbacks`: extra transformers TrainerCallbacks (tests, progress)."""
     run = Path(run)
     s, extra = resolve(settings, config_overrides)
+    lineage.require_fresh(run, "branch")  # never train on an unfinished or stale branch stage
     out = Path(out) if out is not None else default_out(run, s)
     if not Path(s.model).is_dir():
         raise GpoError(f"--model {s.model} is not a local model folder")

@@ -51,7 +51,7 @@ def test_sql_status_show_export(chain, tmp_path):
                             "where step_idx = critical_step", "--format", "json")
     assert json.loads(out.splitlines()[0])["n"] > 0
     listing = gpo("sql", chain)
-    assert "rollouts" in listing and "read_parquet" in listing
+    assert "rollouts" in listing and "--views" in listing
     status = gpo("status", chain)
     assert "estimate" in status and "done" in status
     pid = run_query(chain, "select problem_id from locate where critical_step is not null limit 1")[1][0][0]

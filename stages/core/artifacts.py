@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import re
 import shutil
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -103,7 +105,7 @@ def verify_files(out: Path, manifest: dict) -> list[str]:
     bad = []
     for f in manifest.get("files", []):
         path = out / f["path"]
-        if not path.exists() or path.stat().st_size != f["bytes"] or sha256_file(path) != f["sha256"]:
+        if not path.exists() or path.stat().st_size != f["bytes"] or _sha256_cached(path) != f["sha256"]:
             bad.append(f["path"])
     return bad
 
@@ -122,38 +124,136 @@ def stage_dir(run: Path, stage: str) -> Path:
     return Path(run) / stage
 
 
+_TABLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_CHUNK = re.compile(r"shard-(\d{5})\.chunk-\d{5}\.parquet")
+_digests: dict[tuple[str, int, int], str] = {}  # (path, size, mtime): sha256, so a part is hashed once a process
+_warned: set[str] = set()
+log = logging.getLogger("gpo")
+
+
+def runner_config(out: Path) -> dict | None:
+    """config.json of a folder written by the stage runner (sharded, with manifests); None for anything else."""
+    path = out / "config.json"
+    if not path.is_file():
+        return None
+    config = load_json(path)
+    return config if "num_shards" in config and "config_hash" in config else None
+
+
+def finished_manifests(out: Path, config: dict) -> dict[int, dict]:
+    """Manifests of the shards finished under the folder's current config (the only parts readers may see)."""
+    found = {}
+    for i in range(int(config["num_shards"])):
+        path = out / "_shards" / f"{i:05d}.json"
+        if path.is_file():
+            manifest = load_json(path)
+            if manifest.get("config_hash") == config["config_hash"]:
+                found[i] = manifest
+    return found
+
+
+def _catalog(run: Path) -> dict[str, tuple[Path, Path, list[dict] | None]]:
+    """table name -> (its folder, its stage folder, the manifest entries of its parts or None).
+
+    Runner stages expose only the parts their finished shards' manifests list; folders written otherwise
+    (train's metrics, each file written atomically and whole) expose their Parquet files."""
+    found: dict = {}
+    if not Path(run).is_dir():
+        return found
+    for out in sorted(p for p in Path(run).iterdir() if p.is_dir() and not p.name.startswith(("_", "."))):
+        config = runner_config(out)
+        if config is not None:
+            for manifest in finished_manifests(out, config).values():
+                for f in manifest.get("files", []):
+                    folder = (out / f["path"]).parent
+                    entry = found.setdefault(f["table"], (folder, out, []))
+                    if entry[1] == out:
+                        entry[2].append(f)
+            continue
+        for folder in [out, *sorted(out.iterdir())]:
+            if folder.is_dir() and not folder.name.startswith(("_", ".")) and any(folder.glob("*.parquet")):
+                found.setdefault(folder.name, (folder, out, None))
+    return {name: entry for name, entry in found.items() if _valid_name(name, entry[0])}
+
+
+def _valid_name(name: str, folder: Path) -> bool:
+    if _TABLE_NAME.fullmatch(name):
+        return True
+    _warn_once(str(folder), f"warning: ignoring {folder}: '{name}' is not a valid table name")
+    return False
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        log.warning(message)
+
+
 def table_dir(run: Path, table: str) -> Path | None:
     """Folder of a table: a stage's own folder, or a subfolder of a stage (e.g. estimate/rollouts)."""
-    run = Path(run)
-    if (run / table).is_dir():
-        return run / table
-    for candidate in sorted(run.glob(f"*/{table}")):
-        if candidate.is_dir() and not candidate.name.startswith("_"):
-            return candidate
-    return None
+    entry = _catalog(Path(run)).get(table)
+    return entry[0] if entry else None
 
 
 def list_tables(run: Path) -> dict[str, Path]:
     """Every table with at least one finished part: name -> folder."""
-    found = {}
-    for folder in sorted([*Path(run).glob("*/"), *Path(run).glob("*/*/")]):
-        if folder.name.startswith(("_", ".")) or not folder.is_dir():
-            continue
-        if any(folder.glob("*.parquet")):
-            found.setdefault(folder.name, folder)
-    return found
+    return {name: entry[0] for name, entry in _catalog(Path(run)).items()}
 
 
-def part_files(folder: Path) -> list[Path]:
-    return sorted(folder.glob("*.parquet"))
+def _sha256_cached(path: Path) -> str:
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _digests:
+        _digests[key] = sha256_file(path)
+    return _digests[key]
+
+
+def table_parts(run: Path, table: str) -> list[Path]:
+    """The parts of a table its manifests list, each checked against its recorded size and sha256.
+
+    A damaged part is refused in one line; a Parquet file no manifest lists (copied in, left by an older
+    run) is never read and is named in a warning. Chunks of shards still running are not stray."""
+    run = Path(run)
+    entry = _catalog(run).get(table)
+    if entry is None:
+        raise GpoError(f"no table '{table}' in {run}")
+    folder, out, files = entry
+    if files is None:
+        return sorted(folder.glob("*.parquet"))
+    parts = []
+    for f in files:
+        path = out / f["path"]
+        if not path.is_file() or path.stat().st_size != f["bytes"] or _sha256_cached(path) != f["sha256"]:
+            raise GpoError(f"{path} does not match its manifest (missing, truncated or modified); "
+                           f"rerun `gpo {out.name}` with the same arguments to redo it")
+        parts.append(path)
+    _warn_stray(out, folder, set(parts))
+    return sorted(parts)
+
+
+def _warn_stray(out: Path, folder: Path, listed: set[Path]) -> None:
+    config = runner_config(out) or {}
+    finished = set(finished_manifests(out, config)) if config else set()
+    for path in sorted(folder.glob("*.parquet")):
+        m = _CHUNK.fullmatch(path.name)
+        running = m is not None and int(m.group(1)) < int(config.get("num_shards", 0)) \
+            and int(m.group(1)) not in finished
+        if path not in listed and not running:
+            _warn_once(str(path), f"warning: ignoring {path}: no manifest of {out.name} lists it "
+                                  "(copied in or left over); remove it")
+
+
+def remove_temp_files(out: Path, shard: int) -> None:
+    """Temp files a killed writer of this shard left behind (its parts and its manifest)."""
+    for folder in [out, *(p for p in out.iterdir() if p.is_dir())]:
+        for pattern in (f".tmp-shard-{shard:05d}.*", f".tmp-{shard:05d}.json.*"):
+            for path in folder.glob(pattern):
+                path.unlink(missing_ok=True)
 
 
 def read_table(run: Path, table: str, groups: list[str] | None = None,
                group_column: str = "problem_id") -> pa.Table:
-    folder = table_dir(run, table)
-    if folder is None:
-        raise GpoError(f"no table '{table}' in {run}")
-    files = part_files(folder)
+    files = table_parts(run, table)
     if not files:
         raise GpoError(f"table '{table}' in {run} has no finished parts yet")
     data = pq.ParquetDataset(files).read()
@@ -188,6 +288,11 @@ def mark_success_if_complete(out: Path, num_shards: int, config_hash: str) -> bo
         write_json_atomic(out / "_SUCCESS", {"config_hash": config_hash, "num_shards": num_shards})
         return True
     return False
+
+
+def has_outputs(out: Path) -> bool:
+    """Whether a stage folder holds any part or manifest (a folder with only config.json lost nothing)."""
+    return any(out.rglob("*.parquet")) or any((out / "_shards").glob("*.json"))
 
 
 def remove_stage_outputs(out: Path) -> None:

@@ -8,6 +8,7 @@ FakeGenerator (tests). Heavy packages are imported lazily so `gpo --help` needs 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
@@ -74,6 +75,99 @@ def check_model_dir(model: str) -> Path:
     return path
 
 
+BACKENDS = ("auto", "hf", "vllm")
+DTYPES = ("auto", "bf16", "bfloat16", "fp16", "float16", "fp32", "float32")
+WEIGHTS = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
+
+
+def check_runtime(backend: str, dtype: str, device: str) -> None:
+    """--backend, --dtype and --device, checked before anything is loaded or written."""
+    if backend not in BACKENDS:
+        raise GpoError(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    if dtype not in DTYPES:
+        raise GpoError(f"--dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise GpoError(f"--device must be auto, cpu, cuda or cuda:N, not {device!r}")
+    if device.startswith("cuda"):
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(device.partition(":")[2] or 0)
+        if index >= count:
+            raise GpoError(f"--device {device}: this machine has {count} CUDA device(s) visible to torch; "
+                           "use --device cpu or auto")
+
+
+def preflight_model(model: str, trust_remote_code: bool = False):
+    """Load what is cheap to load (config, tokenizer, the weights' headers) so a broken model folder is
+    refused before a stage folder is written. Returns (config, tokenizer)."""
+    from transformers import AutoConfig
+
+    path = check_model_dir(model)
+    try:
+        config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+    except Exception as e:  # noqa: BLE001 - transformers raises OSError, ValueError, KeyError, JSON errors
+        raise GpoError(f"cannot load {path / 'config.json'}: {_first_line(e)}") from None
+    weights = sorted(p for pattern in WEIGHTS for p in path.glob(pattern))
+    if not weights:
+        raise GpoError(f"{model} has no weights (*.safetensors or pytorch_model*.bin)")
+    for file in weights:
+        if file.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            try:
+                with safe_open(str(file), framework="np") as f:
+                    f.keys()
+            except Exception as e:  # noqa: BLE001 - SafetensorError and OSError on a damaged file
+                raise GpoError(f"{file} is not a readable safetensors file: {_first_line(e)}") from None
+    try:
+        tokenizer = load_tokenizer(model, trust_remote_code)
+    except GpoError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a stub tokenizer file fails in many ways
+        raise GpoError(f"cannot load the tokenizer of {model}: {_first_line(e)}") from None
+    return config, tokenizer
+
+
+def context_length(config) -> int | None:
+    for key in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_fits(model: str, config, tokenizer, questions: list[tuple[str, str]], max_new_tokens: int) -> None:
+    """Every question must fit the model's context window (a 2 MB line is refused here, not by an 800 GB
+    allocation); a response budget that runs past the window is only warned about (RoPE models go on)."""
+    import logging
+
+    context = context_length(config)
+    if context is None:
+        return
+    longest = 0
+    for problem_id, question in questions:
+        if len(question.encode()) < context:  # every token covers at least one byte: fits
+            continue
+        # A prefix is enough to know a huge line does not fit (and keeps a 2 MB line from taking seconds).
+        head = question[:context * 32]
+        tokens = len(tokenizer(head, add_special_tokens=False, verbose=False)["input_ids"])
+        if tokens < context and len(head) < len(question):
+            tokens = len(tokenizer(question, add_special_tokens=False, verbose=False)["input_ids"])
+        longest = max(longest, tokens)
+        if tokens >= context:
+            raise GpoError(f"problem {problem_id}: its question is {tokens} tokens, longer than {model}'s "
+                           f"context of {context} tokens")
+    if longest + max_new_tokens > context:
+        logging.getLogger("gpo").warning(
+            f"warning: the longest question ({longest} tokens) plus --max-new-tokens {max_new_tokens} exceeds "
+            f"{model}'s context of {context} tokens")
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+
+
 def load_tokenizer(model: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
@@ -136,7 +230,7 @@ class FakeGenerator:
 def make_generator(backend: str, model: str, *, dtype: str = "auto", device: str = "auto",
                    batch_size: int = 64, trust_remote_code: bool = False, vllm_options: dict | None = None):
     """Build the generator a stage uses. `auto` takes vLLM where it can run, else transformers."""
-    if backend not in ("auto", "hf", "vllm"):
+    if backend not in BACKENDS:
         raise GpoError(f"unknown backend '{backend}' (choose auto, hf or vllm)")
     check_model_dir(model)
     if backend == "auto":

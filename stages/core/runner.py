@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 
 import pyarrow as pa
 
-from stages.core import artifacts
+from stages.core import artifacts, lineage
 from stages.core.errors import GpoError, Preempted
 
 SCHEMA_VERSION = 1
@@ -40,6 +40,8 @@ class Stage:
     key: tuple[str, ...]
     process: Callable[[pa.Table, "Context"], dict[str, pa.Table]]
     group_column: str = "problem_id"
+    # Fills settings that default to an upstream stage's (the policy that sampled) so they are stored and hashed.
+    resolve_settings: Callable[[Path, Any], Any] | None = None
 
 
 @dataclass
@@ -98,18 +100,17 @@ def check_identity(config: dict, stage: str, path: Path) -> None:
 
 
 def resolve_config(stage: Stage, run: Path, settings: Any, num_shards: int, chunk_groups: int) -> dict:
-    upstream = None
+    inputs = {}
     if stage.input is not None:
         path = artifacts.stage_dir(run, stage.input) / "config.json"
-        upstream_config = artifacts.load_json(path)
-        check_identity(upstream_config, stage.input, path)
-        upstream = upstream_config.get("config_hash")
+        check_identity(artifacts.load_json(path), stage.input, path)
+        inputs[stage.input] = lineage.identity(run, stage.input)
     body = {
         "stage": stage.name,
         "schema_version": SCHEMA_VERSION,
         "settings": dataclasses.asdict(settings),
         "chunk_groups": chunk_groups,
-        "input_config_hash": upstream,
+        "inputs": inputs,  # lineage: what this stage was built on (see stages/core/lineage.py)
     }
     return {**body, "config_hash": config_hash(body), "num_shards": num_shards}
 
@@ -117,7 +118,7 @@ def resolve_config(stage: Stage, run: Path, settings: Any, num_shards: int, chun
 def _changed_keys(old: dict, new: dict) -> list[str]:
     keys = set(old.get("settings", {})) | set(new["settings"])
     changed = [k for k in sorted(keys) if old.get("settings", {}).get(k) != new["settings"].get(k)]
-    for k in ("chunk_groups", "input_config_hash", "schema_version"):
+    for k in ("chunk_groups", "inputs", "schema_version"):
         if old.get(k) != new.get(k):
             changed.append(k)
     return changed
@@ -136,12 +137,16 @@ def prepare_stage_dir(stage: Stage, run: Path, config: dict, overwrite: bool) ->
                 raise GpoError(
                     f"{out} was started with {old.get('num_shards')} shards, not {config['num_shards']}; "
                     "use the same --shard count or --overwrite")
+        elif not same and not overwrite and not artifacts.has_outputs(out):
+            with all_shard_locks(out, "not replacing its settings"):  # a failed start left only config.json
+                pass
         elif not same and not overwrite:
             changed = ", ".join(_changed_keys(old, config)) or "settings"
             raise GpoError(
                 f"{out} was made with different settings (changed: {changed}); rerun with --overwrite to replace it")
         if overwrite and (not same or old.get("num_shards") != config["num_shards"]):
-            artifacts.remove_stage_outputs(out)
+            with all_shard_locks(out):  # never delete what a running process is writing
+                artifacts.remove_stage_outputs(out)
     out.mkdir(parents=True, exist_ok=True)
     artifacts.write_json_atomic(old_path, config)
     return out
@@ -189,11 +194,14 @@ def run_stage(stage: Stage, run: Path, settings: Any, *, input_table: pa.Table |
     index, num_shards = shard
     run = Path(run)
     if stage.input is not None:
-        artifacts.require_success(run, stage.input)
+        lineage.require_fresh(run, stage.input)
         artifacts.verify_stage(run, stage.input)
+    if stage.resolve_settings is not None:
+        settings = stage.resolve_settings(run, settings)
     config = resolve_config(stage, run, settings, num_shards, chunk_groups)
     out = prepare_stage_dir(stage, run, config, overwrite)
     with shard_lock(out, index):
+        artifacts.remove_temp_files(out, index)  # left by a writer of this shard that was killed
         done = finished_manifest(stage, out, config, index, log)
         if done is not None:
             artifacts.mark_success_if_complete(out, num_shards, config["config_hash"])
@@ -203,7 +211,18 @@ def run_stage(stage: Stage, run: Path, settings: Any, *, input_table: pa.Table |
 
 
 @contextmanager
-def shard_lock(out: Path, index: int) -> Iterator[None]:
+def all_shard_locks(out: Path, action: str = "overwrite it") -> Iterator[None]:
+    """Every shard lock of a stage at once (for --overwrite); refused while any shard is being run."""
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:
+        for path in sorted((out / "_shards").glob("*.lock")):
+            stack.enter_context(shard_lock(out, int(path.stem), action=action))
+        yield
+
+
+@contextmanager
+def shard_lock(out: Path, index: int, action: str = "not starting a second one") -> Iterator[None]:
     """One process per shard: a second one started by mistake says so and exits (the lock dies with its owner)."""
     import fcntl
 
@@ -215,7 +234,7 @@ def shard_lock(out: Path, index: int) -> Iterator[None]:
         except BlockingIOError:
             handle.seek(0)
             owner = handle.read().strip() or "another process"
-            raise GpoError(f"shard {index} of {out} is being run by {owner}; not starting a second one") from None
+            raise GpoError(f"shard {index} of {out} is being run by {owner}; {action}") from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()} on {socket.gethostname()}")

@@ -1,0 +1,59 @@
+"""What a stage was built on: the identity of each finished stage, and whether a stage has gone stale.
+
+A stage's config.json records `inputs`: the identity of the stage it read, taken when it started. An
+identity hashes a stage's config hash (which holds its own inputs, so identities chain back to `sample`)
+with the sha256 of every part its manifests list. A stage whose recorded input no longer matches, or
+whose input is itself stale, is stale: the next stage refuses it instead of silently reusing it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from stages.core import artifacts
+from stages.core.errors import GpoError
+
+
+def identity(run: Path, stage: str) -> str | None:
+    """The identity of a finished stage; None while it is unfinished (or not a runner stage)."""
+    out = artifacts.stage_dir(run, stage)
+    config = artifacts.runner_config(out) if out.is_dir() else None
+    if config is None or not (out / "_SUCCESS").exists():
+        return None
+    manifests = artifacts.finished_manifests(out, config)
+    if len(manifests) != int(config["num_shards"]):
+        return None
+    digests = sorted(f["sha256"] for m in manifests.values() for f in m.get("files", []))
+    return artifacts.sha256_bytes(json.dumps([config["config_hash"], digests]).encode())[:16]
+
+
+def stale_reason(run: Path, stage: str) -> tuple[str, str] | None:
+    """(the earliest stage to redo, why) when `stage` or anything it was built on changed after it ran.
+
+    Why is "unfinished" when that stage was started again (e.g. with --overwrite) and has not finished."""
+    config = artifacts.runner_config(artifacts.stage_dir(run, stage))
+    if config is None:
+        return None
+    for upstream, recorded in (config.get("inputs") or {}).items():
+        if not (artifacts.stage_dir(run, upstream) / "_SUCCESS").exists():
+            return upstream, "unfinished"
+        deeper = stale_reason(run, upstream)
+        if deeper is not None:
+            return deeper
+        if identity(run, upstream) != recorded:
+            return stage, f"{upstream} changed after {stage} ran"
+    return None
+
+
+def require_fresh(run: Path, stage: str) -> None:
+    """Refuse to read a stage that has not finished or that was built on something that has since changed."""
+    artifacts.require_success(run, stage)
+    found = stale_reason(run, stage)
+    if found is not None:
+        name, why = found
+        if why == "unfinished":
+            raise GpoError(f"stage '{name}' was started again and has not finished: finish it with "
+                           f"`gpo {name} --run {run}` (same options), then the stages after it")
+        raise GpoError(f"stage '{name}' is stale ({why}): redo it with `gpo {name} --run {run} --overwrite` "
+                       f"(and its other options), then the stages after it")
