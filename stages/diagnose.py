@@ -72,7 +72,7 @@ COLUMNS = {"estimate": ["problem_id", "sample_idx", "step_idx", "token_start", "
 
 def _read(run: Path, table: str) -> list[dict] | None:
     folder = artifacts.table_dir(run, table)
-    files = artifacts.part_files(folder) if folder is not None else []
+    files = artifacts.table_parts(run, table) if folder is not None else []  # manifest-listed parts only
     if not files:
         return None
     return pq.ParquetDataset(files).read(columns=COLUMNS.get(table)).to_pylist()
