@@ -22,7 +22,7 @@ from stages import sample
 from stages.core import artifacts
 from stages.core.errors import GpoError
 from stages.core.runner import Context, Stage
-from stages.core.values import wilson_interval
+from stages.core.values import problem_mean_ci
 
 EVAL_SCHEMA = sample.SAMPLE_SCHEMA.append(pa.field("mode", pa.string())).append(pa.field("label", pa.string()))
 
@@ -84,18 +84,6 @@ def maj_at_k(answers: list[tuple[str | None, int]], k: int) -> float:
     return float(next(r for a, r in first if a == winner))
 
 
-def mean_ci(values: list[float]) -> tuple[float, float, float]:
-    """Mean and a normal-approximation 95% interval over problems (Wilson when values are 0/1)."""
-    n = len(values)
-    mean = sum(values) / n
-    if all(v in (0.0, 1.0) for v in values):
-        lo, hi = wilson_interval(int(sum(values)), n)
-        return mean, lo, hi
-    var = sum((v - mean) ** 2 for v in values) / max(1, n - 1)
-    half = 1.96 * math.sqrt(var / n)
-    return mean, max(0.0, mean - half), min(1.0, mean + half)
-
-
 def summarize(rows: list[dict], ks: tuple[int, ...] = (1, 4, 8)) -> dict:
     """Per mode and per problem source: accuracy with an interval, pass@k and maj@k where n allows."""
     out: dict = {}
@@ -106,7 +94,7 @@ def summarize(rows: list[dict], ks: tuple[int, ...] = (1, 4, 8)) -> dict:
         per_problem = {pid: sorted(rs, key=lambda r: r["sample_idx"]) for pid, rs in problems.items()}
         n = min(len(rs) for rs in per_problem.values())
         acc = [sum(r["reward"] for r in rs) / len(rs) for rs in per_problem.values()]
-        mean, lo, hi = mean_ci(acc)
+        mean, lo, hi = problem_mean_ci(acc)
         entry = {"problems": len(per_problem), "samples_per_problem": n, "pass@1": mean, "ci_low": lo,
                  "ci_high": hi, "mean_response_tokens": sum(r["num_response_tokens"] for r in rows
                                                             if r["mode"] == mode and r["source"] == source)

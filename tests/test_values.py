@@ -1,5 +1,6 @@
 """Values, Wilson intervals, advantages and every critical-step selection rule."""
 
+import random
 import subprocess
 import sys
 
@@ -168,3 +169,32 @@ def test_random_is_seeded_uniform_and_reproducible():
 def test_random_needs_a_seed():
     with pytest.raises(ValueError, match="rng_seed"):
         select_critical("random", [0.5, 0.0], reward=0)
+
+
+def test_one_interval_definition_eval_and_report_sql_agree():
+    """eval (problem_mean_ci) and the report's SQL give the same problem-clustered interval."""
+    import duckdb
+
+    from stages.core.values import problem_mean_ci
+    from stages.report import accuracy_sql
+
+    rng = random.Random(0)
+    rows = [("m", "sampled", f"p{i}", s, int(rng.random() < 0.3 + 0.4 * (i % 2)))
+            for i in range(40) for s in range(4)]  # 4 correlated samples per problem
+    rows += [("m", "greedy", f"p{i}", 0, i % 3 == 0) for i in range(40)]  # one 0/1 per problem: Wilson
+    con = duckdb.connect()
+    con.execute("create table evals (label varchar, mode varchar, problem_id varchar, sample_idx int, reward int)")
+    con.executemany("insert into evals values (?, ?, ?, ?, ?)", rows)
+    for label, mode, problems, samples, acc, lo, hi in con.execute(accuracy_sql("evals", "label, mode")).fetchall():
+        per_problem = {}
+        for r in rows:
+            if r[1] == mode:
+                per_problem.setdefault(r[2], []).append(r[4])
+        mean, plo, phi = problem_mean_ci([sum(v) / len(v) for v in per_problem.values()])
+        assert (acc, lo, hi) == pytest.approx((mean, plo, phi), abs=1e-4), mode
+    # clustered by problem: wider than treating the 160 sampled answers as independent
+    sampled = [sum(r[4] for r in rows if r[1] == "sampled" and r[2] == f"p{i}") / 4 for i in range(40)]
+    _, lo, hi = problem_mean_ci(sampled)
+    from stages.core.values import wilson_interval
+    wlo, whi = wilson_interval(sum(r[4] for r in rows if r[1] == "sampled"), 160)
+    assert hi - lo > whi - wlo

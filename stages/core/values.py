@@ -43,6 +43,21 @@ def wilson_interval(n_correct: int, n: int, z: float = 1.96) -> tuple[float, flo
     return max(0.0, center - half), min(1.0, center + half)
 
 
+def problem_mean_ci(per_problem: Sequence[float], z: float = 1.96) -> tuple[float, float, float]:
+    """Mean over problems and its 95% interval, clustered by problem: the unit is a problem's mean reward,
+    never one sample (a problem's samples are not independent). Wilson when every value is 0/1 (one sample
+    per problem), else mean +- z sd / sqrt(problems). The one definition: eval, demo and the report's SQL
+    (stages/report.py accuracy_sql, kept equal by a test) use it."""
+    n = len(per_problem)
+    mean = sum(per_problem) / n
+    if all(v in (0.0, 1.0) for v in per_problem):
+        lo, hi = wilson_interval(int(sum(per_problem)), n, z)
+        return mean, lo, hi
+    var = sum((v - mean) ** 2 for v in per_problem) / max(1, n - 1)
+    half = z * math.sqrt(var / n)
+    return mean, max(0.0, mean - half), min(1.0, mean + half)
+
+
 def decided(n_correct: int, n: int, threshold: float = 0.5, z: float = 1.96) -> bool:
     """True once the Wilson interval excludes ``threshold``: an adaptive-K estimator may stop."""
     lo, hi = wilson_interval(n_correct, n, z)
