@@ -47,6 +47,20 @@ def agreement(run: Path) -> dict:
             "agreement": agree / failed if failed else None, "located_share": located / failed if failed else None}
 
 
+def pair_divergence(root: Path) -> dict:
+    """Per arm: where chosen and rejected diverge (tokens, share of the rejected, vs its first wrong line)."""
+    from stages.diagnose import pair_divergence as divergence
+
+    found = {}
+    for arm, (run, data) in {"gpo": ("gpo", "gpo"), "gpo-bisect": ("gpo-bisect", "gpo"),
+                             "random-reset": ("gpo", "random-reset"), "same-samples": ("gpo", "baseline"),
+                             "tokens-matched": ("tokens-matched", "baseline")}.items():
+        for row in divergence(root / run):
+            if row["data"] == data:
+                found[arm] = row
+    return found
+
+
 def verdict(low: float, high: float) -> str:
     if low > 0:
         return "GPO better"
@@ -76,8 +90,14 @@ def collect(plan, data: dict, labels: list[str], root: Path, timings, wall: floa
         training[arm] = {"optimizer_steps": s["global_step"], "batch_size": plan.batch_size,
                          "distinct_pairs": s["rows"], "duplicates_dropped": s.get("duplicates_dropped", 0),
                          **arm_cost(root, arm)}
+    from gpo_cli.diagnose_cmd import headline
+    from stages import diagnose
+
+    premise = diagnose.diagnose(root / "gpo", permutations=100)
+    diagnose.write(root / "gpo", premise)
     return {"task": plan.task, "plan": plan.__dict__, "budget": data["budget"], "accuracy": accuracy,
-            "paired": paired, "training": training,
+            "paired": paired, "training": training, "diagnose": headline(premise),
+            "pair_divergence": pair_divergence(root),
             "agreement": {"gpo": agreement(root / "gpo"), "gpo-bisect": agreement(root / "gpo-bisect")},
             "timings": timings, "wall_seconds": wall}
 
@@ -110,6 +130,14 @@ def print_summary(r: dict) -> None:
         if a["agreement"] is not None:
             out.print(f"{arm}: critical step = first wrong line for {a['agrees']}/{a['failed_with_truth']} failed "
                       f"trajectories ({a['agreement']:.3f}; located {a['located_share']:.3f})")
+    out.print("where chosen and rejected diverge (token; share of the rejected response; before/at/after its "
+              "first wrong line):")
+    for arm, d in r["pair_divergence"].items():
+        v = d["vs_first_wrong_line"]
+        sides = f"{v['before']:.2f}/{v['at']:.2f}/{v['after']:.2f}" if v["pairs"] else "n/a"
+        out.print(f"  {arm}: median token {d['diverge_tokens_median']:g}, share {d['diverge_share_median'] or 0:.2f}, "
+                  f"{sides}; {d['pairs']} pairs, {d['duplicate_share']:.0%} exact duplicates")
+    out.print("gpo diagnose (the GPO run): " + "\n  ".join(r["diagnose"]))
     out.print(f"budget matching: {r['budget']['rule']}")
     out.print("wall time: " + ", ".join(f"{name} {sec:.0f}s" for name, sec in r["timings"])
               + f"; total {r['wall_seconds']:.0f}s")
