@@ -7,8 +7,8 @@ Procedure (the one the README records): build every arm's training data exactly 
 split, seed 0); for each (learning rate, beta) in the grid, train all five arms with the demo's optimizer steps
 and batch; score each on the validation split (`split=valid`: problems disjoint from train and test by a hash
 of the question) by sampled pass@1; choose the setting with the best *average over the arms*, so the choice
-favours no arm. Writes bench/results/select_hparams[-<task>].json; the demo's DemoPlan carries the choice
-(a test keeps the two equal).
+favours no arm. Writes bench/results/select_hparams[-<task>].json; `gpo demo` reads its choice from
+bench/results/select_hparams.json (toy:borrow's, also used for toy:arith).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-GRID_LR = (3e-6, 1e-5, 3e-5)
+GRID_LR = (1e-5, 3e-5, 1e-4)
 GRID_BETA = (0.1,)
 
 
@@ -48,7 +48,7 @@ def select(task: str, quick: bool, work: Path, lrs, betas, valid_problems: int) 
                 label = f"{arm}-{tag}"
                 gpo(f"eval {label}", "eval", "--model", path, "--problems", valid, "--run", work / "valid",
                     "--label", label, "--n", plan.eval_n, "--temperature", 1.0, "--max-new-tokens",
-                    get(task).max_new_tokens, "--backend", "hf", "--greedy")
+                    get(task).max_new_tokens, "--backend", "hf", "--no-greedy")
                 summary = evaluation.write_summary(work / "valid", label, (1,))
                 scores[arm] = next(iter(summary["modes"]["sampled"].values()))["pass@1"]
             rows.append({"learning_rate": lr, "beta": beta, "per_arm": scores,

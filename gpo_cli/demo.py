@@ -46,20 +46,37 @@ class DemoPlan:
     bisect_k: int = 4
     m: int = 5  # branches at the critical state: its 4 rollouts + the trajectory's own continuation
     eval_n: int = 4  # samples per test problem (plus one greedy)
-    # Training, identical for every arm. learning_rate and beta: chosen on the validation split by
-    # bench/select_hparams.py (bench/results/select_hparams.json; a test keeps them equal).
-    steps: int = 60
+    # Training, identical for every arm. learning_rate and beta: None reads the choice that
+    # bench/select_hparams.py made on the validation split (bench/results/select_hparams.json).
+    steps: int = 40
     batch_size: int = 16
-    learning_rate: float = 1e-5
-    beta: float = 0.1
+    learning_rate: float | None = None
+    beta: float | None = None
 
 
 PLANS = {
-    ("borrow", False): DemoPlan("borrow", train_problems=160, test_problems=400, steps=60),
+    ("borrow", False): DemoPlan("borrow", train_problems=128, test_problems=300, steps=40),
     ("borrow", True): DemoPlan("borrow", train_problems=24, test_problems=48, eval_n=2, steps=6),
-    ("arith", False): DemoPlan("arith", train_problems=600, test_problems=500, steps=60),
+    ("arith", False): DemoPlan("arith", train_problems=300, test_problems=300, steps=40),
     ("arith", True): DemoPlan("arith", train_problems=64, test_problems=100, eval_n=2, steps=6),
 }
+
+
+CHOICE = Path(__file__).resolve().parent.parent / "bench" / "results" / "select_hparams.json"
+
+
+def with_chosen_hparams(plan: DemoPlan) -> DemoPlan:
+    """Fill learning rate and beta from the validation-split choice (toy:borrow's; toy:arith uses the same)."""
+    if plan.learning_rate is not None and plan.beta is not None:
+        return plan
+    import json
+
+    if not CHOICE.exists():
+        raise GpoError(f"{CHOICE} is missing: run `python bench/select_hparams.py` to choose the demo's "
+                       "learning rate and beta on the validation split")
+    chosen = json.loads(CHOICE.read_text())["chosen"]
+    return replace(plan, learning_rate=plan.learning_rate or chosen["learning_rate"],
+                   beta=plan.beta or chosen["beta"])
 
 
 class Runner:
@@ -174,7 +191,7 @@ def run_demo(root: Path, quick: bool, task: str = "borrow", seed: int = 0, model
     from stages.core.artifacts import write_json_atomic
     from stages.core.toy_tasks import get
 
-    plan = PLANS[(get(task).name, quick)]
+    plan = with_chosen_hparams(PLANS[(get(task).name, quick)])
     model = shown(model or get(task).model_dir)
     if not (model / "config.json").exists():
         raise GpoError(f"the {task} model is missing at {model}: run `gpo toy build --task {task}`")
@@ -207,6 +224,3 @@ def matched_budget(gpo_run: Path, plan: DemoPlan) -> dict:
                      f"the {int(mc_tokens)} Monte Carlo tokens); random reset: {random_m} continuations per failed "
                      "trajectory (GPO's rollouts per failed trajectory)")}
 
-
-def quick_plan(plan: DemoPlan, **changes) -> DemoPlan:
-    return replace(plan, **changes)
