@@ -32,8 +32,9 @@ def shared(per_state):
 
 @pytest.fixture(scope="module")
 def state_requests(per_state):
-    """Every line state of 4 sampled toy trajectories (K=3 each, rollouts cut at 16 tokens to keep it quick) plus a duplicate and an unrelated prompt,
-    in an interleaved order, as estimate would send them; and the trajectories' lengths."""
+    """Every line state of 4 sampled toy trajectories (K=3 each, rollouts cut at 16 tokens to keep it quick),
+    plus a duplicate and an unrelated prompt, interleaved as estimate might send them; and the trajectories'
+    lengths."""
     from stages.core.sources import load_problems
     from stages.core.steps import make_splitter
 
