@@ -28,12 +28,12 @@ GRID_BETA = (0.1,)
 
 
 def select(task: str, quick: bool, work: Path, lrs, betas, valid_problems: int) -> dict:
-    from gpo_cli.demo import ARMS, PLANS, Runner, generate_data, source, train_arms
+    from gpo_cli.demo import ARMS, PLANS, Runner, generate_data, shown, source, train_arms
     from stages import eval as evaluation
     from stages.core.toy_tasks import get
 
     plan = PLANS[(task, quick)]
-    model = get(task).model_dir
+    model = shown(get(task).model_dir)  # as `gpo demo` names it, so its seed 0 reuses this data
     gpo, started = Runner(), time.time()
     data = generate_data(work, plan, model, 0, gpo)
     valid = source(plan, "valid" if "valid" in get(task).splits else "train", valid_problems, 1)
