@@ -48,16 +48,16 @@ class DemoPlan:
     eval_n: int = 4  # samples per test problem (plus one greedy)
     # Training, identical for every arm. learning_rate and beta: None reads the choice that
     # bench/select_hparams.py made on the validation split (bench/results/select_hparams.json).
-    steps: int = 40
-    batch_size: int = 16
+    steps: int = 30
+    batch_size: int = 8
     learning_rate: float | None = None
     beta: float | None = None
 
 
 PLANS = {
-    ("borrow", False): DemoPlan("borrow", train_problems=128, test_problems=300, steps=40),
-    ("borrow", True): DemoPlan("borrow", train_problems=24, test_problems=48, eval_n=2, steps=6),
-    ("arith", False): DemoPlan("arith", train_problems=300, test_problems=300, steps=40),
+    ("borrow", False): DemoPlan("borrow", train_problems=40, test_problems=150),
+    ("borrow", True): DemoPlan("borrow", train_problems=12, test_problems=40, eval_n=2, steps=6),
+    ("arith", False): DemoPlan("arith", train_problems=150, test_problems=300),
     ("arith", True): DemoPlan("arith", train_problems=64, test_problems=100, eval_n=2, steps=6),
 }
 

@@ -63,3 +63,16 @@ def test_hyperparameter_selection_never_reads_the_test_split(tmp_path):
     sources = [s for s in sources if s]
     assert sources and not any("split=test" in s for s in sources)
     assert any("split=train" in s for s in sources)
+
+
+def test_demo_uses_the_validation_choice_at_the_steps_it_was_chosen_for():
+    from gpo_cli.demo import CHOICE, with_chosen_hparams
+
+    chosen = json.loads(CHOICE.read_text())
+    assert not chosen["quick"] and chosen["task"] == "borrow"
+    assert "split=valid" in chosen["validation_source"]
+    plan = with_chosen_hparams(PLANS[("borrow", False)])
+    assert (plan.learning_rate, plan.beta) == (chosen["chosen"]["learning_rate"], chosen["chosen"]["beta"])
+    assert (plan.steps, plan.batch_size) == (chosen["optimizer_steps"], chosen["batch_size"])
+    best = max(chosen["grid"], key=lambda r: r["mean_over_arms"])
+    assert chosen["chosen"]["learning_rate"] == best["learning_rate"]
