@@ -185,8 +185,8 @@ def _llamafactory(r: _Run, out: Path, data: str, pairs: list[dict]) -> list[Path
                 {**head, "output": rejected, "kto_tag": False, **ids}]
     stem = f"gpo_{data.replace('-', '_')}"
     alpaca = {"prompt": "instruction", "query": "input", "system": "system"}
-    entries = {f"{stem}_pairwise": ({"ranking": True, "columns": {**alpaca, "chosen": "chosen", "rejected": "rejected"}},
-                                    pairwise),
+    pair_columns = {**alpaca, "chosen": "chosen", "rejected": "rejected"}
+    entries = {f"{stem}_pairwise": ({"ranking": True, "columns": pair_columns}, pairwise),
                f"{stem}_kto": ({"columns": {**alpaca, "response": "output", "kto_tag": "kto_tag"}}, kto)}
     paths = []
     for name, (attrs, records) in entries.items():
