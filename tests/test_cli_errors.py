@@ -9,7 +9,7 @@ from gpo_cli.main import app
 
 runner = CliRunner()
 COMMANDS = ["sample", "estimate", "locate", "branch", "train", "eval", "export", "status", "sql", "show",
-            "report", "demo", "slurm", "smollm2", "toy"]
+            "report", "demo", "slurm", "smollm2", "toy", "diagnose"]
 
 
 @pytest.fixture
