@@ -106,6 +106,8 @@ def preflight_model(model: str, trust_remote_code: bool = False):
     path = check_model_dir(model)
     try:
         config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+    except GpoError:  # Preempted (SIGTERM) included: it must keep its exit code 143
+        raise
     except Exception as e:  # noqa: BLE001 - transformers raises OSError, ValueError, KeyError, JSON errors
         raise GpoError(f"cannot load {path / 'config.json'}: {_first_line(e)}") from None
     weights = sorted(p for pattern in WEIGHTS for p in path.glob(pattern))
@@ -118,6 +120,8 @@ def preflight_model(model: str, trust_remote_code: bool = False):
             try:
                 with safe_open(str(file), framework="np") as f:
                     f.keys()
+            except GpoError:
+                raise
             except Exception as e:  # noqa: BLE001 - SafetensorError and OSError on a damaged file
                 raise GpoError(f"{file} is not a readable safetensors file: {_first_line(e)}") from None
     try:
