@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-GRID_LR = (3e-5, 1e-4)  # at 30 steps of 8, lr 1e-5 barely moves the model
+GRID_LR = (3e-6, 1e-5, 3e-5, 1e-4)
 GRID_BETA = (0.1,)
 
 
@@ -37,6 +37,10 @@ def select(task: str, quick: bool, work: Path, lrs, betas, valid_problems: int) 
     gpo, started = Runner(), time.time()
     data = generate_data(work, plan, model, 0, gpo)
     valid = source(plan, "valid" if "valid" in get(task).splits else "train", valid_problems, 1)
+    gpo("eval base", "eval", "--model", model, "--problems", valid, "--run", work / "valid", "--label", "base",
+        "--n", plan.eval_n, "--temperature", 1.0, "--max-new-tokens", get(task).max_new_tokens, "--backend", "hf",
+        "--no-greedy")
+    base = next(iter(evaluation.write_summary(work / "valid", "base", (1,))["modes"]["sampled"].values()))["pass@1"]
     rows = []
     for lr in lrs:
         for beta in betas:
@@ -55,7 +59,7 @@ def select(task: str, quick: bool, work: Path, lrs, betas, valid_problems: int) 
                          "mean_over_arms": sum(scores.values()) / len(scores)})
     best = max(rows, key=lambda r: r["mean_over_arms"])
     return {"task": task, "quick": quick, "validation_source": valid, "arms": list(ARMS),
-            "optimizer_steps": plan.steps, "batch_size": plan.batch_size, "grid": rows,
+            "optimizer_steps": plan.steps, "batch_size": plan.batch_size, "base_model": base, "grid": rows,
             "chosen": {"learning_rate": best["learning_rate"], "beta": best["beta"]},
             "per_arm_best": {arm: max(rows, key=lambda r: r["per_arm"][arm])["learning_rate"] for arm in ARMS},
             "rule": "best mean over arms of sampled pass@1 on the validation split",
@@ -81,6 +85,7 @@ def main() -> None:
     for r in result["grid"]:
         print(f"{r['learning_rate']:>8g} {r['beta']:>5g} "
               + " ".join(f"{r['per_arm'][arm]:>14.3f}" for arm in result["arms"]) + f"   {r['mean_over_arms']:.3f}")
+    print(f"base model: {result['base_model']:.3f}")
     print(f"chosen: {result['chosen']} ({result['rule']}); wrote {out}")
 
 
