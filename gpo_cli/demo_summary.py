@@ -49,16 +49,14 @@ def agreement(run: Path) -> dict:
 
 def pair_divergence(root: Path) -> dict:
     """Per arm: where chosen and rejected diverge (tokens, share of the rejected, vs its first wrong line)."""
+    from gpo_cli.demo import arm_data
     from stages.diagnose import pair_divergence as divergence
 
+    runs = {name: root / name for name in ("gpo", "gpo-bisect", "tokens-matched")}
     found = {}
-    for arm, (run, data) in {"gpo": ("gpo", "gpo"), "gpo-bisect": ("gpo-bisect", "gpo"),
-                             "random-reset": ("gpo", "random-reset"), "same-samples": ("gpo", "baseline"),
-                             "tokens-matched": ("tokens-matched", "baseline")}.items():
-        for row in divergence(root / run):
-            if row["data"] == data:
-                found[arm] = row
-    return found
+    for arm, (run, data) in arm_data(runs).items():
+        found[arm] = next((row for row in divergence(run) if row["data"] == data), None)
+    return {arm: row for arm, row in found.items() if row is not None}
 
 
 def verdict(low: float, high: float) -> str:
