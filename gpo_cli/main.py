@@ -7,8 +7,23 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated
+import signal
+import sys
+
+
+def _sigterm_while_starting(signum, frame):
+    sys.stderr.write("error: received SIGTERM while starting: nothing was written; rerun the same command\n")
+    sys.exit(143)
+
+
+# Run as a program (the `gpo` script or `python -m gpo_cli.main`): a preemption that lands while the imports
+# below are still loading exits 143 like one during a stage, not by the default action (-15). The stage
+# runner installs its own handler for the work itself; a library import changes nothing.
+if __name__ == "__main__" or sys.argv[0].endswith("/gpo"):
+    signal.signal(signal.SIGTERM, _sigterm_while_starting)
+
+from pathlib import Path  # noqa: E402
+from typing import Annotated  # noqa: E402
 
 import typer
 

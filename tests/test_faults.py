@@ -107,3 +107,26 @@ def test_sigterm_stops_a_stage_cleanly_and_rerun_completes(reference, tmp_path):
     assert not list(run.rglob(".tmp-*"))
     finish(run, "sample")
     assert rows(run, "sample") == rows(ref, "sample")
+
+
+def test_gpo_run_as_a_program_handles_sigterm_before_its_imports_and_a_library_import_does_not():
+    code = ("import signal, sys; sys.argv[0] = {argv0!r}; import gpo_cli.main; "
+            "h = signal.getsignal(signal.SIGTERM); print(getattr(h, '__name__', h))")
+    as_script = subprocess.run([sys.executable, "-c", code.format(argv0="/venv/bin/gpo")], capture_output=True,
+                               text=True, check=True).stdout.strip()
+    as_library = subprocess.run([sys.executable, "-c", code.format(argv0="pytest")], capture_output=True,
+                                text=True, check=True).stdout.strip()
+    assert as_script == "_sigterm_while_starting" and as_library != "_sigterm_while_starting"
+
+
+@pytest.mark.parametrize("how", ["script", "module"])
+def test_sigterm_while_starting_exits_143_with_one_line(how, tmp_path):
+    """A preemption that lands while gpo is still importing exits 143 like one during a stage (not -15)."""
+    argv = [str(Path(sys.executable).parent / "gpo")] if how == "script" else GPO
+    proc = subprocess.Popen([*argv, "sample", "--help"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    time.sleep(0.3)  # past the interpreter's own start-up (no handler can run there), inside the imports
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr
+    assert "SIGTERM" in stderr and "Traceback" not in stderr
