@@ -21,7 +21,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from stages.core import toy
-from stages.core.toy_tasks import ToyTask, get, prompt_text
+from stages.core.toy import toy_prompt_text  # one prompt rule for both toy tasks
+from stages.core.toy_tasks import ToyTask, get
 
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
 # The arguments each shipped model was built with (`gpo toy build --task NAME`); see its README.
@@ -76,7 +77,7 @@ def _training_examples(tok, task: ToyTask, n: int, seed: int) -> list[tuple[list
     noise = "gpo-toy-noise" if task.name == "arith" else f"gpo-{task.name}-noise"  # arith: as first built
     rng = random.Random(f"{noise}|{seed}")
     solutions = [task.noisy_solution(p, rng) for p in problems]
-    prompts = tok([prompt_text(p["question"]) for p in problems]).input_ids
+    prompts = tok([toy_prompt_text(p["question"]) for p in problems]).input_ids
     bodies = tok(solutions, add_special_tokens=False).input_ids
     eos = tok.eos_token_id
     return [(pr + b + [eos], len(pr)) for pr, b in zip(prompts, bodies)]
@@ -132,7 +133,7 @@ def _generate(model, tok, problems: list[dict], *, sample: bool, max_new_tokens:
               num: int = 1) -> list[list[str]]:
     """num responses per problem, batched by prompt length so that no padding is needed."""
     by_len: dict[int, list[int]] = {}
-    prompts = [tok(prompt_text(p["question"])).input_ids for p in problems]
+    prompts = [tok(toy_prompt_text(p["question"])).input_ids for p in problems]
     for i, ids in enumerate(prompts):
         by_len.setdefault(len(ids), []).append(i)
     out: list[list[str]] = [[] for _ in problems]

@@ -70,7 +70,3 @@ def for_source(source: str) -> ToyTask | None:
     kind, _, name = source.partition(":")
     return TASKS.get(name) if kind == "toy" else None
 
-
-def prompt_text(question: str) -> str:
-    """The prompt a model without a chat template sees (both toy tasks): the question and a newline."""
-    return question + "\n"
