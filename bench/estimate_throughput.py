@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import resource
 import subprocess
 import sys
@@ -34,12 +33,13 @@ sys.path.insert(0, str(REPO))
 
 def build_workload(args) -> dict:
     from stages.core.answers import make_checker
-    from stages.core.backends import Request, Sampling, derive_seed
+    from stages.core.backends import Request, Sampling
+    from stages.core.values import stable_seed
     from stages.core.hf_backend import HFGenerator
     from stages.core.prompts import build_prompt
     from stages.core.sources import load_problems
     from stages.core.steps import make_splitter
-    from stages.estimate import splitter_spec
+    from stages.core.steps import splitter_spec
 
     gen = HFGenerator(args.model, dtype="fp32", device="cpu", batch_size=args.batch_size)
     tok = gen.tokenizer
@@ -47,7 +47,7 @@ def build_workload(args) -> dict:
     problems = load_problems(spec).table.to_pylist()
     prompts = [build_prompt(tok, p["question"])[1] for p in problems]
     sampling = Sampling(args.temperature, args.top_p, args.max_new_tokens)
-    outs = gen.generate([Request(tuple(ids), 1, derive_seed(7, i)) for i, ids in enumerate(prompts)], sampling)
+    outs = gen.generate([Request(tuple(ids), 1, stable_seed(7, i)) for i, ids in enumerate(prompts)], sampling)
     checker = make_checker(problems[0]["checker"])
     verdicts = checker.check_many([c.text for (c,) in outs], [p["gold_answer"] for p in problems])
     getattr(checker, "close", lambda: None)()
@@ -97,7 +97,8 @@ def run_naive(work: dict, k: int) -> dict:
 def run_backend(work: dict, k: int, variant: str, batch_size: int) -> dict:
     import random
 
-    from stages.core.backends import Request, Sampling, derive_seed
+    from stages.core.backends import Request, Sampling
+    from stages.core.values import stable_seed
 
     backend, _, order = variant.partition("-")
     if backend == "hf":
@@ -112,7 +113,7 @@ def run_backend(work: dict, k: int, variant: str, batch_size: int) -> dict:
         from stages.core.vllm_backend import VLLMGenerator
 
         gen = VLLMGenerator(work["model"], dtype="fp32")
-    requests = [Request(tuple(st["ids"]), k, derive_seed(3, i), st["budget"]) for i, st in enumerate(work["states"])]
+    requests = [Request(tuple(st["ids"]), k, stable_seed(3, i), st["budget"]) for i, st in enumerate(work["states"])]
     if order == "shuffled":  # what prefix-aware ordering (states of a trajectory together) buys
         random.Random(0).shuffle(requests)
     t0, c0 = time.time(), time.process_time()

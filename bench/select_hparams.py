@@ -31,10 +31,13 @@ def select(task: str, quick: bool, work: Path, lrs, betas, valid_problems: int) 
     from gpo_cli.demo import ARMS, PLANS, Runner, generate_data, shown, source, train_arms
     from stages import eval as evaluation
     from stages.core.toy_tasks import get
+    from typer.main import get_command
+
+    from gpo_cli.main import app
 
     plan = PLANS[(task, quick)]
     model = shown(get(task).model_dir)  # as `gpo demo` names it, so its seed 0 reuses this data
-    gpo, started = Runner(), time.time()
+    gpo, started = Runner(get_command(app)), time.time()
     data = generate_data(work, plan, model, 0, gpo)
     valid = source(plan, "valid" if "valid" in get(task).splits else "train", valid_problems, 1)
     gpo("eval base", "eval", "--model", model, "--problems", valid, "--run", work / "valid", "--label", "base",

@@ -20,18 +20,7 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)  # soft wrap: an err
 out = Console(highlight=False, soft_wrap=True)  # printed commands must stay copy-pasteable
 
 RunOpt = Annotated[Path, typer.Option("--run", help="Run directory (stage folders are created inside).")]
-ShardOpt = Annotated[str | None, typer.Option(
-    "--shard", help="This job's shard as i/N; defaults to SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT, else 0/1.")]
-OverwriteOpt = Annotated[bool, typer.Option(
-    "--overwrite", help="Replace this stage's outputs when settings changed (otherwise refused).")]
-ChunkOpt = Annotated[int, typer.Option(
-    "--chunk-groups", min=1, help="Problems per chunk: the unit of work that a crash can lose.")]
-BackendOpt = Annotated[str, typer.Option("--backend", help="Generation backend: auto (vLLM if it runs), hf or vllm.")]
-DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (bf16 on GPUs that support it, else fp32), bf16, fp16, fp32.")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1 ... (transformers backend).")]
-BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Sequences decoded at once (transformers backend).")]
-TrustOpt = Annotated[bool, typer.Option(
-    "--trust-remote-code", help="Allow model folders to run their own Python code (off by default).")]
+
 
 
 class _WarningsToStderr(logging.Handler):
@@ -69,10 +58,6 @@ def handle_errors(fn: Callable) -> Callable:
             err.print(f"[bold red]error:[/bold red] {e.strerror or e} ({e.filename or 'I/O'})")
             raise typer.Exit(1) from None
     return wrapper
-
-
-def command_line() -> str:
-    return " ".join(["gpo", *sys.argv[1:]])
 
 
 class OneLineUsageErrors(typer.core.TyperGroup):

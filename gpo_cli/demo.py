@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from gpo_cli.common import err
+from gpo_cli.demo_summary import arm_data, query, scalar
 from stages.core.errors import GpoError
 
 ARMS = ("gpo", "gpo-bisect", "random-reset", "same-samples", "tokens-matched")
@@ -82,12 +83,8 @@ def with_chosen_hparams(plan: DemoPlan) -> DemoPlan:
 class Runner:
     """Runs `gpo` commands in this process, printing each one and timing it."""
 
-    def __init__(self):
-        from typer.main import get_command
-
-        from gpo_cli.main import app
-
-        self.command = get_command(app)
+    def __init__(self, command):
+        self.command = command  # gpo's click command, handed in by `gpo demo` (no import of gpo_cli.main here)
         self.timings: list[tuple[str, float]] = []
 
     def __call__(self, name: str, *args) -> None:
@@ -100,16 +97,6 @@ class Runner:
 
             raise typer.Exit(code)
         self.timings.append((name, time.time() - t0))
-
-
-def query(run: Path, sql: str) -> list[tuple]:
-    from stages.core.query import run_query
-
-    return run_query(run, sql)[1]
-
-
-def scalar(run: Path, sql: str):
-    return query(run, sql)[0][0]
 
 
 def source(plan: DemoPlan, split: str, n: int, seed: int) -> str:
@@ -158,13 +145,6 @@ def copy_stage(src_run: Path, dst_run: Path, stage: str) -> None:
     tmp.rename(dst)
 
 
-def arm_data(runs: dict) -> dict[str, tuple[Path, str]]:
-    """arm -> (run folder, `--data` rows of its branch table)."""
-    return {"gpo": (runs["gpo"], "gpo"), "gpo-bisect": (runs["gpo-bisect"], "gpo"),
-            "random-reset": (runs["gpo"], "random-reset"), "same-samples": (runs["gpo"], "baseline"),
-            "tokens-matched": (runs["tokens-matched"], "baseline")}
-
-
 def train_arms(train_dir: Path, plan: DemoPlan, model: Path, seed: int, runs: dict, gpo: Runner) -> dict:
     """DPO on each arm's pairs with the same settings and optimizer steps; arm -> model folder."""
     models = {}
@@ -187,7 +167,9 @@ def evaluate(run: Path, plan: DemoPlan, models: dict, split: str, problems: int,
     return list(models)
 
 
-def run_demo(root: Path, quick: bool, task: str = "borrow", seed: int = 0, model: Path | None = None) -> dict:
+def run_demo(root: Path, quick: bool, task: str = "borrow", seed: int = 0, model: Path | None = None, *,
+             command) -> dict:
+    """`command`: gpo's click command, which runs each step in this process."""
     from stages.core.artifacts import write_json_atomic
     from stages.core.toy_tasks import get
 
@@ -195,15 +177,15 @@ def run_demo(root: Path, quick: bool, task: str = "borrow", seed: int = 0, model
     model = shown(model or get(task).model_dir)
     if not (model / "config.json").exists():
         raise GpoError(f"the {task} model is missing at {model}: run `gpo toy build --task {task}`")
-    gpo, started = Runner(), time.time()
+    gpo, started = Runner(command), time.time()
     data = generate_data(root, plan, model, seed, gpo)
     models = {"base": model, **train_arms(root / "train", plan, model, seed, data["runs"], gpo)}
     labels = evaluate(root / "gpo", plan, models, "test", plan.test_problems, gpo)
     gpo("report", "report", root / "gpo")
-    from gpo_cli.demo_summary import collect, print_summary
+    from gpo_cli.demo_summary import collect, print_demo_summary
 
     results = collect(plan, data, labels, root, gpo.timings, time.time() - started)
-    print_summary(results)
+    print_demo_summary(results)
     write_json_atomic(root / "summary.json", results)
     return results
 

@@ -17,6 +17,23 @@ ARM_TOKENS = {  # arm -> (run, stages whose manifests it pays for, branch tag wh
 }
 
 
+def query(run: Path, sql: str) -> list[tuple]:
+    from stages.core.query import run_query
+
+    return run_query(run, sql)[1]
+
+
+def scalar(run: Path, sql: str):
+    return query(run, sql)[0][0]
+
+
+def arm_data(runs: dict) -> dict[str, tuple[Path, str]]:
+    """arm -> (run folder, `--data` rows of its branch table)."""
+    return {"gpo": (runs["gpo"], "gpo"), "gpo-bisect": (runs["gpo-bisect"], "gpo"),
+            "random-reset": (runs["gpo"], "random-reset"), "same-samples": (runs["gpo"], "baseline"),
+            "tokens-matched": (runs["tokens-matched"], "baseline")}
+
+
 def stage_stats(run: Path, stage: str) -> dict:
     """The stats of a finished stage, summed over its shard manifests."""
     total: dict = {}
@@ -39,7 +56,6 @@ def arm_cost(root: Path, arm: str) -> dict:
 def agreement(run: Path) -> dict:
     """Critical step vs the known first wrong line, over all failed trajectories that have one (an
     unlocated trajectory counts as a miss), and the located share."""
-    from gpo_cli.demo import query
 
     failed, located, agree = query(run, "select count(*), count(critical_step), count(*) filter (where agrees) "
                                         "from locate where first_wrong_line is not null")[0]
@@ -49,8 +65,7 @@ def agreement(run: Path) -> dict:
 
 def pair_divergence(root: Path) -> dict:
     """Per arm: where chosen and rejected diverge (tokens, share of the rejected, vs its first wrong line)."""
-    from gpo_cli.demo import arm_data
-    from stages.diagnose import pair_divergence as divergence
+    from stages.tools.diagnose import pair_divergence as divergence
 
     runs = {name: root / name for name in ("gpo", "gpo-bisect", "tokens-matched")}
     found = {}
@@ -89,7 +104,7 @@ def collect(plan, data: dict, labels: list[str], root: Path, timings, wall: floa
                          "distinct_pairs": s["rows"], "duplicates_dropped": s.get("duplicates_dropped", 0),
                          **arm_cost(root, arm)}
     from gpo_cli.diagnose_cmd import headline
-    from stages import diagnose
+    from stages.tools import diagnose
 
     premise = diagnose.diagnose(root / "gpo", permutations=100)
     diagnose.write(root / "gpo", premise)
@@ -100,7 +115,7 @@ def collect(plan, data: dict, labels: list[str], root: Path, timings, wall: floa
             "timings": timings, "wall_seconds": wall}
 
 
-def print_summary(r: dict) -> None:
+def print_demo_summary(r: dict) -> None:
     from rich.table import Table
 
     t = Table(title=f"toy:{r['task']} test accuracy (DPO, same hyperparameters and optimizer steps; "

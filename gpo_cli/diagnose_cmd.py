@@ -22,7 +22,7 @@ def _sides_text(v: dict) -> str:
 
 
 def headline(summary: dict) -> list[str]:
-    """A few printable lines of `stages.diagnose.diagnose(run)` (the demo prints them): verdict first."""
+    """A few printable lines of `stages.tools.diagnose.diagnose(run)` (the demo prints them): verdict first."""
     lines = [f"verdict: {summary['verdict']}"]
     truth = summary["repeatability_first_wrong_line"]
     crit = summary["repeatability_critical_step"]
@@ -57,7 +57,7 @@ def diagnose(
 ):
     """Does GPO's premise hold here? Repeatability of critical steps vs a shuffled null, diversity of
     correct solutions, critical-step positions, truncation, where preference pairs diverge."""
-    from stages import diagnose as d
+    from stages.tools import diagnose as d
 
     summary = d.diagnose(run, permutations=permutations, seed=seed)
     if summary["incomplete_stages"]:

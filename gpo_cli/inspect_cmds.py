@@ -33,10 +33,11 @@ def status(run: Annotated[Path, typer.Argument(help="Run directory.")]):
         table.add_row(r["stage"], f"{r['done']}/{r['num_shards']}", str(r["rows"]), state,
                       array_spec(r["unfinished"]) or "-")
     out.print(table)
+    from stages.tools.slurm import resubmit_command, script_path
+
     for r in rows:
-        if r["unfinished"] and (Path(run) / "slurm" / f"{r['stage']}.sbatch").exists():
-            out.print(f"resubmit {r['stage']}: sbatch --array={array_spec(r['unfinished'])} "
-                      f"{Path(run) / 'slurm' / (r['stage'] + '.sbatch')}")
+        if r["unfinished"] and script_path(run, r["stage"]).exists():
+            out.print(f"resubmit {r['stage']}: {resubmit_command(run, r['stage'], r['unfinished'])}")
 
 
 def sql(

@@ -7,7 +7,7 @@ from rich.table import Table
 from gpo_cli.common import out
 
 
-def print_summary(summary: dict) -> None:
+def print_eval_summary(summary: dict) -> None:
     table = Table(title=f"eval {summary['label']} ({summary['model']})")
     for col in ("mode", "source", "problems", "n", "pass@1", "95% CI", "other"):
         table.add_column(col)

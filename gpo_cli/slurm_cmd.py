@@ -19,6 +19,8 @@ def stage_commands(app: typer.Typer, run: Path, stages: list[str], stage_args: l
     """stage -> full argv; each one is parsed by the real command now so a typo fails here, not in the queue."""
     from typer.main import get_command
 
+    from gpo_cli.adapter import COMMANDS
+
     extra: dict[str, list[str]] = {}
     for item in stage_args:
         stage, sep, args = item.partition("=")
@@ -37,7 +39,11 @@ def stage_commands(app: typer.Typer, run: Path, stages: list[str], stage_args: l
         if command is None:
             raise GpoError(f"unknown stage {stage!r}")
         try:
-            command.make_context(name, list(argv), resilient_parsing=False)
+            ctx = command.make_context(name, list(argv), resilient_parsing=False)
+            if name in COMMANDS:  # a stage: its settings (merged with --config) must be complete and valid
+                COMMANDS[name].check(ctx)
+        except GpoError as e:
+            raise GpoError(f"gpo {name} {shlex.join(argv)}: {e}") from None
         except Exception as e:  # click's usage errors: missing or unknown options
             why = e.format_message() if hasattr(e, "format_message") else str(e)  # MissingParameter's .message is ''
             raise GpoError(f"gpo {name} {shlex.join(argv)}: {why}") from None
@@ -71,7 +77,7 @@ def register(app: typer.Typer) -> None:
         submit: Annotated[bool, typer.Option("--submit/--dry-run", help="Submit the chain, or only write the scripts.")] = False,
     ):
         """Write one sbatch script per stage (arrays for sharded stages) and optionally submit them as a chain."""
-        from stages import slurm as lib
+        from stages.tools import slurm as lib
 
         stage_list = [s.strip() for s in stages.split(",") if s.strip()]
         commands = stage_commands(app, run, stage_list, args or [], train_gpus)

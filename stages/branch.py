@@ -16,10 +16,19 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from stages.core.backends import Request, derive_seed
+from stages.core.backends import Request
 from stages.core.runner import Context, Stage
-from stages.estimate import rollout_sampling, sample_settings, split_response
-from stages.sample import IDS, check_count, check_policy, score, with_policy
+from stages.core.sampling import (
+    IDS,
+    check_count,
+    check_policy,
+    rollout_sampling,
+    sampled_with,
+    with_policy,
+)
+from stages.core.settings import setting
+from stages.core.steps import split_response
+from stages.core.values import stable_seed
 
 PAIR_SCHEMA = pa.schema([
     ("pair_id", pa.string()), ("data", pa.string()), ("problem_id", pa.string()), ("sample_idx", pa.int32()),
@@ -50,19 +59,20 @@ CONTINUATION_SCHEMA = pa.schema([
 
 @dataclass(frozen=True)
 class BranchSettings:
-    m: int = 8
-    pairs_per_state: int = 1
-    prefix: str = "in-response"
-    include_original: bool = True
-    baseline: bool = False
-    random_m: int | None = None  # branches per random reset (None: m); raise it to match GPO's rollout budget
-    split: str = "auto"  # how random resets cut steps (as estimate's --split)
-    temperature: float | None = None
-    top_p: float | None = None
-    max_new_tokens: int | None = None
-    seed: int = 0
-    model: str | None = None  # None: the sample stage's policy (resolved before the run, then stored)
-    backend: str | None = None
+    m: int = setting(8, "Branches per reset state (reusing estimate's rollouts there).")
+    pairs_per_state: int = setting(1, "Preference pairs built per reset state.")
+    prefix: str = setting("in-response", "in-response (authors) or in-prompt (masked).")
+    include_original: bool = setting(True, "Count the trajectory's own continuation as a branch.")
+    baseline: bool = setting(False, "Also build whole-trajectory and random-reset pairs.")
+    random_m: int | None = setting(None, "Branches per random reset (default: --m; 0 skips random resets); "
+                                         "raise it to match GPO's rollout budget.")
+    split: str = setting("auto", "Step rule for random resets, as estimate's --split.")
+    temperature: float | None = setting(None, "Default: the sample stage's.")
+    top_p: float | None = setting(None, "Default: the sample stage's.")
+    max_new_tokens: int | None = setting(None, "Response budget incl. the kept prefix (default: sample's).")
+    seed: int = setting(0, "Seed of this stage's sampling.")
+    model: str | None = setting(None, "Policy model folder (default: the one `sample` used).")
+    backend: str | None = setting(None, "auto, hf or vllm (default: sample's).")
 
     def __post_init__(self):
         validate(self)
@@ -99,13 +109,13 @@ def original_branch(reset: Reset, tok) -> dict:
 def sample_branches(resets: list[Reset], ctx: Context, tag: str, m: int) -> None:
     """Top every reset up to m branches with fresh continuations, in one batch, and score them."""
     s: BranchSettings = ctx.settings
-    sampling = rollout_sampling(s, sample_settings(ctx))
+    sampling = rollout_sampling(s, sampled_with(ctx.run))
     todo = [(r, m - len(r.branches)) for r in resets if len(r.branches) < m]
     if not todo:
         return
     tok = ctx.generator().tokenizer
     requests = [Request(tuple(r.sample["prompt_token_ids"]) + tuple(r.prefix_ids), need,
-                        derive_seed(s.seed, "branch", tag, r.sample["problem_id"], r.sample["sample_idx"], r.state),
+                        stable_seed(s.seed, "branch", tag, r.sample["problem_id"], r.sample["sample_idx"], r.state),
                         max(1, sampling.max_new_tokens - r.prefix_tokens)) for r, need in todo]
     outputs = ctx.generator().generate(requests, sampling)
     texts, golds, checkers, slots = [], [], [], []
@@ -118,7 +128,7 @@ def sample_branches(resets: list[Reset], ctx: Context, tag: str, m: int) -> None
             slots.append((r, c))
         ctx.stats[f"{tag}_generated_tokens"] += sum(len(c.token_ids) for c in completions)
         ctx.stats[f"{tag}_branches_sampled"] += len(completions)
-    for (r, c), v in zip(slots, score(ctx, checkers, texts, golds)):
+    for (r, c), v in zip(slots, ctx.score(checkers, texts, golds)):
         r.branches.append({"origin": "new", "token_ids": list(c.token_ids), "text": c.text,
                            "reward": int(v.correct), "finish_reason": c.finish_reason})
 
@@ -184,7 +194,7 @@ def random_resets(sample_rows: list[dict], s: BranchSettings, tok) -> list[Reset
         _, steps, _ = split_response(row, s.split, tok, splitters)
         if not steps:
             continue
-        pick = random.Random(derive_seed(s.seed, "random-reset", row["problem_id"], row["sample_idx"]))
+        pick = random.Random(stable_seed(s.seed, "random-reset", row["problem_id"], row["sample_idx"]))
         step = pick.randrange(len(steps))
         resets.append(Reset("random-reset", row, step, steps[step].token_start, []))
     return resets

@@ -14,13 +14,20 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from stages.core import artifacts
-from stages.core.backends import Request, Sampling, derive_seed
+from stages.core.backends import Request, Sampling
 from stages.core.estimators import ESTIMATORS, Plan
 from stages.core.runner import Context, Stage
-from stages.core.steps import make_splitter
-from stages.core.values import advantages, wilson_interval
-from stages.sample import IDS, check_count, check_policy, score, with_policy
+from stages.core.sampling import (
+    IDS,
+    check_count,
+    check_policy,
+    rollout_sampling,
+    sampled_with,
+    with_policy,
+)
+from stages.core.settings import setting
+from stages.core.steps import make_splitter, split_response
+from stages.core.values import advantages, stable_seed, wilson_interval
 
 STEP_SCHEMA = pa.schema([
     ("problem_id", pa.string()), ("sample_idx", pa.int32()), ("step_idx", pa.int32()),
@@ -41,26 +48,20 @@ ROLLOUT_SCHEMA = pa.schema([
 
 @dataclass(frozen=True)
 class EstimateSettings:
-    k: int = 4
-    split: str = "auto"
-    scope: str = "failed"
-    estimator: str = "full"
-    temperature: float | None = None  # None: the sample stage's
-    top_p: float | None = None
-    max_new_tokens: int | None = None
-    seed: int = 0
-    model: str | None = None  # None: the sample stage's policy (resolved before the run, then stored)
-    backend: str | None = None
+    k: int = setting(4, "Rollouts per state (paper: 4).")
+    split: str = setting("auto", "auto (line for the toy tasks, authors otherwise), authors[:min=30,max=30], line, "
+                                 "regex:<pattern>, chunk:<n>.")
+    scope: str = setting("failed", "failed (authors' code) or all trajectories.")
+    estimator: str = setting("full", "full (paper), adaptive or bisect.")
+    temperature: float | None = setting(None, "Default: the sample stage's.")
+    top_p: float | None = setting(None, "Default: the sample stage's.")
+    max_new_tokens: int | None = setting(None, "Response budget incl. the kept prefix (default: sample's).")
+    seed: int = setting(0, "Seed of this stage's sampling.")
+    model: str | None = setting(None, "Policy model folder (default: the one `sample` used).")
+    backend: str | None = setting(None, "auto, hf or vllm (default: sample's).")
 
     def __post_init__(self):
         validate(self)
-
-
-def splitter_spec(spec: str, source: str) -> str:
-    """`auto`: the line rule for the toy task (one step per line), the authors' rule for real models."""
-    if spec != "auto":
-        return spec
-    return "line" if source.startswith("toy:") else "authors"
 
 
 @dataclass
@@ -77,27 +78,6 @@ class Trajectory:
 
     def prefix_text(self, i: int) -> str:
         return "".join(self.pieces[:self.steps[i].token_start])
-
-
-def sample_settings(ctx: Context) -> dict:
-    return artifacts.load_json(ctx.run / "sample" / "config.json")["settings"]
-
-
-def rollout_sampling(s: EstimateSettings, base: dict) -> Sampling:
-    pick = lambda mine, key: base[key] if mine is None else mine  # noqa: E731
-    return Sampling(pick(s.temperature, "temperature"), pick(s.top_p, "top_p"),
-                    pick(s.max_new_tokens, "max_new_tokens"))
-
-
-def split_response(row: dict, split: str, tok, splitters: dict) -> tuple[str, list, list[str]]:
-    """(splitter spec, steps, per-token text pieces) of a sample row; splitters caches one per spec."""
-    spec = splitter_spec(split, row["source"])
-    if spec not in splitters:
-        splitters[spec] = make_splitter(spec, tok)
-    ids = row["response_token_ids"]
-    # batch_decode([]) returns one empty string, not none
-    pieces = tok.batch_decode([[t] for t in ids], skip_special_tokens=True) if ids else []
-    return spec, splitters[spec].split(ids, pieces), pieces
 
 
 def prepare(rows: list[dict], ctx: Context) -> list[Trajectory]:
@@ -127,7 +107,7 @@ def run_rounds(trajectories: list[Trajectory], ctx: Context, sampling: Sampling)
         for t, i, extra in wants:
             key = (t.row["problem_id"], t.state_ids(i), extra)
             if key not in requests:
-                seed = derive_seed(s.seed, "estimate", t.row["problem_id"], t.row["sample_idx"], i, round_no)
+                seed = stable_seed(s.seed, "estimate", t.row["problem_id"], t.row["sample_idx"], i, round_no)
                 budget = max(1, sampling.max_new_tokens - t.steps[i].token_start)
                 requests[key] = Request(key[1], extra, seed, budget)
                 owners[key] = t.row["sample_idx"]
@@ -149,7 +129,7 @@ def run_rounds(trajectories: list[Trajectory], ctx: Context, sampling: Sampling)
                 ctx.stats["prompt_tokens"] += len(key[1])
             else:
                 ctx.stats["rollouts_shared"] += extra
-        verdicts = score(ctx, checkers, texts, golds)
+        verdicts = ctx.score(checkers, texts, golds)
         _record(slots, verdicts)
         round_no += 1
 
@@ -163,7 +143,7 @@ def _record(slots, verdicts) -> None:
             "rollout_idx": base + j, "prefix_tokens": t.steps[i].token_start, "token_ids": list(c.token_ids),
             "text": c.text, "finish_reason": c.finish_reason, "num_tokens": len(c.token_ids),
             "extracted_answer": v.extracted_answer, "reward": int(v.correct), "shared_from_sample": shared,
-            "seed": derive_seed(req.seed, j)})
+            "seed": stable_seed(req.seed, j)})
         by_state.setdefault((id(t), i), (t, i, []))[2].append(int(v.correct))
     for t, i, outcomes in by_state.values():
         t.plan.record(i, outcomes)
@@ -195,7 +175,7 @@ def process(samples: pa.Table, ctx: Context) -> dict[str, pa.Table]:
     s: EstimateSettings = ctx.settings
     rows = sorted(samples.to_pylist(), key=lambda r: (r["problem_id"], r["sample_idx"]))
     trajectories = prepare(rows, ctx)
-    run_rounds(trajectories, ctx, rollout_sampling(s, sample_settings(ctx)))
+    run_rounds(trajectories, ctx, rollout_sampling(s, sampled_with(ctx.run)))
     steps = [row for t in trajectories for row in step_rows(t, s.estimator)]
     rollouts = [r for t in trajectories for r in t.rollouts]
     ctx.stats["trajectories"] += len(trajectories)

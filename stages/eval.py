@@ -18,22 +18,22 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from stages import sample
 from stages.core import artifacts
 from stages.core.errors import GpoError
 from stages.core.runner import Context, Stage
+from stages.core.sampling import SAMPLE_SCHEMA, SampleSettings, sample_rows
+from stages.core.settings import setting
 from stages.core.values import problem_mean_ci
 
-EVAL_SCHEMA = sample.SAMPLE_SCHEMA.append(pa.field("mode", pa.string())).append(pa.field("label", pa.string()))
+EVAL_SCHEMA = SAMPLE_SCHEMA.append(pa.field("mode", pa.string())).append(pa.field("label", pa.string()))
 
 
 @dataclass(frozen=True)
-class EvalSettings(sample.SampleSettings):
-    label: str = "eval"
-    greedy: bool = True  # with temperature > 0, also run one greedy pass
-    n: int = 1
-    temperature: float = 0.0
-
+class EvalSettings(SampleSettings):
+    label: str = setting("eval", "Name of this evaluation inside the run (RUN/eval_<label>).")
+    greedy: bool = setting(True, "With temperature > 0, also run one greedy pass.")
+    n: int = setting(1, "Samples per problem (temperature > 0).")
+    temperature: float = setting(0.0, "0 = greedy only.")
 
 def stage_name(label: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", label):
@@ -52,18 +52,16 @@ def process(problems: pa.Table, ctx: Context) -> dict[str, pa.Table]:
             passes.append(("greedy", replace(s, n=1, temperature=0.0)))
     tables = []
     for mode, settings in passes:
-        ctx.settings = settings
-        table = sample.process(problems, ctx)["sample"]
+        table = sample_rows(problems, ctx, settings)
         tables.append(table.append_column("mode", pa.array([mode] * len(table)))
                       .append_column("label", pa.array([s.label] * len(table))))
-    ctx.settings = s
     return {ctx.stage.name: pa.concat_tables(tables)}
 
 
 def make_stage(label: str) -> Stage:
     name = stage_name(label)
     return Stage(name=name, input=None, outputs={name: EVAL_SCHEMA}, key=("problem_id", "mode", "sample_idx"),
-                 process=process)
+                 process=process, chunk_groups=32)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -147,3 +145,14 @@ def compare(summaries: list[dict]) -> list[dict]:
             rows.append({"label": other["label"], "mode": mode, "problems": len(common), "accuracy": acc,
                          "diff": mean, "diff_low": mean - half, "diff_high": mean + half})
     return rows
+
+
+def load_summary(folder: Path) -> dict:
+    path = Path(folder) / "summary.json"
+    if not path.exists():
+        raise GpoError(f"{folder} has no summary.json: is it a finished `gpo eval` folder (RUN/eval_<label>)?")
+    summary = artifacts.load_json(path)
+    if not isinstance(summary.get("per_problem"), dict):
+        raise GpoError(f"{path} has no per-problem scores (written by an older or interrupted `gpo eval`): "
+                       "rerun that evaluation to compare it")
+    return summary

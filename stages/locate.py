@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from stages.core.backends import derive_seed
 from stages.core.runner import Context, Stage
-from stages.core.values import RULES, select_critical
+from stages.core.settings import setting
+from stages.core.values import RULES, select_critical, stable_seed
 
 LOCATE_SCHEMA = pa.schema([
     ("problem_id", pa.string()), ("sample_idx", pa.int32()), ("rule", pa.string()),
@@ -29,9 +29,10 @@ LOCATE_SCHEMA = pa.schema([
 
 @dataclass(frozen=True)
 class LocateSettings:
-    rule: str = "abs-advantage"
-    scope: str = "failed"
-    seed: int = 0
+    rule: str = setting("abs-advantage", "abs-advantage (paper), advantage, max-value (authors' code) or random "
+                                         "(Satori-style baseline).")
+    scope: str = setting("failed", "failed or all trajectories.")
+    seed: int = setting(0, "Seed of the random rule.")
 
     def __post_init__(self):
         validate(self)
@@ -51,7 +52,7 @@ def locate_one(steps: list[dict], sample: dict, s: LocateSettings) -> dict:
     steps = sorted(steps, key=lambda r: r["step_idx"])
     values = [r["value"] for r in steps] + ([steps[-1]["value_next"]] if steps else [])
     reward = int(sample["reward"])
-    seed = derive_seed(s.seed, "locate", sample["problem_id"], sample["sample_idx"])
+    seed = stable_seed(s.seed, "locate", sample["problem_id"], sample["sample_idx"])
     critical = select_critical(s.rule, values, reward=reward, rng_seed=seed) if steps else None
     m = critical.step if critical else None
     truth = ground_truth(sample)
@@ -101,4 +102,4 @@ def validate(s: LocateSettings) -> None:
 
 
 STAGE = Stage(name="locate", input="estimate", outputs={"locate": LOCATE_SCHEMA},
-              key=("problem_id", "sample_idx"), process=process)
+              key=("problem_id", "sample_idx"), process=process, chunk_groups=64)

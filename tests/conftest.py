@@ -14,7 +14,7 @@ _LINE = re.compile(r"([a-z]): (-?\d+) ([+-]) (\d+) = (-?\d+)")
 
 @pytest.fixture(scope="session")
 def toy_tokenizer():
-    from stages.toy_build import build_toy_tokenizer
+    from stages.tools.toy_build import build_toy_tokenizer
 
     return build_toy_tokenizer()
 

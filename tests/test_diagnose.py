@@ -10,11 +10,13 @@ from typer.testing import CliRunner
 
 from gpo_cli.diagnose_cmd import headline
 from gpo_cli.main import app
-from stages import branch, diagnose, estimate, locate, sample
+from stages import branch, estimate, locate, sample
 from stages.core import artifacts
 from stages.core.runner import run_stage
+from stages.core.sampling import SAMPLE_SCHEMA
 from stages.core.sources import load_problems
 from stages.core.toy import toy_problems
+from stages.tools import diagnose
 from tests.conftest import gpo, parse_question
 
 NUM_STEPS = 8
@@ -56,7 +58,7 @@ def hand_run(run, pick_step, problems: int = 30, failed: int = 6, seed: int = 0,
             samples.append(sample_row(pid, i, int(i >= failed), ids=[p, 0 if shared_prefix else i, 5]))
             if i < failed:
                 located.append(locate_row(pid, i, pick_step(rng, trap)))
-    write_table(run, "sample", samples, sample.SAMPLE_SCHEMA)
+    write_table(run, "sample", samples, SAMPLE_SCHEMA)
     write_table(run, "locate", located, locate.LOCATE_SCHEMA)
     return run
 
@@ -100,7 +102,7 @@ def test_critical_step_statistics_and_truncation_count_what_was_built(tmp_path):
     samples = [sample_row("p0", i, 0, finish="length" if i == 0 else "stop") for i in range(4)]
     located = [locate_row("p0", 0, 2, advantage=0.5), locate_row("p0", 1, 2), locate_row("p0", 2, 5),
                locate_row("p0", 3, None)]
-    write_table(tmp_path, "sample", samples, sample.SAMPLE_SCHEMA)
+    write_table(tmp_path, "sample", samples, SAMPLE_SCHEMA)
     write_table(tmp_path, "locate", located, locate.LOCATE_SCHEMA)
     s = diagnose.diagnose(tmp_path, permutations=5)
     cs = s["critical_steps"]
@@ -226,7 +228,7 @@ def test_pair_divergence_on_hand_built_pairs(tmp_path):
     good, bad = toy_text(start, ops), toy_text(start, ops, wrong_at=1)
     first_line = len(good.split("\n")[0]) + 1  # chars of line 0 and its newline
     write_table(tmp_path, "sample", [sample_row(problem["problem_id"], 0, 0, bad, source="toy:arith",
-                                                meta=problem["meta"])], sample.SAMPLE_SCHEMA)
+                                                meta=problem["meta"])], SAMPLE_SCHEMA)
     pid = problem["problem_id"]
     rows = [
         # diverge at token 6 of 10, on line 1 = the first wrong line; twice (an exact duplicate)

@@ -25,7 +25,7 @@ from stages.core import artifacts
 from stages.core.backends import FakeGenerator
 from stages.core.errors import GpoError
 from stages.core.prompts import DEFAULT_INSTRUCTION, DEFAULT_SYSTEM
-from stages.export import CONTINUE_NOTE, export
+from stages.tools.export import CONTINUE_NOTE, export
 from tests.conftest import gpo, toy_policy
 from tests.test_stages import run_chain
 
@@ -40,7 +40,7 @@ MARKERS = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 def chat_tokenizer():
     """The toy tokenizer with a chat template that adds BOS itself (as Llama 3's does), the prompt texts
     as single added tokens (the word-level vocabulary has none of their words)."""
-    from stages.toy_build import build_toy_tokenizer
+    from stages.tools.toy_build import build_toy_tokenizer
 
     tok = build_toy_tokenizer()
     tok.add_special_tokens({"additional_special_tokens": MARKERS})
@@ -234,9 +234,9 @@ def test_verl_rows_load_in_rlhf_dataset_and_score_like_gpo(chat_run, chat_tokeni
     assert with_prefix == sum(r["prefix_tokens"] > 0 for r in resets) > 0
 
     # Loaded as verl loads reward.custom_reward_function.path/name, and called with its keywords.
-    import stages.verl_reward
+    import stages.tools.verl_reward
     load_extern_object = interop("verl.utils.import_utils").load_extern_object
-    compute_score = load_extern_object(module_path=stages.verl_reward.__file__, object_name="compute_score")
+    compute_score = load_extern_object(module_path=stages.tools.verl_reward.__file__, object_name="compute_score")
     continuations = artifacts.read_table(chat_run, "continuations").to_pylist()
     by_state = {(r["extra_info"]["problem_id"], r["extra_info"]["sample_idx"], r["extra_info"]["state_idx"]): r
                 for r in rows}
@@ -259,7 +259,7 @@ def test_verl_data_source_reaches_verls_own_reward_dispatch(chat_run, tmp_path):
     good = next(c for c in artifacts.read_table(chat_run, "continuations").to_pylist() if c["reward"] == 1)
     gold = next(r for r in rows if r["extra_info"]["problem_id"] == good["problem_id"])["reward_model"]["ground_truth"]
     assert reward_score.default_compute_score("math", good["text"], gold)["acc"] is True
-    with pytest.raises(NotImplementedError):  # why gpo ships stages/verl_reward.py
+    with pytest.raises(NotImplementedError):  # why gpo ships stages/tools/verl_reward.py
         reward_score.default_compute_score("toy:arith", good["text"], gold)
     with pytest.raises(GpoError, match="data-source"):
         export(chat_run, "trl", tmp_path / "x", data_source="math")

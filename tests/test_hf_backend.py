@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from stages.core.backends import Request, Sampling, derive_seed
+from stages.core.backends import Request, Sampling
+from stages.core.values import stable_seed
 from stages.core.hf_backend import HFGenerator, grouped_order, prefix_groups
 from tests.conftest import TOY_MODEL
 
@@ -41,7 +42,7 @@ def state_requests(per_state):
     tok = per_state.tokenizer
     problems = load_problems("toy:arith?n=4&seed=3&split=train").table.to_pylist()
     prompts = [tuple(tok(p["question"] + "\n")["input_ids"]) for p in problems]
-    samples = per_state.generate([Request(p, 1, derive_seed(1, i)) for i, p in enumerate(prompts)],
+    samples = per_state.generate([Request(p, 1, stable_seed(1, i)) for i, p in enumerate(prompts)],
                                  Sampling(1.0, 1.0, 40))
     splitter = make_splitter("line")
     reqs, lengths = [], []
@@ -50,7 +51,7 @@ def state_requests(per_state):
         assert len(steps) >= 2
         lengths.append(len(p) + steps[-1].token_start)
         for st in steps:
-            reqs.append(Request(p + c.token_ids[:st.token_start], 3, derive_seed(2, len(reqs)),
+            reqs.append(Request(p + c.token_ids[:st.token_start], 3, stable_seed(2, len(reqs)),
                                 min(16, 40 - st.token_start)))
     reqs = reqs[::2] + reqs[1::2] + [reqs[3], Request(tuple(tok("z: 1\n")["input_ids"]), 2, 99)]
     return reqs, lengths

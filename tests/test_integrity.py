@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from gpo_cli.main import app
 from stages import branch, estimate, locate, sample
-from stages.core import artifacts, lineage
+from stages.core import artifacts, lineage, sampling
 from stages.core.errors import GpoError
 from stages.core.query import run_query, stage_status, views_sql
 from stages.core.runner import run_stage, shard_lock
@@ -181,7 +181,7 @@ def test_export_refuses_a_branch_built_on_a_changed_estimate(chain, tmp_path_fac
 
 def test_the_policy_is_resolved_from_sample_and_a_different_model_is_refused(chain):
     config = artifacts.load_json(chain / "estimate" / "config.json")["settings"]
-    assert {k: config[k] for k in sample.POLICY} == {"model": "fake", "backend": "auto", "temperature": 1.0,
+    assert {k: config[k] for k in sampling.POLICY} == {"model": "fake", "backend": "auto", "temperature": 1.0,
                                                      "top_p": 1.0, "max_new_tokens": 64}
     for settings in (estimate.EstimateSettings(k=4, model="other-model"), estimate.EstimateSettings(k=4, top_p=0.5)):
         with pytest.raises(GpoError, match="different settings"):

@@ -17,7 +17,7 @@ from stages.core.errors import GpoError
 from stages.core.query import run_query
 from stages.core.runner import run_stage
 from stages.core.sources import load_problems
-from stages.report import build_report
+from stages.tools.report import build_report
 from tests.conftest import REPO, toy_policy
 from tests.test_stages import run_chain
 
@@ -106,5 +106,5 @@ def test_missing_or_empty_run_is_refused(tmp_path):
 
 
 def test_importing_the_report_stage_does_not_load_matplotlib():
-    code = "import sys, stages.report; assert 'matplotlib' not in sys.modules and 'typer' not in sys.modules"
+    code = "import sys, stages.tools.report; assert 'matplotlib' not in sys.modules and 'typer' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

@@ -1,4 +1,4 @@
-"""stages/slurm.py against a real single-node Slurm cluster (Debian's slurm-wlm, run here as root).
+"""stages/tools/slurm.py against a real single-node Slurm cluster (Debian's slurm-wlm, run here as root).
 
 The toy pipeline as afterok-chained array jobs gives the same rows as a local unsharded run, and a shard
 killed with SIGTERM mid-way is listed by `gpo status`, resubmitted alone, and nothing is lost or doubled.
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, TOY_MODEL
-from stages import slurm
+from stages.tools import slurm
 from stages.core import artifacts
 from stages.core.errors import GpoError
 from stages.core.query import stage_status

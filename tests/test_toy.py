@@ -148,7 +148,7 @@ def _check_tokenizer(tok):
 
 
 def test_built_tokenizer_round_trips():
-    from stages.toy_build import build_toy_tokenizer
+    from stages.tools.toy_build import build_toy_tokenizer
 
     _check_tokenizer(build_toy_tokenizer())
 
@@ -188,7 +188,7 @@ def test_committed_model_loads_and_generates():
 def test_build_toy_model_smoke(tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from stages.toy_build import build_toy_model
+    from stages.tools.toy_build import build_toy_model
 
     metrics = build_toy_model(tmp_path / "m", steps=2, eval_n=4, log_every=1)
     assert set(metrics["greedy"]) >= {"accuracy", "answer_accuracy"}

@@ -284,11 +284,18 @@ def test_empty_selection_and_bad_settings_are_gpo_errors(base_model, run_dir, tm
 
 
 def test_config_file_overrides_settings_and_trl_args(tmp_path, base_model):
-    from stages.train import build_config, load_config_file, resolve
+    import dataclasses
+
+    from gpo_cli.adapter import COMMANDS, merge
+    from stages.core.config import load_config_file
+    from stages.train.settings import TrainSettings, resolve
+    from stages.train.trl_adapter import build_config
 
     path = tmp_path / "train.toml"
     path.write_text('beta = 0.3\nlora_r = 8\n[trl]\nwarmup_steps = 7\nloss_type = "ipo"\n')
-    s, extra = resolve(settings(base_model, "dpo", learning_rate=None), load_config_file(path))
+    merged, trl_args = merge(COMMANDS["train"], load_config_file(path), {"method": "dpo", "model": str(base_model)})
+    fields = {f.name for f in dataclasses.fields(TrainSettings)}
+    s, extra = resolve(TrainSettings(**{k: v for k, v in merged.items() if k in fields}), trl_args)
     assert (s.beta, s.lora_r, s.loss_type, extra) == (0.3, 8, "ipo", {"warmup_steps": 7})
     assert s.learning_rate == pytest.approx(5e-6)  # DPO default, x10 for LoRA
     config = build_config(s, extra, tmp_path / "out")
@@ -300,10 +307,12 @@ def test_config_file_overrides_settings_and_trl_args(tmp_path, base_model):
     (tmp_path / "bad.toml").write_text("beta = \n")
     with pytest.raises(GpoError, match="not valid TOML"):
         load_config_file(tmp_path / "bad.toml")
+    with pytest.raises(GpoError, match="gpo train settings, not TRL arguments"):
+        resolve(settings(base_model, "dpo"), {"beta": 0.2})
 
 
 def test_chat_prompt_bos_is_not_doubled():
-    from stages.train import prompt_for_tokenizer
+    from stages.train.data import prompt_for_tokenizer
 
     tok = build_tokenizer()  # adds <bos> itself, like Llama tokenizers
     ids = tok("q 1 + 2\n").input_ids
@@ -314,7 +323,7 @@ def test_chat_prompt_bos_is_not_doubled():
 
 
 def test_identical_pairs_train_once_and_are_counted():
-    from stages.train import drop_duplicates
+    from stages.train.data import drop_duplicates
 
     keys = ("pair_id", "prompt", "chosen", "rejected")
     rows = [{"pair_id": "b", "prompt": "p", "chosen": "x", "rejected": "y"},

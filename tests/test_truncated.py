@@ -66,13 +66,15 @@ def _trl_rows(run, tmp_path, method, truncated):
     """TRL's tokenized training rows (its own DPO/KTO preprocessing) for the run's gpo data."""
     from transformers import AutoTokenizer
 
-    from stages.train import TrainSettings, build_config, load_rows, make_trainer, resolve
+    from stages.train.data import load_rows
+    from stages.train.settings import TrainSettings, resolve
+    from stages.train.trl_adapter import build_config, make_trainer
 
     s, extra = resolve(TrainSettings(method=method, model=str(TOY_MODEL), max_steps=1, batch_size=2,
                                      max_length=256, truncated=truncated, dedup=False))
     tok = AutoTokenizer.from_pretrained(TOY_MODEL)
     dataset, _, _ = load_rows(run, s, tok)
-    trainer = make_trainer(s, build_config(s, extra, tmp_path / method), tok, dataset, [])
+    trainer, _ = make_trainer(s, build_config(s, extra, tmp_path / method), tok, dataset, [])
     return trainer.train_dataset.to_list(), tok
 
 
@@ -117,7 +119,7 @@ def test_drop_leaves_out_pairs_with_a_cut_response(run, tmp_path):
 
 
 def test_bad_truncated_setting_is_one_error(run, tmp_path):
-    from stages.train import TrainSettings, resolve
+    from stages.train.settings import TrainSettings, resolve
 
     with pytest.raises(GpoError, match="--truncated must be one of"):
         resolve(TrainSettings(method="dpo", model=str(TOY_MODEL), truncated="keep"))

@@ -35,14 +35,14 @@ def sample_args(tmp_path, *extra, model=TOY_MODEL):
 @pytest.mark.parametrize("args, match", [
     (["sample", "--run", "r"], "Missing option '--problems'"),
     (["sample", "--problems", "p", "--model", "m", "--run", "r", "--n", "abc"], "'--n'"),
-    (["sample", "--problems", "p", "--model", "m", "--run", "r", "--n", "0"], "'--n'"),
+    (["sample", "--problems", "p", "--model", "m", "--run", "r", "--n", "0"], "--n must be"),
     (["bogus"], "No such command 'bogus'"),
     (["toy", "build", "--steps", "0"], "'--steps'"),
     (["sql"], "Missing argument"),
     (["estimate", "--run", "r", "--k", "x"], "'--k'"),
     (["locate", "--run", "r", "--nope"], "No such option"),
-    (["branch", "--run", "r", "--top-p", "2"], "'--top-p'"),
-    (["eval", "--temperature", "-1"], "'--temperature'"),
+    (["branch", "--run", "r", "--top-p", "2"], "--top-p must be"),
+    (["eval", "--temperature", "-1"], "--temperature must be"),
     (["export", "--run", "r", "--out", "o"], "Missing option '--format'"),
     (["train", "--run", "r"], "Missing option"),
 ])
@@ -127,7 +127,7 @@ def test_eval_compare_needs_per_problem_scores(tmp_path):
 
 
 def test_slurm_names_a_stage_s_missing_required_option(tmp_path):
-    refused(["slurm", tmp_path, "--stages", "sample"], "Missing option '--problems'")
+    refused(["slurm", tmp_path, "--stages", "sample"], "missing option '--problems'")
     assert not (tmp_path / "slurm").exists()
 
 

@@ -176,7 +176,7 @@ def test_one_interval_definition_eval_and_report_sql_agree():
     import duckdb
 
     from stages.core.values import problem_mean_ci
-    from stages.report import accuracy_sql
+    from stages.tools.report import accuracy_sql
 
     rng = random.Random(0)
     rows = [("m", "sampled", f"p{i}", s, int(rng.random() < 0.3 + 0.4 * (i % 2)))

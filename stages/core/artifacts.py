@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from stages.core.errors import GpoError
+from stages.core.values import stable_hash
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -31,9 +32,8 @@ def sha256_file(path: Path) -> str:
 
 
 def shard_of(group_id: str, num_shards: int) -> int:
-    """Stable shard of a group: blake2b of its id (Python's hash() is salted per process)."""
-    digest = hashlib.blake2b(str(group_id).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % num_shards
+    """Stable shard of a group."""
+    return stable_hash(group_id) % num_shards
 
 
 def _tmp_path(path: Path) -> Path:

@@ -8,6 +8,7 @@ FakeGenerator (tests). Heavy packages are imported lazily so `gpo --help` needs 
 
 from __future__ import annotations
 
+import importlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from stages.core.values import stable_seed
 class Request:
     prompt_ids: tuple[int, ...]
     n: int
-    seed: int  # stable per request; sample j uses derive_seed(seed, j)
+    seed: int  # stable per request; sample j uses stable_seed(seed, j)
     max_new_tokens: int | None = None  # overrides Sampling.max_new_tokens (rollouts from deep states)
 
 
@@ -48,9 +49,6 @@ class Generator(Protocol):
     def generate(self, requests: list[Request], sampling: Sampling) -> list[list[Completion]]: ...
 
     def describe(self) -> dict: ...
-
-
-derive_seed = stable_seed  # a 63-bit seed from stable ids (blake2b; never Python's salted hash())
 
 
 def eos_ids(tokenizer, model_config=None) -> set[int]:
@@ -216,7 +214,7 @@ class FakeGenerator:
         for req in requests:
             group = []
             for j in range(req.n):
-                text = self.respond(req.prompt_ids, derive_seed(req.seed, j))
+                text = self.respond(req.prompt_ids, stable_seed(req.seed, j))
                 ids = tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
                 finish, limit = "stop", req.max_new_tokens or sampling.max_new_tokens
                 if len(ids) > limit:
@@ -231,6 +229,15 @@ class FakeGenerator:
         return {"backend": "fake"}
 
 
+# The implementations, by name, imported only when chosen: they build on this module's types, and neither
+# transformers nor vLLM is loaded for `gpo --help`.
+IMPLEMENTATIONS = {"hf": "stages.core.hf_backend", "vllm": "stages.core.vllm_backend"}
+
+
+def _module(backend: str):
+    return importlib.import_module(IMPLEMENTATIONS[backend])
+
+
 def make_generator(backend: str, model: str, *, dtype: str = "auto", device: str = "auto",
                    batch_size: int = 64, trust_remote_code: bool = False, vllm_options: dict | None = None):
     """Build the generator a stage uses. `auto` takes vLLM where it can run, else transformers."""
@@ -238,14 +245,37 @@ def make_generator(backend: str, model: str, *, dtype: str = "auto", device: str
         raise GpoError(f"unknown backend '{backend}' (choose auto, hf or vllm)")
     check_model_dir(model)
     if backend == "auto":
-        from stages.core.vllm_backend import vllm_available
-
-        backend = "vllm" if vllm_available() else "hf"
+        backend = "vllm" if _module("vllm").vllm_available() else "hf"
     if backend == "vllm":
-        from stages.core.vllm_backend import VLLMGenerator
+        return _module("vllm").VLLMGenerator(model, dtype=dtype, trust_remote_code=trust_remote_code,
+                                             **(vllm_options or {}))
+    return _module("hf").HFGenerator(model, dtype=dtype, device=device, batch_size=batch_size,
+                                     trust_remote_code=trust_remote_code)
 
-        return VLLMGenerator(model, dtype=dtype, trust_remote_code=trust_remote_code, **(vllm_options or {}))
-    from stages.core.hf_backend import HFGenerator
 
-    return HFGenerator(model, dtype=dtype, device=device, batch_size=batch_size,
-                       trust_remote_code=trust_remote_code)
+# vLLM engine settings `--vllm KEY=VALUE` may set, with their types.
+VLLM_KEYS = {"tensor_parallel_size": int, "gpu_memory_utilization": float, "max_model_len": int,
+             "max_num_seqs": int, "enforce_eager": lambda v: v.lower() in ("1", "true", "yes"), "seed": int}
+
+
+def parse_vllm_options(items: list[str] | None) -> dict:
+    options = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or key not in VLLM_KEYS:
+            raise GpoError(f"--vllm {item!r}: expected KEY=VALUE with KEY one of {', '.join(VLLM_KEYS)}")
+        try:
+            options[key] = VLLM_KEYS[key](value)
+        except ValueError:
+            raise GpoError(f"--vllm {item!r}: bad value for {key}") from None
+    return options
+
+
+def generator_factory(backend: str, model: str, dtype: str, device: str, batch_size: int, trust: bool,
+                      vllm: list[str] | None = None) -> Callable[[], Generator]:
+    """Check the runtime now (before any stage folder is written); the stage builds the generator when it
+    first needs one."""
+    check_runtime(backend, dtype, device)
+    options = parse_vllm_options(vllm)
+    return lambda: make_generator(backend, model, dtype=dtype, device=device, batch_size=batch_size,
+                                  trust_remote_code=trust, vllm_options=options)

@@ -13,8 +13,16 @@ from __future__ import annotations
 
 from collections import Counter
 
-from stages.core.backends import (Completion, Request, Sampling, derive_seed, eos_ids, load_tokenizer,
-                                  resolve_device, resolve_dtype)
+from stages.core.backends import (
+    Completion,
+    Request,
+    Sampling,
+    eos_ids,
+    load_tokenizer,
+    resolve_device,
+    resolve_dtype,
+)
+from stages.core.values import stable_seed
 
 
 class HFGenerator:
@@ -123,7 +131,7 @@ class HFGenerator:
             index = torch.tensor(owner, device=self.device)
             cache.batch_select_indices(index)  # share each prompt's prefill across its n samples
             logits, mask, next_pos = logits[index], mask[index], next_pos[index]
-            gens = [torch.Generator().manual_seed(derive_seed(r.seed, j)) for r in reqs for j in range(r.n)]
+            gens = [torch.Generator().manual_seed(stable_seed(r.seed, j)) for r in reqs for j in range(r.n)]
             tokens = [[] for _ in owner]
             logps = [[] for _ in owner]
             finish = ["length"] * len(owner)

@@ -42,6 +42,7 @@ class Stage:
     group_column: str = "problem_id"
     # Fills settings that default to an upstream stage's (the policy that sampled) so they are stored and hashed.
     resolve_settings: Callable[[Path, Any], Any] | None = None
+    chunk_groups: int = 16  # default problems per chunk (--chunk-groups): cheap stages take larger chunks
 
 
 @dataclass
@@ -75,6 +76,16 @@ class Context:
             timeout_s = float(os.environ.get("GPO_CHECK_TIMEOUT_S", "5"))
             self._checkers[name] = make_checker(name, timeout_s=timeout_s)
         return self._checkers[name]
+
+    def score(self, checker_names: list[str], responses: list[str], golds: list[str]) -> list:
+        """Check each response with its row's checker, batching rows that share a checker."""
+        verdicts: list = [None] * len(responses)
+        for name in sorted(set(checker_names)):
+            rows = [i for i, c in enumerate(checker_names) if c == name]
+            for i, verdict in zip(rows, self.checker(name).check_many([responses[i] for i in rows],
+                                                                       [golds[i] for i in rows])):
+                verdicts[i] = verdict
+        return verdicts
 
     def close(self) -> None:
         for checker in self._checkers.values():

@@ -42,10 +42,6 @@ class Step:
     char_end: int
     text: str
 
-    @property
-    def num_tokens(self) -> int:
-        return self.token_end - self.token_start
-
 
 class Splitter(Protocol):
     name: str
@@ -275,3 +271,21 @@ def _parse_int(spec: str, what: str, value: str) -> int:
     if number < 1:
         raise ValueError(f"splitter {spec!r}: {what} must be >= 1, got {number}")
     return number
+
+
+def splitter_spec(spec: str, source: str) -> str:
+    """`auto`: the line rule for the toy task (one step per line), the authors' rule for real models."""
+    if spec != "auto":
+        return spec
+    return "line" if source.startswith("toy:") else "authors"
+
+
+def split_response(row: dict, split: str, tok, splitters: dict) -> tuple[str, list, list[str]]:
+    """(splitter spec, steps, per-token text pieces) of a sample row; splitters caches one per spec."""
+    spec = splitter_spec(split, row["source"])
+    if spec not in splitters:
+        splitters[spec] = make_splitter(spec, tok)
+    ids = row["response_token_ids"]
+    # batch_decode([]) returns one empty string, not none
+    pieces = tok.batch_decode([[t] for t in ids], skip_special_tokens=True) if ids else []
+    return spec, splitters[spec].split(ids, pieces), pieces

@@ -47,7 +47,7 @@ def problem_mean_ci(per_problem: Sequence[float], z: float = 1.96) -> tuple[floa
     """Mean over problems and its 95% interval, clustered by problem: the unit is a problem's mean reward,
     never one sample (a problem's samples are not independent). Wilson when every value is 0/1 (one sample
     per problem), else mean +- z sd / sqrt(problems). The one definition: eval, demo and the report's SQL
-    (stages/report.py accuracy_sql, kept equal by a test) use it."""
+    (stages/tools/report.py accuracy_sql, kept equal by a test) use it."""
     n = len(per_problem)
     mean = sum(per_problem) / n
     if all(v in (0.0, 1.0) for v in per_problem):
@@ -64,13 +64,16 @@ def decided(n_correct: int, n: int, threshold: float = 0.5, z: float = 1.96) -> 
     return lo > threshold or hi < threshold
 
 
-def stable_seed(*parts: object) -> int:
-    """A 63-bit seed from stable ids (run seed, problem id, sample index), same in every process.
-
-    Python's ``hash()`` is salted per process, so resumed work would not reproduce its samples.
-    """
+def stable_hash(*parts: object) -> int:
+    """A 64-bit hash of stable ids, the same in every process (Python's ``hash()`` is salted per process)."""
     digest = hashlib.blake2b("/".join(map(str, parts)).encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") & ((1 << 63) - 1)
+    return int.from_bytes(digest, "big")
+
+
+def stable_seed(*parts: object) -> int:
+    """A 63-bit seed from stable ids (run seed, problem id, sample index), so resumed work reproduces its
+    samples."""
+    return stable_hash(*parts) & ((1 << 63) - 1)
 
 
 def advantages(values: Sequence[float | None]) -> list[float]:

@@ -12,7 +12,7 @@ trl:          one folder per table, each a `datasets` folder on its own (`trl dp
               preference/ (prompt, chosen, rejected), unpaired/ (prompt, completion, label) and prompts/
               (prompt, gold_answer, checker, reset_prefix), all with problem_id and pair_id / state ids.
 verl:         train.parquet (data_source, prompt messages, ability, reward_model.ground_truth, extra_info with
-              checker and reset_prefix); score with gpo's stages/verl_reward.py `compute_score`.
+              checker and reset_prefix); score with gpo's stages/tools/verl_reward.py `compute_score`.
 llamafactory: gpo_<data>_pairwise.json (ranking) and gpo_<data>_kto.json (kto_tag), alpaca columns with
               `system`; their entries are merged into DIR/dataset_info.json, whose other entries are kept.
 

@@ -17,14 +17,14 @@ def _kinds_table(premise: dict) -> str:
 
 
 def borrow_readme(m: dict) -> str:
-    a, g, s, p = m["args"], m["greedy"], m["sampled"], m["premise"]
+    a, g, p = m["args"], m["greedy"], m["premise"]
     call_args = ", ".join(f"{k}={v!r}" for k, v in a.items())
     example = m["sample_responses"][0].replace("\n", "\\n")
     slips = ", ".join(f"{k} {v}" for k, v in toy_borrow.SLIP.items())
     return f"""# borrow-model: tiny Llama for the toy:borrow task (GPO's premise)
 
 Made by `gpo toy build --task borrow --out data/borrow-model`, which calls
-`stages.toy_build.build_toy_model(out_dir, {call_args})`
+`stages.tools.toy_build.build_toy_model(out_dir, {call_args})`
 on CPU ({a["threads"]} threads), deterministic for the same arguments and machine.
 
 - Task: `stages/core/toy_borrow.py`. A 2-digit start and {toy_borrow.MIN_OPS}-{toy_borrow.MAX_OPS} labelled

@@ -16,10 +16,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stages import report_plots as plots
 from stages.core import artifacts
 from stages.core.errors import GpoError
 from stages.core.query import PIPELINE, connect
+from stages.tools import report_plots as plots
 
 MAX_CURVES = 12
 OPEN_ROWS = 15   # longer tables start folded
@@ -45,7 +45,9 @@ class Section:
     notes: list[str] = field(default_factory=list)
 
 
-class Ctx:
+class RunViews:
+    """The run's DuckDB views, and the queries a report section runs on them."""
+
     def __init__(self, run: Path):
         self.run = run
         self.con = connect(run)
@@ -88,7 +90,7 @@ FROM w ORDER BY ALL"""
 # ----------------------------------------------------------------------------- sections
 
 
-def sample_section(c: Ctx) -> Section | None:
+def sample_section(c: RunViews) -> Section | None:
     if "sample" not in c.views:
         return None
     acc = c.q("accuracy per problem source", accuracy_sql("sample", "source"))
@@ -105,7 +107,7 @@ FROM sample, w GROUP BY ALL ORDER BY 1""")
                    [acc, lengths])
 
 
-def value_section(c: Ctx) -> Section | None:
+def value_section(c: RunViews) -> Section | None:
     if "estimate" not in c.views:
         return None
     crit = "l.critical_step" if "locate" in c.views else "NULL::INT AS critical_step"
@@ -139,7 +141,7 @@ ORDER BY md5(e.problem_id || ':' || e.sample_idx), e.step_idx""")
                    plots.value_curves(list(trajs.values())), [q])
 
 
-def critical_section(c: Ctx) -> Section | None:
+def critical_section(c: RunViews) -> Section | None:
     if "locate" not in c.views:
         return None
     rel = c.q("relative position (10 bins)", """
@@ -158,7 +160,7 @@ FROM locate GROUP BY ALL ORDER BY 3 DESC""")
                    plots.critical_positions(rel.rows, absolute.rows) if rel.rows else None, [rel, absolute, reasons])
 
 
-def advantage_section(c: Ctx) -> Section | None:
+def advantage_section(c: RunViews) -> Section | None:
     if "estimate" not in c.views:
         return None
     crit = ("UNION ALL SELECT 'critical', advantage FROM locate WHERE critical_step IS NOT NULL"
@@ -181,7 +183,7 @@ SELECT kind, count(*) AS steps, avg(advantage) AS mean, avg(abs(advantage)) AS m
                    plots.advantages([(float(b), a, k) for b, a, k in q.rows]), [q, stats])
 
 
-def agreement_section(c: Ctx) -> Section | None:
+def agreement_section(c: RunViews) -> Section | None:
     if "locate" not in c.views:
         return None
     rate = c.q("agreement rate (95% Wilson interval)", f"""
@@ -203,7 +205,7 @@ WHERE first_wrong_line IS NOT NULL GROUP BY ALL ORDER BY ALL""")
                    [f"agreement {agree}/{n} = {r:.1%} (95% interval {r_lo:.1%}–{r_hi:.1%})"])
 
 
-def eval_section(c: Ctx) -> Section | None:
+def eval_section(c: RunViews) -> Section | None:
     if "evals" not in c.views:
         return None
     q = c.q("accuracy per model and mode", accuracy_sql("evals", "label, mode"))
@@ -219,7 +221,7 @@ def _stats_sum(keys: tuple[str, ...]) -> str:
     return "sum(" + " + ".join(f"coalesce(j.stats.{k}::BIGINT, 0)" for k in keys) + ")"
 
 
-def cost_section(c: Ctx) -> Section | None:
+def cost_section(c: RunViews) -> Section | None:
     queries, png = [], None
     if "manifests" in c.views:
         order = ", ".join(f"'{s}'" for s in PIPELINE)
@@ -254,7 +256,7 @@ FROM branch GROUP BY 1 ORDER BY 1"""))
                    "extra cost over plain sampling is almost all estimate rollouts.", png, queries)
 
 
-def loss_section(c: Ctx) -> Section | None:
+def loss_section(c: RunViews) -> Section | None:
     if "metrics" not in c.views or not {"step", "loss"} <= c.columns("metrics"):
         return None
     cols = c.columns("metrics")
@@ -379,7 +381,7 @@ def build_report(run: Path, out: Path | None = None) -> dict:
         raise GpoError(f"{run} has no finished tables yet: nothing to report (run `gpo sample` first)")
     out = Path(out) if out is not None else run / "report.html"
     files = out.parent / f"{out.stem}_files"
-    ctx = Ctx(run)
+    ctx = RunViews(run)
     counts = [(v, ctx.con.execute(f'SELECT count(*) FROM "{v}"').fetchone()[0],
                str(tables[v].relative_to(run)) if v in tables else "(union of eval_*)") for v in sorted(ctx.views)]
     sections = [s for s in (make(ctx) for make in SECTIONS) if s is not None]

@@ -232,7 +232,7 @@ def _save(out_dir: Path, model, tok, metrics: dict) -> None:
     if metrics["args"]["task"] == "arith":
         readme = _readme(metrics)
     else:
-        from stages.toy_readme import borrow_readme
+        from stages.tools.toy_readme import borrow_readme
 
         readme = borrow_readme(metrics)
     (out_dir / "README.md").write_text(readme + extra)
@@ -249,7 +249,7 @@ def _readme(m: dict) -> str:
     return f"""# toy-model: tiny Llama for the built-in arithmetic-chain task
 
 Made by `gpo toy build --task arith --out data/toy-model`, which calls
-`stages.toy_build.build_toy_model(out_dir, {call_args})`
+`stages.tools.toy_build.build_toy_model(out_dir, {call_args})`
 on CPU ({a["threads"]} threads), deterministic for the same arguments and machine.
 
 - Task: `stages/core/toy.py` (`toy_problems`, `first_wrong_line`, `noisy_solution`).

@@ -1,7 +1,7 @@
 """verl reward for `gpo export --format verl` data, with gpo's own answer checkers.
 
     python -m verl.trainer.main_ppo data.train_files=exports/verl/train.parquet \
-        custom_reward_function.path=$(python -c 'import stages.verl_reward as m; print(m.__file__)') \
+        custom_reward_function.path=$(python -c 'import stages.tools.verl_reward as m; print(m.__file__)') \
         custom_reward_function.name=compute_score ...
 
 verl calls compute_score(data_source, solution_str, ground_truth, extra_info) per response. A reset

@@ -1,0 +1,210 @@
+"""Stage commands derived from settings dataclasses: the typer side of one source of truth.
+
+`stage_command(app, name, Settings, runtime=..., extra=...)(impl)` registers `gpo <name>` with one option per
+settings field (default and help from the field, `stages.core.settings.setting`), the shared runtime options,
+the command's extra options, `--run` and `--config FILE`. Values are merged in one place, `merge`:
+field defaults < the config file < flags given on the command line. `gpo run PIPELINE` uses the same path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Callable
+
+import typer
+
+from gpo_cli.common import handle_errors
+from stages.core.errors import GpoError
+from stages.core.settings import Runtime
+
+
+@dataclasses.dataclass(frozen=True)
+class Extra:
+    """A command option that is not a settings field (e.g. where problem fields come from)."""
+
+    annotation: Any
+    default: Any
+    help: str = ""
+    flag: str | None = None
+    argument: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class StageCommand:
+    name: str
+    settings: type
+    runtime: tuple[str, ...]
+    extra: dict[str, Extra]
+    impl: Callable[..., None]
+    open_config: bool  # unknown config keys go to impl as `config_extra` (train's TRL arguments)
+
+    def known(self) -> set[str]:
+        return {f.name for f in dataclasses.fields(self.settings)} | set(self.runtime) | set(self.extra)
+
+    def call(self, run: Path | None, values: dict, config: dict | None = None) -> None:
+        """Run the command with `values` (flags) over `config` (a file's table) over the defaults."""
+        merged, leftover = merge(self, config or {}, values)
+        fields = {f.name for f in dataclasses.fields(self.settings)}
+        settings = {k: v for k, v in merged.items() if k in fields}
+        runtime = Runtime(**{k: v for k, v in merged.items() if k in self.runtime})
+        extra = {k: v for k, v in merged.items() if k in self.extra}
+        if self.open_config:
+            extra["config_extra"] = leftover
+        self.impl(run=run, settings=settings, runtime=runtime, **extra)
+
+
+    def check(self, ctx) -> None:
+        """Parse-time check of a command line without running it (gpo slurm checks each job's this way)."""
+        from stages.core.config import load_config_file
+
+        params = dict(ctx.params)
+        config = load_config_file(params["config"]) if params.get("config") else {}
+        merged, _ = merge(self, config, explicit_flags(ctx, params))
+        fields = {f.name for f in dataclasses.fields(self.settings)}
+        if self.name != "eval" or not merged.get("compare"):
+            self.settings(**{k: v for k, v in merged.items() if k in fields})
+        Runtime(**{k: v for k, v in merged.items() if k in self.runtime})
+
+
+COMMANDS: dict[str, StageCommand] = {}
+
+
+def explicit_flags(ctx, params: dict) -> dict:
+    """The options given on the command line (not defaulted): they win over a config file."""
+    return {k: v for k, v in params.items() if k not in ("run", "config")
+            and ctx.get_parameter_source(k).name not in ("DEFAULT", "DEFAULT_MAP")}
+
+
+def merge(command: StageCommand, config: dict, flags: dict) -> tuple[dict, dict]:
+    """Defaults < config file < explicit flags; returns the merged values and the config's unknown keys."""
+    known = command.known()
+    config = {str(k).replace("-", "_"): v for k, v in config.items()}
+    config.pop("run", None)
+    leftover = {k: v for k, v in config.items() if k not in known}
+    if leftover and not command.open_config:
+        raise GpoError(f"unknown setting(s) for `gpo {command.name}`: {', '.join(sorted(leftover))} "
+                       f"(see `gpo {command.name} --help`)")
+    defaults = {}
+    for f in dataclasses.fields(command.settings):
+        if f.default is not dataclasses.MISSING:
+            defaults[f.name] = f.default
+    for name in command.runtime:
+        defaults[name] = Runtime.__dataclass_fields__[name].default
+    for name, e in command.extra.items():
+        defaults[name] = e.default
+    hints = {**typing.get_type_hints(command.settings), **typing.get_type_hints(Runtime),
+             **{k: e.annotation for k, e in command.extra.items()}}
+    from_file = {k: coerce(k, v, hints[k]) for k, v in config.items() if k in known}
+    merged = {**defaults, **from_file, **flags}
+    for f in dataclasses.fields(command.settings):
+        merged.setdefault(f.name, None)  # a required setting nobody gave: the settings' check names it
+    return merged, leftover
+
+
+def coerce(name: str, value, hint):
+    """A config file's value as the option's type (YAML and TOML are typed already), or one clear error."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if value is None and type(None) in options:
+        return None
+    for kind in options:
+        if kind is bool and isinstance(value, bool):
+            return value
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if kind in (str, Path) and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return kind(value) if kind is Path else str(value)
+        if typing.get_origin(kind) is list and isinstance(value, list):
+            return [str(v) for v in value]
+    wanted = " or ".join(getattr(k, "__name__", str(k)) for k in options if k is not type(None))
+    raise GpoError(f"setting {name}: expected {wanted}, got {value!r}")
+
+
+def _option(name: str, annotation, default, help: str, flag: str | None, argument: bool = False) -> inspect.Parameter:
+    info = typer.Argument(help=help) if argument else typer.Option(*([flag] if flag else []), help=help)
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                             annotation=Annotated[annotation, info])
+
+
+def _optional(annotation):
+    """A required field still defaults to None on the command line: a config file may supply it."""
+    return annotation if type(None) in typing.get_args(annotation) else annotation | None
+
+
+def stage_command(app: typer.Typer, name: str, settings: type, *, runtime: tuple[str, ...] = (),
+                  extra: dict[str, Extra] | None = None, open_config: bool = False, run_required: bool = True):
+    """Register `impl(run, settings: dict, runtime: Runtime, **extra)` as `gpo <name>`."""
+    extra = extra or {}
+
+    def decorator(impl: Callable) -> Callable:
+        command = StageCommand(name, settings, tuple(runtime), extra, impl, open_config)
+        COMMANDS[name] = command
+        hints = typing.get_type_hints(settings)
+        params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
+                  _option("run", Path | None, None, "Run directory (stage folders are created inside)"
+                          + ("." if run_required else "; optional here."), "--run"),
+                  _option("config", Path | None, None, "YAML, TOML or JSON file of these settings (a stage's "
+                          "config.json works too); flags given here win.", "--config")]
+        for f in dataclasses.fields(settings):
+            required = f.default is dataclasses.MISSING
+            params.append(_option(f.name, _optional(hints[f.name]) if required else hints[f.name],
+                                  None if required else f.default,
+                                  f.metadata.get("help", "") + (" [required]" if required else ""),
+                                  f.metadata.get("flag")))
+        runtime_hints = typing.get_type_hints(Runtime)
+        for r in runtime:
+            f = Runtime.__dataclass_fields__[r]
+            params.append(_option(r, runtime_hints[r], f.default, f.metadata["help"], None))
+        for key, e in extra.items():
+            params.append(_option(key, e.annotation, e.default, e.help, e.flag, e.argument))
+
+        @handle_errors
+        def callback(ctx: typer.Context, **kwargs):
+            from stages.core.config import load_config_file
+
+            run, config_path = kwargs.pop("run"), kwargs.pop("config")
+            flags = explicit_flags(ctx, kwargs)
+            config = load_config_file(config_path) if config_path else {}
+            run = run if run is not None else config.get("run")
+            if run is None and run_required:
+                raise GpoError("missing --run (give it as a flag or in --config)")
+            command.call(Path(run) if run is not None else None, flags, config)
+
+        callback.__signature__ = inspect.Signature(params)
+        callback.__doc__ = impl.__doc__
+        callback.__name__ = name
+        callback.__annotations__ = {p.name: p.annotation for p in params}
+        app.command(name)(callback)
+        return impl
+    return decorator
+
+
+def run_pipeline(path: Path) -> list[str]:
+    """Run the stages a pipeline file lists, in order: `run: DIR` and `stages: [{sample: {...}}, ...]`."""
+    from stages.core.config import load_config_file
+
+    table = load_config_file(path)
+    run, steps = table.get("run"), table.get("stages")
+    if not run or not isinstance(steps, list) or not steps:
+        raise GpoError(f"{path} needs `run: DIR` and a non-empty `stages:` list of {{name: settings}} entries")
+    plan = []
+    for i, step in enumerate(steps):
+        if isinstance(step, str):
+            step = {step: {}}
+        if not isinstance(step, dict) or len(step) != 1:
+            raise GpoError(f"{path}: stages[{i}] must be one stage name with its settings, e.g. {{locate: {{}}}}")
+        (name, values), = step.items()
+        if name not in COMMANDS:
+            raise GpoError(f"{path}: stages[{i}] is {name!r}; pipelines run {', '.join(COMMANDS)}")
+        if values is not None and not isinstance(values, dict):
+            raise GpoError(f"{path}: the settings of stages[{i}] ({name}) must be a table")
+        merge(COMMANDS[name], values or {}, {})  # every entry is checked before the first stage runs
+        plan.append((name, values or {}))
+    for name, values in plan:
+        COMMANDS[name].call(Path(run), {}, values)
+    return [name for name, _ in plan]

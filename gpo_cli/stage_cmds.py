@@ -1,0 +1,161 @@
+"""The six stage commands and `gpo run`: thin adapters from merged option values to the stages.
+
+Options, defaults and help come from each stage's settings dataclass (gpo_cli/adapter.py derives them); what
+is here is only the order of the checks a user sees before anything is written: options, problems, model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from gpo_cli.adapter import Extra, run_pipeline, stage_command
+from gpo_cli.common import err, handle_errors, log
+from stages import branch, estimate, eval as evaluation, locate, sample, train
+from stages.core.errors import GpoError
+from stages.core.settings import GENERATING, NON_GENERATING, Runtime
+
+
+def preflight(model: str, trust_remote_code: bool, problems=None, max_new_tokens: int | None = None) -> None:
+    """The model folder loads (config, tokenizer, weights' headers) and the questions fit its context."""
+    from stages.core.backends import check_fits, preflight_model
+
+    config, tokenizer = preflight_model(model, trust_remote_code)
+    if problems is not None:
+        questions = zip(problems.column("problem_id").to_pylist(), problems.column("question").to_pylist())
+        check_fits(model, config, tokenizer, list(questions), max_new_tokens)
+
+
+def report(manifest: dict) -> None:
+    stats = manifest.get("stats", {})
+    extra = ""
+    if stats.get("trajectories"):
+        extra = f", accuracy {stats.get('correct', 0) / stats['trajectories']:.3f}"
+    err.print(f"[green]{manifest['stage']}[/green] shard {manifest['shard']}/{manifest['num_shards']}: "
+              f"{manifest['rows']} rows{extra}, {manifest['wall_seconds']:.1f}s")
+
+
+def run_generating(stage, run: Path, settings, rt: Runtime, problems=None) -> dict:
+    """Check, then run a stage that generates: from problems (sample, eval) or from upstream tables."""
+    from stages.core import lineage
+    from stages.core.backends import generator_factory
+    from stages.core.runner import parse_shard, run_stage
+    from stages.core.sampling import with_policy
+
+    shard = parse_shard(rt.shard)
+    if problems is None:
+        lineage.require_fresh(run, stage.input)
+        settings = with_policy(run, settings)  # the policy that sampled, unless --model/--backend/... say otherwise
+    make = generator_factory(settings.backend, settings.model, rt.dtype, rt.device, rt.batch_size,
+                             rt.trust_remote_code, rt.vllm)
+    preflight(settings.model, rt.trust_remote_code, problems, settings.max_new_tokens if problems else None)
+    manifest = run_stage(stage, run, settings, input_table=problems, shard=shard,
+                         chunk_groups=rt.chunk_groups or stage.chunk_groups, overwrite=rt.overwrite, log=log,
+                         make_generator=make)
+    report(manifest)
+    return manifest
+
+
+def load(problems: str, checker: str | None, fields=None):
+    from stages.core.sources import Fields, load_problems
+
+    loaded = load_problems(problems, fields or Fields(), checker)
+    if loaded.skipped:
+        err.print(f"[yellow]skipped rows[/yellow]: {loaded.skipped}")
+    return loaded.table
+
+
+def register(app: typer.Typer) -> None:
+    @stage_command(app, "sample", sample.SampleSettings, runtime=GENERATING, extra={
+        "question_field": Extra(str, "question", "Field holding the question (.jsonl/.parquet)."),
+        "answer_field": Extra(str, "answer", "Field holding the gold answer."),
+        "id_field": Extra(str | None, None, "Field holding a stable problem id (else file row)."),
+    })
+    def sample_cmd(run, settings, runtime, question_field, answer_field, id_field):
+        """Sample n trajectories per problem and score them: RUN/sample/*.parquet."""
+        from stages.core.sources import Fields
+
+        s = sample.SampleSettings(**settings)  # everything is checked before the run folder is written
+        problems = load(s.problems, s.checker, Fields(question_field, answer_field, id_field))
+        run_generating(sample.STAGE, run, s, runtime, problems)
+
+    @stage_command(app, "estimate", estimate.EstimateSettings, runtime=GENERATING)
+    def estimate_cmd(run, settings, runtime):
+        """Cut responses into steps on token ids and estimate each state's value by Monte Carlo rollouts."""
+        run_generating(estimate.STAGE, run, estimate.EstimateSettings(**settings), runtime)
+
+    @stage_command(app, "locate", locate.LocateSettings, runtime=NON_GENERATING)
+    def locate_cmd(run, settings, runtime):
+        """Find each trajectory's critical step: one row per trajectory in RUN/locate."""
+        from stages.core.runner import parse_shard, run_stage
+
+        s = locate.LocateSettings(**settings)
+        manifest = run_stage(locate.STAGE, run, s, shard=parse_shard(runtime.shard),
+                             chunk_groups=runtime.chunk_groups or locate.STAGE.chunk_groups,
+                             overwrite=runtime.overwrite, log=log)
+        report(manifest)
+        stats = manifest["stats"]
+        err.print(f"critical step found in {stats.get('located', 0)}/{stats.get('trajectories', 0)} trajectories")
+
+    @stage_command(app, "branch", branch.BranchSettings, runtime=GENERATING, extra={
+        "baseline_only": Extra(bool, False, "Only the baseline pairs, straight from `sample` "
+                                            "(no estimate/locate needed)."),
+    })
+    def branch_cmd(run, settings, runtime, baseline_only):
+        """Reset at critical steps, sample continuations, write pairs / unpaired rows / reset prompts."""
+        s = branch.BranchSettings(**{**settings, "baseline": settings["baseline"] or baseline_only})
+        manifest = run_generating(branch.BASELINE_ONLY_STAGE if baseline_only else branch.STAGE, run, s, runtime)
+        err.print(f"pairs: {manifest['stats'].get('pairs', 0)}")
+
+    @stage_command(app, "train", train.TrainSettings, runtime=("overwrite",), open_config=True, extra={
+        "out": Extra(Path | None, None, "Output folder (default RUN/train/<method>-<data>)."),
+    })
+    def train_cmd(run, settings, runtime, out, config_extra):
+        """Train on the branch tables with TRL (DPO, KTO, SimPO, ORPO, GRPO, RLOO); resumable from checkpoints.
+
+        Keys of --config that are not gpo settings are passed to the method's TRL config."""
+        s = train.TrainSettings(**settings)
+        summary = train.train(run, s, out, config_overrides=config_extra, overwrite=runtime.overwrite, log=log)
+        err.print(f"[green]train[/green] {s.method}/{s.data}: step {summary.get('global_step')}, "
+                  f"loss {summary.get('first_loss')} -> {summary.get('last_loss', summary.get('train_loss'))}")
+
+    @stage_command(app, "eval", evaluation.EvalSettings, runtime=GENERATING, run_required=False, extra={
+        "k": Extra(str, "1,4,8", "k values for pass@k and maj@k, comma-separated."),
+        "compare": Extra(bool, False, "Compare the finished evaluations given as arguments (RUN/eval_<label> "
+                                      "folders; the first is the reference) instead of running one."),
+        "folders": Extra(list[Path] | None, None, "With --compare: evaluation folders.", argument=True),
+    })
+    def eval_cmd(run, settings, runtime, k, compare, folders):
+        """Score a model: greedy accuracy, sampled pass@1 with a 95% interval, pass@k and maj@k."""
+        from gpo_cli.report_cmds import print_comparison, print_eval_summary
+
+        if compare:
+            if not folders:
+                raise GpoError("--compare needs evaluation folders, e.g. gpo eval --compare R/eval_base R/eval_dpo-gpo")
+            print_comparison(evaluation.compare([evaluation.load_summary(p) for p in folders]))
+            return
+        if folders:
+            raise GpoError(f"unexpected argument {folders[0]} (did you mean --compare?)")
+        if settings.get("model") is None or settings.get("problems") is None or run is None:
+            evaluation.EvalSettings(**{**settings, "problems": "-", "model": "-"})  # the other options first
+            raise GpoError("gpo eval needs --model, --problems and --run (or --compare EVAL_DIR ...)")
+        try:
+            ks = tuple(int(x) for x in k.split(","))
+        except ValueError:
+            raise GpoError(f"--k must be comma-separated integers, not {k!r}") from None
+        stage = evaluation.make_stage(settings["label"])
+        n = settings["n"] if settings["temperature"] > 0 else 1
+        s = evaluation.EvalSettings(**{**settings, "n": n})
+        run_generating(stage, run, s, runtime, load(s.problems, s.checker))
+        summary = evaluation.write_summary(run, s.label, ks)
+        if summary is not None:
+            print_eval_summary(summary)
+
+    @app.command("run")
+    @handle_errors
+    def run_cmd(pipeline: Path = typer.Argument(..., help="YAML/TOML/JSON pipeline file: `run: DIR` and "
+                                                             "`stages: [{sample: {...}}, {estimate: {}}, ...]`.")):
+        """Run a whole chain from one file (each entry: a stage and its settings, as its --config takes)."""
+        names = run_pipeline(pipeline)
+        err.print(f"[green]pipeline[/green] {pipeline}: ran {', '.join(names)}")

@@ -1,0 +1,148 @@
+"""Sampling from problems, shared by the `sample` and `eval` stages, and the sampling policy every generating
+stage (sample, estimate, branch, eval) shares: its settings, their checks, and "the policy that sampled"
+for the stages downstream of `sample`.
+
+Rows keep the exact prompt and response token ids so later stages cut steps on ids and never re-tokenize.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+from stages.core import artifacts
+from stages.core.answers import CHECKERS
+from stages.core.backends import BACKENDS, Request, Sampling
+from stages.core.errors import GpoError
+from stages.core.prompts import DEFAULT_INSTRUCTION, DEFAULT_SYSTEM, build_prompt
+from stages.core.runner import Context, check_identity
+from stages.core.settings import require, setting
+from stages.core.values import stable_seed
+
+IDS = pa.list_(pa.int32())
+SAMPLE_SCHEMA = pa.schema([
+    ("problem_id", pa.string()), ("sample_idx", pa.int32()), ("question", pa.string()),
+    ("gold_answer", pa.string()), ("source", pa.string()), ("checker", pa.string()), ("meta", pa.string()),
+    ("prompt_text", pa.string()), ("prompt_token_ids", IDS), ("response_text", pa.string()),
+    ("response_token_ids", IDS), ("finish_reason", pa.string()), ("num_prompt_tokens", pa.int32()),
+    ("num_response_tokens", pa.int32()), ("extracted_answer", pa.string()), ("reward", pa.int8()),
+    ("verdict_checker", pa.string()), ("verdict_error", pa.string()), ("model", pa.string()),
+    ("seed", pa.int64()),
+])
+
+
+@dataclass(frozen=True)
+class SampleSettings:
+    problems: str = setting(help="toy:arith|borrow?n=..&seed=..&split=train|valid|test, "
+                                 "reasoning-gym:<name>?size=..&seed=.., or a .jsonl/.parquet file.")
+    model: str = setting(help="Local Hugging Face model folder.")
+    n: int = setting(4, "Samples per problem.")
+    temperature: float = setting(1.0, "Sampling temperature (0 = greedy).")
+    top_p: float = setting(1.0, "Nucleus sampling mass, in (0, 1].")
+    max_new_tokens: int = setting(256, "Response budget in tokens; a response cut here has finish_reason "
+                                       "'length'.")
+    seed: int = setting(0, "Seed of the sampling (each sample's seed derives from it and the problem id).")
+    backend: str = setting("auto", "Generation backend: auto (vLLM if it runs), hf or vllm.")
+    template: str = setting("auto", "auto (chat template if the model has one), chat or plain.")
+    system: str | None = setting(DEFAULT_SYSTEM, "System prompt for chat templates ('' for none).")
+    instruction: str | None = setting(DEFAULT_INSTRUCTION, "Appended to the question in chat prompts ('' for none).")
+    checker: str | None = setting(None, "numeric, math or choice (default: the source's).")
+
+    def __post_init__(self):
+        for name in ("system", "instruction"):  # '' on the command line means none
+            if getattr(self, name) == "":
+                object.__setattr__(self, name, None)
+        validate(self)
+
+    @property
+    def sampling(self) -> Sampling:
+        return Sampling(self.temperature, self.top_p, self.max_new_tokens)
+
+
+def sample_rows(problems: pa.Table, ctx: Context, s: SampleSettings) -> pa.Table:
+    """n scored trajectories per problem of the chunk, under the sampling settings `s` (eval passes its own)."""
+    gen = ctx.generator()
+    rows = problems.to_pylist()
+    prompts = [build_prompt(gen.tokenizer, r["question"], template=s.template, system=s.system,
+                            instruction=s.instruction) for r in rows]
+    seeds = [stable_seed(s.seed, "sample", r["problem_id"]) for r in rows]
+    requests = [Request(tuple(ids), s.n, seed) for (_, ids), seed in zip(prompts, seeds)]
+    outputs = gen.generate(requests, s.sampling)
+    records = []
+    for row, (text, ids), seed, completions in zip(rows, prompts, seeds, outputs):
+        for j, c in enumerate(completions):
+            records.append({**row, "sample_idx": j, "prompt_text": text, "prompt_token_ids": ids,
+                            "response_text": c.text, "response_token_ids": list(c.token_ids),
+                            "finish_reason": c.finish_reason, "num_prompt_tokens": len(ids),
+                            "num_response_tokens": len(c.token_ids), "model": s.model,
+                            "seed": stable_seed(seed, j), "checker": s.checker or row["checker"]})
+    verdicts = ctx.score([r["checker"] for r in records], [r["response_text"] for r in records],
+                     [r["gold_answer"] for r in records])
+    for rec, v in zip(records, verdicts):
+        rec.update(extracted_answer=v.extracted_answer, reward=int(v.correct), verdict_checker=v.checker,
+                   verdict_error=v.error)
+    ctx.stats["prompt_tokens"] += sum(len(ids) for _, ids in prompts)
+    ctx.stats["generated_tokens"] += sum(r["num_response_tokens"] for r in records)
+    ctx.stats["trajectories"] += len(records)
+    ctx.stats["correct"] += sum(r["reward"] for r in records)
+    ctx.stats["truncated"] += sum(r["finish_reason"] == "length" for r in records)
+    return pa.Table.from_pylist(records, schema=SAMPLE_SCHEMA)
+
+
+POLICY = ("model", "backend", "temperature", "top_p", "max_new_tokens")
+MAX_SAMPLES = 10_000  # per problem or state: far above any method's need, far below exhausting memory
+MAX_NEW_TOKENS = 1 << 20
+TEMPLATES = ("auto", "chat", "plain")
+
+
+def check_policy(s) -> None:
+    """The sampling settings every generating stage shares (None: taken from sample's config)."""
+    if s.temperature is not None and not (math.isfinite(s.temperature) and 0 <= s.temperature <= 100):
+        raise GpoError(f"--temperature must be between 0 and 100, not {s.temperature}")
+    if s.top_p is not None and not 0 < s.top_p <= 1:
+        raise GpoError(f"--top-p must be in (0, 1], not {s.top_p}")
+    if s.max_new_tokens is not None and not 1 <= s.max_new_tokens <= MAX_NEW_TOKENS:
+        raise GpoError(f"--max-new-tokens must be between 1 and {MAX_NEW_TOKENS}, not {s.max_new_tokens}")
+    if s.backend is not None and s.backend not in BACKENDS:
+        raise GpoError(f"--backend must be one of {', '.join(BACKENDS)}, not {s.backend!r}")
+
+
+def check_count(name: str, value: int | None, low: int = 1) -> None:
+    if value is not None and not low <= value <= MAX_SAMPLES:
+        raise GpoError(f"--{name} must be between {low} and {MAX_SAMPLES}, not {value}")
+
+
+def validate(s: SampleSettings) -> None:
+    check_count("n", s.n)
+    check_policy(s)
+    if s.template not in TEMPLATES:
+        raise GpoError(f"--template must be auto, chat or plain, not {s.template!r}")
+    if s.checker is not None and s.checker not in CHECKERS:
+        raise GpoError(f"--checker must be numeric, math or choice, not {s.checker!r}")
+    require(s, "problems", "model")
+
+
+def with_policy(run: Path, settings):
+    """Rollouts and branches come from the policy that sampled: settings left unset (None) take sample's
+    model, backend and sampling values, so they are stored and hashed with the stage that uses them."""
+    path = Path(run) / "sample" / "config.json"
+    config = artifacts.load_json(path)
+    check_identity(config, "sample", path)
+    base = config["settings"]
+    return dataclasses.replace(settings, **{k: base[k] for k in POLICY if getattr(settings, k) is None})
+
+
+def sampled_with(run: Path) -> dict:
+    """The settings the sample stage ran with."""
+    return artifacts.load_json(Path(run) / "sample" / "config.json")["settings"]
+
+
+def rollout_sampling(s, base: dict) -> Sampling:
+    """Sampling for rollouts and branches: the stage's own values, else those `sample` ran with (`base`)."""
+    pick = lambda mine, key: base[key] if mine is None else mine  # noqa: E731
+    return Sampling(pick(s.temperature, "temperature"), pick(s.top_p, "top_p"),
+                    pick(s.max_new_tokens, "max_new_tokens"))

@@ -1,0 +1,175 @@
+"""The TRL side of `gpo train`: each method's Config and Trainer, their arguments, LoRA, the answer reward
+of the online methods, and the DPO/KTO variant that keeps truncated responses without EOS.
+
+TRL 1.16 has no PPOTrainer; GRPO and RLOO are the PPO-style (clipped policy-gradient) online methods. Their
+prompt set is the original problems plus the reset states (stages/train/data.py), and the reward judges
+prefix + completion, since the kept prefix may hold lines the final answer depends on. Generation is HF
+`generate` (use_vllm=False).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+from stages.core.errors import GpoError
+from stages.train.settings import ONLINE, TrainSettings
+
+
+def trl_args(s: TrainSettings, extra: dict, out: Path) -> dict:
+    """TrainingArguments shared by every method; `extra` (the config file's TRL keys) wins."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    args = dict(output_dir=str(out / "checkpoints"), learning_rate=s.learning_rate, num_train_epochs=s.epochs,
+                max_steps=s.max_steps, per_device_train_batch_size=s.batch_size,
+                gradient_accumulation_steps=s.grad_accum, save_strategy="steps", save_steps=s.save_steps,
+                save_total_limit=2, logging_steps=1, seed=s.seed, data_seed=s.seed, report_to=[],
+                bf16=s.bf16, fp16=False, use_cpu=not cuda, dataloader_num_workers=0,
+                gradient_checkpointing=cuda, push_to_hub=False, beta=s.beta)
+    return {**args, **extra}
+
+
+# TRL module and class stem per method: <stem>Config, <stem>Trainer. SimPO is CPO with loss_type="simpo".
+TRL_CLASSES = {"dpo": ("trl", "DPO"), "kto": ("trl", "KTO"), "simpo": ("trl.experimental.cpo", "CPO"),
+               "orpo": ("trl.experimental.orpo", "ORPO"), "grpo": ("trl", "GRPO"), "rloo": ("trl", "RLOO")}
+
+
+def trl_class(method: str, kind: str):
+    """`kind` is "Config" or "Trainer"."""
+    import importlib
+
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # CPO and ORPO live in trl.experimental
+    module, stem = TRL_CLASSES[method]
+    return getattr(importlib.import_module(module), stem + kind)
+
+
+def method_args(s: TrainSettings) -> dict:
+    if s.method == "dpo":  # several loss types ("sigmoid,sft") are combined by TRL
+        return {"loss_type": [t.strip() for t in s.loss_type.split(",")], "max_length": s.max_length}
+    if s.method == "simpo":  # cpo_alpha 0: no NLL term, i.e. SimPO proper
+        return {"loss_type": "simpo", "cpo_alpha": 0.0, "simpo_gamma": s.beta / 2, "max_length": s.max_length}
+    own_loss = {"loss_type": s.loss_type} if s.loss_type != "sigmoid" else {}
+    if s.method in ONLINE:
+        return {"num_generations": s.num_generations, "max_completion_length": s.max_completion_length,
+                "use_vllm": False, **own_loss}
+    return {"max_length": s.max_length, **own_loss}
+
+
+def build_config(s: TrainSettings, extra: dict, out: Path):
+    """The method's TRL config; unknown keys or a bad combination (batch vs generations) -> one-line GpoError."""
+    Config = trl_class(s.method, "Config")
+    kwargs = {**method_args(s), **trl_args(s, extra, out)}
+    unknown = sorted(set(kwargs) - {f.name for f in dataclasses.fields(Config)})
+    if unknown:
+        raise GpoError(f"unknown {Config.__name__} argument(s): {', '.join(unknown)}")
+    try:
+        return Config(**kwargs)
+    except ValueError as e:
+        raise GpoError(f"{Config.__name__}: {str(e).splitlines()[0]}") from None
+
+
+def lora_config(s: TrainSettings):
+    if not s.lora_r:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=s.lora_r, lora_alpha=s.lora_alpha, lora_dropout=0.0, target_modules="all-linear",
+                      task_type="CAUSAL_LM")
+
+
+def make_trainer(s: TrainSettings, config, tok, dataset, callbacks: list):
+    close = None
+    try:  # TRL checks some combinations only here (e.g. KTO needs a batch of at least 2)
+        if s.method in ONLINE:
+            trainer, close = online_trainer(s, config, tok, dataset, callbacks, lora_config(s))
+        else:
+            Trainer = trl_class(s.method, "Trainer")
+            if s.truncated == "no-eos" and s.method in ("dpo", "kto"):
+                Trainer = no_eos_on_truncated(Trainer)
+            trainer = Trainer(model=s.model, args=config, train_dataset=dataset, processing_class=tok,
+                              callbacks=callbacks, peft_config=lora_config(s))
+    except ValueError as e:
+        raise GpoError(f"{s.method}: {str(e).splitlines()[0]}") from None
+    _progress_to_stderr(trainer)
+    return trainer, close
+
+
+class AnswerReward:
+    """Reward 1.0 when the project's checker accepts prefix + completion, else 0.0 (one checker per kind)."""
+
+    __name__ = "correct"  # TRL names the logged reward columns after the function
+
+    def __init__(self) -> None:
+        self.checkers: dict = {}
+
+    def __call__(self, prompts, completions, gold_answer, checker, prefix_text, **kwargs) -> list[float]:
+        from stages.core.answers import make_checker
+
+        texts = [p + c for p, c in zip(prefix_text, completions)]
+        rewards = [0.0] * len(texts)
+        for name in sorted(set(checker)):
+            rows = [i for i, c in enumerate(checker) if c == name]
+            if name not in self.checkers:
+                self.checkers[name] = make_checker(name)
+            verdicts = self.checkers[name].check_many([texts[i] for i in rows], [gold_answer[i] for i in rows])
+            for i, v in zip(rows, verdicts):
+                rewards[i] = float(v.correct)
+        return rewards
+
+    def close(self) -> None:
+        for c in self.checkers.values():
+            c.close()
+        self.checkers.clear()
+
+
+def online_trainer(s, config, tok, dataset, callbacks: list, peft_config):
+    Trainer = trl_class(s.method, "Trainer")
+    reward = AnswerReward()
+    trainer = Trainer(model=s.model, reward_funcs=reward, args=config, train_dataset=dataset,
+                      processing_class=tok, callbacks=callbacks, peft_config=peft_config)
+    return trainer, reward.close
+
+
+def no_eos_on_truncated(Trainer):
+    """TRL's DPO/KTO trainer, but a response flagged `<side>_truncated` loses the EOS TRL appended to it.
+
+    TRL 1.16 appends EOS to every response text before tokenizing, with no option to skip it; the flags
+    ride along as dataset columns and the Trainer drops them before batching."""
+    class NoEosOnTruncated(Trainer):
+        def _prepare_dataset(self, dataset, processing_class, *args, **kwargs):
+            dataset = super()._prepare_dataset(dataset, processing_class, *args, **kwargs)
+            eos = getattr(processing_class, "tokenizer", processing_class).eos_token_id
+            sides = [c[:-len("_truncated")] for c in dataset.column_names if c.endswith("_truncated")]
+
+            def strip(example):
+                for side in sides:
+                    ids = example[f"{side}_ids"]
+                    if example[f"{side}_truncated"] and ids and ids[-1] == eos:
+                        example[f"{side}_ids"] = ids[:-1]
+                return example
+
+            return dataset.map(strip, desc="Removing EOS from truncated responses") if sides else dataset
+
+    return NoEosOnTruncated
+
+
+def _progress_to_stderr(trainer) -> None:
+    """HF's progress callback prints each log dict to stdout; keep stdout for data, one short line to stderr."""
+    import sys
+
+    from transformers.trainer_callback import ProgressCallback
+
+    class StderrProgress(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and self.training_bar is not None and logs:
+                shown = [f"{k}={v:.4g}" for k, v in logs.items() if k in PROGRESS_KEYS and isinstance(v, float)]
+                if shown:
+                    self.training_bar.write(f"step {state.global_step}: " + " ".join(shown), file=sys.stderr)
+
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(StderrProgress())
+
+
+PROGRESS_KEYS = ("loss", "rewards/margins", "rewards/accuracies", "reward", "kl", "learning_rate", "train_loss")
