@@ -116,7 +116,7 @@ def generate_data(root: Path, plan: DemoPlan, model: Path, seed: int, gpo: Runne
     gen = ("--backend", "hf", "--seed", seed)
     gpo("sample", "sample", "--problems", train_src, "--model", model, "--run", runs["gpo"], "--n", plan.n,
         "--max-new-tokens", tokens, *gen)
-    gpo("estimate", "estimate", "--run", runs["gpo"], "--k", plan.k, "--seed", seed)
+    gpo("estimate", "estimate", "--run", runs["gpo"], "--k", plan.k, "--estimator", "full", "--seed", seed)
     gpo("locate", "locate", "--run", runs["gpo"])
     budget = matched_budget(runs["gpo"], plan)
     gpo("branch", "branch", "--run", runs["gpo"], "--m", plan.m, "--baseline", "--random-m", budget["random_m"],

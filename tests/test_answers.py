@@ -22,8 +22,9 @@ HANG = r"so it is \boxed{2^{2^{2^{99999}}}}"  # sympy grinds on this for minutes
 
 @pytest.fixture(scope="module")
 def math_checker():
-    # One pool for the module: worker start-up (~0.5 s) is paid once.
-    with make_checker("math", timeout_s=1.0, workers=2) as checker:
+    # One pool for the module: worker start-up (~0.5 s) is paid once. 4 s per check: far below the minutes
+    # HANG takes, far above an ordinary check even on a loaded 2-core machine (1 s failed under load 8).
+    with make_checker("math", timeout_s=4.0, workers=2) as checker:
         yield checker
 
 
@@ -197,7 +198,7 @@ def test_math_batch_keeps_order(math_checker):
 
 
 def test_math_close_leaves_no_processes():
-    checker = make_checker("math", timeout_s=1.0, workers=2)
+    checker = make_checker("math", timeout_s=4.0, workers=2)
     assert checker.check_many(["answer: 2"], ["2"])[0].correct
     procs = [w.proc for w in checker._workers]
     checker.close()

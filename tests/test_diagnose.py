@@ -139,7 +139,7 @@ def run_chain(run, gen, n_problems=24, stages=4):
     problems = load_problems(f"toy:arith?n={n_problems}&seed=0&split=train").table
     for stage, settings in [
         (sample.STAGE, sample.SampleSettings(problems="toy", model="fake", n=6, max_new_tokens=64)),
-        (estimate.STAGE, estimate.EstimateSettings(k=16)),
+        (estimate.STAGE, estimate.EstimateSettings(estimator="full", k=16)),
         (locate.STAGE, locate.LocateSettings()),
         (branch.STAGE, branch.BranchSettings(m=4, baseline=True)),
     ][:stages]:

@@ -57,7 +57,7 @@ def test_hostile_outputs_get_verdicts_and_the_stages_continue(tmp_path, byte_tok
     for r in rows:
         if r["response_text"].startswith("\\boxed{2^"):
             assert r["reward"] == 0  # judged (wrong or timed out), never a crash
-    run_stage(estimate.STAGE, tmp_path / "run", estimate.EstimateSettings(k=2, scope="all"),
+    run_stage(estimate.STAGE, tmp_path / "run", estimate.EstimateSettings(estimator="full", k=2, scope="all"),
               make_generator=lambda: gen)
     run_stage(locate.STAGE, tmp_path / "run", locate.LocateSettings(scope="all"))
     run_stage(branch.STAGE, tmp_path / "run", branch.BranchSettings(m=3), make_generator=lambda: gen)

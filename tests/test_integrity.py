@@ -38,7 +38,7 @@ def chain(tmp_path, fake_generator):
     gen = fake_generator()
     problems = load_problems("toy:arith?n=6&seed=0&split=train").table
     run(tmp_path, sample.STAGE, SAMPLE, gen, problems)
-    run(tmp_path, estimate.STAGE, estimate.EstimateSettings(k=4), gen)
+    run(tmp_path, estimate.STAGE, estimate.EstimateSettings(estimator="full", k=4), gen)
     run(tmp_path, locate.STAGE, locate.LocateSettings(), gen)
     run(tmp_path, branch.STAGE, branch.BranchSettings(m=4), gen)
     path = RunPath(tmp_path)
@@ -124,7 +124,7 @@ def test_temp_files_left_by_a_kill_are_removed_on_the_next_run_of_that_shard(cha
     other = chain / "estimate" / ".tmp-shard-00001.chunk-00000.parquet.99999"  # another shard's: not ours
     for path in [*left, other]:
         path.write_bytes(b"partial")
-    run(chain, estimate.STAGE, estimate.EstimateSettings(k=4), chain.gen)
+    run(chain, estimate.STAGE, estimate.EstimateSettings(estimator="full", k=4), chain.gen)
     assert not any(p.exists() for p in left) and other.exists()
 
 
@@ -143,7 +143,7 @@ def test_stale_downstream_is_refused_naming_the_stage_and_the_command(chain):
                      "branch": ("estimate", "sample changed after estimate ran")}
     assert "stale" in cli("status", chain).output
     # redoing the chain in order clears it
-    run(chain, estimate.STAGE, estimate.EstimateSettings(k=4), chain.gen, overwrite=True)
+    run(chain, estimate.STAGE, estimate.EstimateSettings(estimator="full", k=4), chain.gen, overwrite=True)
     with pytest.raises(GpoError, match="stage 'locate' is stale"):
         run(chain, branch.STAGE, branch.BranchSettings(m=4), chain.gen)
     run(chain, locate.STAGE, locate.LocateSettings(), chain.gen, overwrite=True)
@@ -170,7 +170,7 @@ def test_export_and_train_require_a_finished_fresh_branch(chain, tmp_path_factor
 
 
 def test_export_refuses_a_branch_built_on_a_changed_estimate(chain, tmp_path_factory):
-    run(chain, estimate.STAGE, estimate.EstimateSettings(k=5), chain.gen, overwrite=True)
+    run(chain, estimate.STAGE, estimate.EstimateSettings(estimator="full", k=5), chain.gen, overwrite=True)
     out = tmp_path_factory.mktemp("export")
     one_error(cli("export", "--run", chain, "--format", "trl", "--out", out / "t"),
               "stage 'locate' is stale (estimate changed after locate ran)")
@@ -183,7 +183,7 @@ def test_the_policy_is_resolved_from_sample_and_a_different_model_is_refused(cha
     config = artifacts.load_json(chain / "estimate" / "config.json")["settings"]
     assert {k: config[k] for k in sampling.POLICY} == {"model": "fake", "backend": "auto", "temperature": 1.0,
                                                      "top_p": 1.0, "max_new_tokens": 64}
-    for settings in (estimate.EstimateSettings(k=4, model="other-model"), estimate.EstimateSettings(k=4, top_p=0.5)):
+    for settings in (estimate.EstimateSettings(estimator="full", k=4, model="other-model"), estimate.EstimateSettings(estimator="full", k=4, top_p=0.5)):
         with pytest.raises(GpoError, match="different settings"):
             run(chain, estimate.STAGE, settings, chain.gen)
     assert artifacts.load_json(chain / "branch" / "config.json")["settings"]["model"] == "fake"
@@ -194,7 +194,7 @@ def test_overwrite_refuses_while_another_process_holds_a_shard_lock(chain):
     files = sorted(p.name for p in out.glob("*.parquet"))
     with shard_lock(out, 0):  # as a running `gpo estimate` holds it
         with pytest.raises(GpoError, match="being run by .*; overwrite it"):
-            run(chain, estimate.STAGE, estimate.EstimateSettings(k=5), chain.gen, overwrite=True)
+            run(chain, estimate.STAGE, estimate.EstimateSettings(estimator="full", k=5), chain.gen, overwrite=True)
     assert sorted(p.name for p in out.glob("*.parquet")) == files and (out / "_SUCCESS").exists()
 
 

@@ -94,7 +94,7 @@ def test_no_pair_when_outcomes_do_not_mix(tmp_path, fake_generator):
     gen = fake_generator(flip=lambda seed: True)  # every trajectory fails at the hard line
     run_stage(sample.STAGE, tmp_path, sample.SampleSettings(problems="toy", model="fake", n=2, max_new_tokens=64),
               input_table=problems, make_generator=lambda: gen)
-    run_stage(estimate.STAGE, tmp_path, estimate.EstimateSettings(k=2), make_generator=lambda: gen)
+    run_stage(estimate.STAGE, tmp_path, estimate.EstimateSettings(estimator="full", k=2), make_generator=lambda: gen)
     run_stage(locate.STAGE, tmp_path, locate.LocateSettings())
     manifest = run_stage(branch.STAGE, tmp_path, branch.BranchSettings(m=4), make_generator=lambda: gen)
     located = artifacts.read_table(tmp_path, "locate").to_pylist()
@@ -125,7 +125,7 @@ def test_sharded_chain_equals_unsharded(tmp_path, fake_generator):
 
 def test_estimate_refuses_before_sample_finished(tmp_path):
     with pytest.raises(GpoError, match="has not finished"):
-        run_stage(estimate.STAGE, tmp_path, estimate.EstimateSettings())
+        run_stage(estimate.STAGE, tmp_path, estimate.EstimateSettings(estimator="full"))
 
 
 def test_baseline_only_needs_no_estimate_and_honours_random_m(tmp_path, fake_generator):

@@ -36,7 +36,7 @@ def run(tmp_path_factory, toy_tokenizer):
     problems = load_problems("toy:arith?n=8&seed=0&split=train").table
     for stage, settings in [
         (sample.STAGE, sample.SampleSettings(problems="toy", model="fake", n=4, max_new_tokens=MAX_NEW)),
-        (estimate.STAGE, estimate.EstimateSettings(k=8)),
+        (estimate.STAGE, estimate.EstimateSettings(estimator="full", k=8)),
         (locate.STAGE, locate.LocateSettings()),
         (branch.STAGE, branch.BranchSettings(m=8, baseline=True)),
     ]:
