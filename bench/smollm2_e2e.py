@@ -155,8 +155,8 @@ def paired(run: Path, a: str, b: str, mode: str, z: float = 1.96) -> dict:
     mean = sum(diffs) / n
     sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / max(1, n - 1))
     low, high = mean - z * sd / math.sqrt(n), mean + z * sd / math.sqrt(n)
-    reading = "GPO better" if low > 0 else "GPO worse" if high < 0 else "not distinguishable"
-    return {"mode": mode, "problems": n, "difference": mean, "ci_low": low, "ci_high": high, "reading": reading,
+    reading = f"{a} better" if low > 0 else f"{b} better" if high < 0 else "not distinguishable"
+    return {"a": a, "b": b, "mode": mode, "problems": n, "difference": mean, "ci_low": low, "ci_high": high, "reading": reading,
             "problems_gpo_higher": sum(d > 0 for d in diffs), "problems_baseline_higher": sum(d < 0 for d in diffs)}
 
 
@@ -188,6 +188,12 @@ def stage_cost(folder: Path) -> dict:
     return total
 
 
+def shown(path: Path) -> str:
+    """A path inside the checkout, repo-relative: the committed result names no machine's folders."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
 def collect(a: argparse.Namespace, chain: dict, gpo: Gpo, started: float) -> dict:
     run = chain["run"]
     labels = list(chain["models"])
@@ -207,7 +213,7 @@ def collect(a: argparse.Namespace, chain: dict, gpo: Gpo, started: float) -> dic
     headline = [line for line in chain["diagnose_stdout"].splitlines()
                 if line.startswith(("critical steps", "distinct correct", "truncated", "pairs ", "verdict"))]
     return {
-        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()},
+        "settings": {k: shown(v) if isinstance(v, Path) else v for k, v in vars(a).items()},
         "train_source": rg_source(a.task, a.train_problems, a.seed_train), "test_source": chain["test_source"],
         "train_samples": {"answers": train_acc[0], "accuracy": train_acc[1], "truncated_share": train_acc[2]},
         "branch_pairs": {str(k): int(v) for k, v in pairs.items()},
@@ -217,6 +223,13 @@ def collect(a: argparse.Namespace, chain: dict, gpo: Gpo, started: float) -> dic
         "paired_gpo_minus_base": [paired(run, "gpo", "base", m) for m in ("sampled", "greedy")],
         "paired_baseline_minus_base": [paired(run, "baseline", "base", m) for m in ("sampled", "greedy")],
         "critical_steps": critical_steps(run),
+        "pair_truncation": [dict(zip(("data", "pairs", "chosen_truncated", "rejected_truncated"), row)) for row in sql(
+            "select data, count(*), avg((chosen_finish_reason = 'length')::int), "
+            f"avg((rejected_finish_reason = 'length')::int) from read_parquet('{run}/branch/*.parquet') group by 1 "
+            "order by 1")],
+        "response_tokens_mean": {label: dict(sql(
+            f"select mode, avg(num_response_tokens) from read_parquet('{run}/eval_{label}/*.parquet') group by 1"))
+            for label in labels},
         "diagnose": {"verdict": diag.get("verdict"), "headline": headline},
         "stages": stages,
         "wall_seconds": round(time.time() - started, 1),

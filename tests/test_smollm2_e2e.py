@@ -53,6 +53,11 @@ def test_smollm2_end_to_end_tiny(tmp_path):
     assert gpo_sampled["difference"] == pytest.approx(acc["gpo"]["sampled"]["accuracy"]
                                                       - acc["baseline"]["sampled"]["accuracy"])
 
+    by_data = {row["data"]: row for row in saved["pair_truncation"]}
+    assert {d: by_data[d]["pairs"] for d in by_data} == saved["branch_pairs"]
+    assert all(0 <= row["chosen_truncated"] <= 1 and 0 <= row["rejected_truncated"] <= 1 for row in by_data.values())
+    assert all(0 < v <= 64 for modes in saved["response_tokens_mean"].values() for v in modes.values())
+
     crit = saved["critical_steps"]
     assert crit["trajectories"] >= 1 and 1 <= crit["located"] <= crit["trajectories"]
     assert sum(crit["critical_step_histogram"].values()) == crit["located"]
