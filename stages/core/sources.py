@@ -2,6 +2,7 @@
 
     toy:arith?n=500&seed=0&split=train
     reasoning-gym:gsm_symbolic?size=50&seed=0
+    reasoning-gym:chain_sum?size=64&seed=1&min_terms=2&max_terms=3   (any option of the dataset's config)
     path/to/problems.jsonl   (fields named by --question-field / --answer-field / --id-field)
 Every source becomes one table: problem_id, question, gold_answer, source, checker, meta (JSON).
 Bad rows (empty question, missing gold answer) are skipped and counted, never fatal.
@@ -116,11 +117,16 @@ def _reasoning_gym_rows(name: str, params: dict) -> list[dict]:
         import reasoning_gym
     except ImportError:
         raise GpoError("reasoning-gym is not installed: pip install 'gpo[data]'") from None
-    size, seed = _int_param(params, "size", 50), _int_param(params, "seed", 0)
+    from stages.core.rg_config import option_names, typed_options
+
+    options = {"size": 50, "seed": 0, **typed_options(name, params)}
+    seed = options["seed"]
     try:
-        dataset = reasoning_gym.create_dataset(name, size=size, seed=seed)
-    except Exception as e:  # reasoning-gym raises various types for an unknown name
-        raise GpoError(f"reasoning-gym cannot make dataset '{name}': {str(e).splitlines()[0]}") from None
+        dataset = reasoning_gym.create_dataset(name, **options)
+    except Exception as e:  # reasoning-gym's validate() asserts; the message may be empty
+        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        raise GpoError(f"reasoning-gym cannot make dataset '{name}' with {options}: {reason} "
+                       f"(valid options: {', '.join(option_names(name))})") from None
     rows = []
     for i, entry in enumerate(dataset):
         rows.append({"problem_id": f"rg-{name}-{seed}-{i:06d}", "question": entry["question"],
