@@ -7,7 +7,7 @@
 Every stage runs through the `gpo` CLI in a subprocess, exactly as a user would type it:
     gpo smollm2 (GGUF -> model folder, once)
     gpo sample   train problems (reasoning-gym, --seed-train), n samples each
-    gpo estimate --split authors --k K           (the authors' step rule, failed trajectories)
+    gpo estimate --split authors --k K --estimator full   (the paper's estimator and the authors' step rule)
     gpo locate
     gpo branch   --m M --baseline --random-m 0   (GPO pairs and the whole-trajectory pairs of the same samples)
     gpo train    --method dpo --data gpo        }  same base, settings, optimizer steps and batch
@@ -99,7 +99,7 @@ def run_chain(a: argparse.Namespace, gpo: Gpo) -> dict:
            "--backend", "hf", "--seed", 0)
     gpo("sample", "sample", "--problems", rg_source(a.task, a.train_problems, a.seed_train), "--model", model,
         "--run", run, "--n", a.n, *gen)
-    gpo("estimate", "estimate", "--run", run, "--k", a.k, "--split", "authors", "--seed", 0)
+    gpo("estimate", "estimate", "--run", run, "--k", a.k, "--split", "authors", "--estimator", "full", "--seed", 0)
     gpo("locate", "locate", "--run", run)
     gpo("branch", "branch", "--run", run, "--m", a.m, "--baseline", "--random-m", 0, "--seed", 0)
     models = {"base": model}
