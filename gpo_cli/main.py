@@ -32,6 +32,7 @@ from gpo_cli import diagnose_cmd
 from gpo_cli.common import (BackendOpt, BatchOpt, ChunkOpt, DeviceOpt, DtypeOpt, OneLineUsageErrors, OverwriteOpt,
                             RunOpt, ShardOpt, TrustOpt, err, handle_errors, log)
 from stages.core.errors import GpoError
+from stages.core.models import MODEL_HELP
 
 # -h as well as --help; click passes help_option_names down to every subcommand's context.
 app = typer.Typer(cls=OneLineUsageErrors, add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
@@ -95,7 +96,7 @@ def generator_factory(backend: str, model: str, dtype: str, device: str, batch_s
 def sample(
     problems: Annotated[str, typer.Option(help="toy:arith?n=..&seed=..&split=train|test, "
                                                "reasoning-gym:<name>?size=..&seed=.., or a .jsonl/.parquet file.")],
-    model: Annotated[str, typer.Option(help="Local Hugging Face model folder.")],
+    model: Annotated[str, typer.Option(help=MODEL_HELP)],
     run: RunOpt,
     n: Annotated[int, typer.Option(min=1, help="Samples per problem.")] = 4,
     temperature: Annotated[float, typer.Option(min=0.0)] = 1.0,
@@ -176,7 +177,7 @@ def _run_generating_stage(stage, run: Path, settings, *, dtype, device, batch_si
     return manifest
 
 
-ModelOpt = Annotated[str | None, typer.Option(help="Policy model folder (default: the one `sample` used).")]
+ModelOpt = Annotated[str | None, typer.Option(help="Policy model, named as for `gpo sample` (default: the one `sample` used).")]
 UpBackendOpt = Annotated[str | None, typer.Option("--backend", help="auto, hf or vllm (default: sample's).")]
 TempOpt = Annotated[float | None, typer.Option(min=0.0, help="Default: the sample stage's.")]
 TopPOpt = Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Default: the sample stage's.")]
@@ -295,7 +296,7 @@ def train(
     run: RunOpt,
     method: Annotated[str, typer.Option(help="dpo, kto, simpo, orpo, grpo or rloo (GRPO/RLOO are the "
                                              "PPO-style online methods: TRL has no PPOTrainer).")],
-    model: Annotated[str, typer.Option(help="Base policy: local model folder.")],
+    model: Annotated[str, typer.Option(help="Base policy. " + MODEL_HELP)],
     data: Annotated[str, typer.Option(help="gpo, baseline or random-reset rows of the branch tables.")] = "gpo",
     out: Annotated[Path | None, typer.Option(help="Output folder (default RUN/train/<method>-<data>).")] = None,
     config: Annotated[Path | None, typer.Option(
@@ -345,7 +346,7 @@ def train(
 @app.command("eval")
 @handle_errors
 def eval_(
-    model: Annotated[str | None, typer.Option(help="Local model folder to evaluate.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model to evaluate. " + MODEL_HELP)] = None,
     problems: Annotated[str | None, typer.Option(help="Problem source, as for `gpo sample`.")] = None,
     run: Annotated[Path | None, typer.Option(help="Run directory (writes RUN/eval_<label>).")] = None,
     label: Annotated[str, typer.Option(help="Name of this evaluation inside the run.")] = "eval",
