@@ -95,7 +95,9 @@ def generator_factory(backend: str, model: str, dtype: str, device: str, batch_s
 @handle_errors
 def sample(
     problems: Annotated[str, typer.Option(help="toy:arith?n=..&seed=..&split=train|test, "
-                                               "reasoning-gym:<name>?size=..&seed=.., or a .jsonl/.parquet file.")],
+                                               "reasoning-gym:<name>?size=..&seed=.., "
+                                               "hf:<dataset id>?config=..&split=..&n=.. (local HF datasets "
+                                               "cache), or a .jsonl/.parquet file.")],
     model: Annotated[str, typer.Option(help=MODEL_HELP)],
     run: RunOpt,
     n: Annotated[int, typer.Option(min=1, help="Samples per problem.")] = 4,
@@ -177,7 +179,7 @@ def _run_generating_stage(stage, run: Path, settings, *, dtype, device, batch_si
     return manifest
 
 
-ModelOpt = Annotated[str | None, typer.Option(help="Policy model, named as for `gpo sample` (default: the one `sample` used).")]
+ModelOpt = Annotated[str | None, typer.Option(help="Policy model, named as for `gpo sample` (default: sample's).")]
 UpBackendOpt = Annotated[str | None, typer.Option("--backend", help="auto, hf or vllm (default: sample's).")]
 TempOpt = Annotated[float | None, typer.Option(min=0.0, help="Default: the sample stage's.")]
 TopPOpt = Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Default: the sample stage's.")]

@@ -2,6 +2,7 @@
 
     toy:arith?n=500&seed=0&split=train
     reasoning-gym:gsm_symbolic?size=50&seed=0
+    hf:openai/gsm8k?config=main&split=test   (local HF datasets cache only: stages/core/hf_datasets.py)
     path/to/problems.jsonl   (fields named by --question-field / --answer-field / --id-field)
 Every source becomes one table: problem_id, question, gold_answer, source, checker, meta (JSON).
 Bad rows (empty question, missing gold answer) are skipped and counted, never fatal.
@@ -47,7 +48,7 @@ def gsm8k_gold(answer: str) -> str:
 
 def parse_spec(spec: str) -> tuple[str, str, dict[str, str]]:
     """'kind:name?a=1&b=2' -> (kind, name, {a: 1, b: 2}); a plain path -> ('file', path, {})."""
-    for kind in ("toy", "reasoning-gym"):
+    for kind in ("toy", "reasoning-gym", "hf"):
         if spec.startswith(kind + ":"):
             rest = spec[len(kind) + 1:]
             name, _, query = rest.partition("?")
@@ -68,6 +69,10 @@ def load_problems(spec: str, fields: Fields = Fields(), checker: str | None = No
         rows = _toy_rows(name, params)
     elif kind == "reasoning-gym":
         rows = _reasoning_gym_rows(name, params)
+    elif kind == "hf":
+        from stages.core.hf_datasets import hf_rows
+
+        rows = hf_rows(name, params, fields)
     else:
         rows = _file_rows(Path(name), fields)
     return _to_table(rows, spec, checker)
