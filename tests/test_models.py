@@ -79,6 +79,13 @@ def test_sample_by_hub_id_matches_the_local_folder(hub_cache, tmp_path):
     resolved = manifest(tmp_path / "by-id")["backend"]["model_resolved"]
     assert resolved["kind"] == "hub" and resolved["revision"] == SHA and resolved["given"] == "org/tiny"
     assert manifest(tmp_path / "by-folder")["backend"]["model_resolved"]["kind"] == "folder"
+    # estimate takes sample's policy (with_policy): the same id, resolved again from the cache
+    est = runner.invoke(app, ["estimate", "--run", str(tmp_path / "by-id"), "--k", "1", "--scope", "all",
+                              "--max-new-tokens", "4", "--device", "cpu", "--dtype", "fp32"])
+    assert est.exit_code == 0, est.output
+    config = json.loads((tmp_path / "by-id" / "estimate" / "config.json").read_text())
+    assert config["settings"]["model"] == "org/tiny"
+    assert manifest(tmp_path / "by-id", "estimate")["backend"]["model_resolved"]["revision"] == SHA
 
 
 @needs_toy
@@ -208,3 +215,27 @@ def test_sample_from_a_gguf_file(tmp_path):
     assert resolved["kind"] == "gguf" and resolved["gguf_file"] == GGUF
     rows = sampled(tmp_path / "r")
     assert rows and all(len(ids) <= 4 for ids in rows) and any(rows)
+
+
+@needs_toy
+@pytest.mark.vllm
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed")
+def test_vllm_serves_an_adapter_merged(tmp_path, monkeypatch):
+    """vLLM loads the adapter merged into its base (a cached safetensors folder): greedy tokens equal the
+    transformers backend's, which merges in memory."""
+    from stages.core.backends import Request, Sampling
+    from stages.core.hf_backend import HFGenerator
+    from stages.core.vllm_backend import VLLMGenerator
+
+    monkeypatch.setenv("GPO_CACHE_DIR", str(tmp_path / "gpo-cache"))
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    make_adapter(tmp_path / "lora", str(TOY_MODEL))
+    hf = HFGenerator(str(tmp_path / "lora"), dtype="fp32", device="cpu")
+    prompts = [tuple(hf.tokenizer(f"q {a} + {a}", add_special_tokens=True)["input_ids"]) for a in range(3)]
+    requests = [Request(p, 1, seed=0) for p in prompts]
+    greedy = Sampling(temperature=0.0, max_new_tokens=12)
+    want = [c[0].token_ids for c in hf.generate(requests, greedy)]
+    vllm_gen = VLLMGenerator(str(tmp_path / "lora"), dtype="fp32", max_model_len=256, seed=0)
+    assert [c[0].token_ids for c in vllm_gen.generate(requests, greedy)] == want
+    described = vllm_gen.describe()["model_resolved"]
+    assert described["kind"] == "adapter" and described["served_from"].startswith(str(tmp_path / "gpo-cache"))
