@@ -60,7 +60,7 @@ class EstimateSettings:
     top_p: float | None = setting(None, "Default: the sample stage's.")
     max_new_tokens: int | None = setting(None, "Response budget incl. the kept prefix (default: sample's).")
     seed: int = setting(0, "Seed of this stage's sampling.")
-    model: str | None = setting(None, "Policy model folder (default: the one `sample` used).")
+    model: str | None = setting(None, "Policy model, named as for `gpo sample` (default: the one `sample` used).")
     backend: str | None = setting(None, "auto, hf or vllm (default: sample's).")
 
     def __post_init__(self):

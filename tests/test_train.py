@@ -332,3 +332,36 @@ def test_identical_pairs_train_once_and_are_counted():
     kept, dropped = drop_duplicates(rows, keys)
     assert dropped == 1 and [r["pair_id"] for r in kept] == ["a", "c"]
     assert drop_duplicates(kept, keys) == (kept, 0)
+
+
+def test_starting_policy_by_hub_id_then_from_a_lora_train_output(base_model, run_dir, tmp_path, monkeypatch):
+    """--model names the base as every stage does: a hub id from the local cache, then the previous
+    `gpo train --out` folder whose LoRA adapter (not merged there) is merged into its base to start from."""
+    import shutil
+
+    from stages.core.models import plain_folder, resolve_model
+    from stages.train import train
+
+    sha = "89abcdef0123456789abcdef0123456789abcdef"
+    repo = tmp_path / "hub" / "models--org--tiny"
+    shutil.copytree(base_model, repo / "snapshots" / sha)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(sha)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("GPO_CACHE_DIR", str(tmp_path / "gpo-cache"))
+
+    first = tmp_path / "lora"
+    train(run_dir, settings("org/tiny", "dpo", lora_r=4, merge_lora=False, learning_rate=1e-2), first, log=quiet)
+    config = json.loads((first / "config.json").read_text())
+    assert config["settings"]["model"] == "org/tiny"
+    assert config["model_resolved"]["kind"] == "hub" and config["model_resolved"]["revision"] == sha
+    assert (first / "adapter").is_dir() and not (first / "model").exists()
+
+    second = tmp_path / "continued"
+    summary = train(run_dir, settings(str(first), "dpo", max_steps=1), second, log=quiet)
+    assert summary["global_step"] == 1
+    resolved = json.loads((second / "config.json").read_text())["model_resolved"]
+    assert resolved["kind"] == "adapter" and resolved["base"]["path"] == str(repo / "snapshots" / sha)
+    start = Path(plain_folder(resolve_model(str(first))))  # the merged folder train started from
+    assert start.parent == tmp_path / "gpo-cache" / "models"
+    assert params_differ(base_model, start)  # the adapter's training is in the starting policy

@@ -101,6 +101,14 @@ def normalize_gold(answer: str) -> str:
     return _THOUSANDS.sub("", _clean(answer))
 
 
+def gsm8k_gold(answer: str) -> str:
+    """GSM8K puts the reasoning first and the number after '####'."""
+    if "####" in answer:
+        answer = answer.rsplit("####", 1)[1]
+    return answer.strip().replace(",", "") if re.fullmatch(r"\s*-?[\d,]+(\.\d+)?\s*", answer) else answer.strip()
+
+
+
 # ----------------------------------------------------------------------------- numeric
 
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:/[+-]?\d+(?:\.\d*)?)?")

@@ -62,10 +62,10 @@ def eos_ids(tokenizer, model_config=None) -> set[int]:
 
 
 def check_model_dir(model: str) -> Path:
+    """A plain model folder (a resolved folder, hub snapshot or train output) has config and tokenizer."""
     path = Path(model)
     if not path.is_dir():
-        raise GpoError(f"model folder {model} does not exist (models are loaded from local folders; "
-                       "see `gpo smollm2 --help` for an offline real model)")
+        raise GpoError(f"model folder {model} does not exist")
     if not (path / "config.json").exists():
         raise GpoError(f"{model} has no config.json: not a Hugging Face model folder")
     if not any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
@@ -99,18 +99,24 @@ def check_runtime(backend: str, dtype: str, device: str) -> None:
 def preflight_model(model: str, trust_remote_code: bool = False):
     """Load what is cheap to load (config, tokenizer, the weights' headers) so a broken model folder is
     refused before a stage folder is written. Returns (config, tokenizer)."""
-    from transformers import AutoConfig
+    from stages.core.models import load_config, resolve_model, weights_ref
 
-    path = check_model_dir(model)
+    ref = resolve_model(model)  # what the user typed -> a folder, hub snapshot, adapter or .gguf
+    base = weights_ref(ref)  # an adapter's architecture and weights are its base's
+    if base.kind == "gguf":
+        return _preflight_gguf(ref, base)
+    path = check_model_dir(base.path)
     try:
-        config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+        config = load_config(base, trust_remote_code=trust_remote_code)
     except GpoError:  # Preempted (SIGTERM) included: it must keep its exit code 143
         raise
     except Exception as e:  # noqa: BLE001 - transformers raises OSError, ValueError, KeyError, JSON errors
         raise GpoError(f"cannot load {path / 'config.json'}: {_first_line(e)}") from None
     weights = sorted(p for pattern in WEIGHTS for p in path.glob(pattern))
     if not weights:
-        raise GpoError(f"{model} has no weights (*.safetensors or pytorch_model*.bin)")
+        raise GpoError(f"{base.given} has no weights (*.safetensors or pytorch_model*.bin)")
+    if ref.kind == "adapter":
+        weights += sorted(Path(ref.path).glob("adapter_model*.safetensors"))
     for file in weights:
         if file.suffix == ".safetensors":
             from safetensors import safe_open
@@ -170,13 +176,31 @@ def _first_line(e: Exception) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
 
 
-def load_tokenizer(model: str, trust_remote_code: bool = False):
-    from transformers import AutoTokenizer
+def _preflight_gguf(ref, base):
+    """A .gguf file: its header gives the config, its metadata the tokenizer (transformers' gguf_file=)."""
+    from stages.core.models import load_config
 
-    check_model_dir(model)
     try:
-        return AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
+        config = load_config(base)
+    except GpoError:
+        raise
+    except Exception as e:  # noqa: BLE001 - gguf raises ValueError/KeyError/struct errors on a bad file
+        raise GpoError(f"cannot read {Path(base.path) / base.gguf_file} as a GGUF model: {_first_line(e)}") from None
+    return config, load_tokenizer(ref.given)
+
+
+def load_tokenizer(model: str, trust_remote_code: bool = False):
+    from stages.core import models
+
+    ref = models.resolve_model(model)
+    own = models.tokenizer_ref(ref)
+    if own.kind != "gguf" and not any((Path(own.path) / f).exists() for f in models.TOKENIZER_FILES):
+        raise GpoError(f"{model} has no tokenizer files (tokenizer.json / tokenizer_config.json)")
+    try:
+        return models.load_tokenizer(ref, trust_remote_code=trust_remote_code)
+    except GpoError:
+        raise
+    except (OSError, ValueError, KeyError) as e:
         raise GpoError(f"cannot load the tokenizer of {model}: {str(e).splitlines()[0]}") from None
 
 
@@ -243,7 +267,9 @@ def make_generator(backend: str, model: str, *, dtype: str = "auto", device: str
     """Build the generator a stage uses. `auto` takes vLLM where it can run, else transformers."""
     if backend not in BACKENDS:
         raise GpoError(f"unknown backend '{backend}' (choose auto, hf or vllm)")
-    check_model_dir(model)
+    from stages.core.models import resolve_model
+
+    resolve_model(model)  # refuses a name that resolves to nothing before any engine starts
     if backend == "auto":
         backend = "vllm" if _module("vllm").vllm_available() else "hf"
     if backend == "vllm":

@@ -29,15 +29,16 @@ class HFGenerator:
     def __init__(self, model: str, *, dtype: str = "auto", device: str = "auto", batch_size: int = 64,
                  trust_remote_code: bool = False, model_obj=None, tokenizer=None, share_prefixes: bool = True):
         import torch
-        from transformers import AutoModelForCausalLM
+
+        from stages.core.models import load_causal_lm, resolve_model
 
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.model_path = model
+        self.model_ref = resolve_model(model)  # a folder, hub id, adapter (merged here) or .gguf file
         self.tokenizer = tokenizer or load_tokenizer(model, trust_remote_code)
         if model_obj is None:
-            model_obj = AutoModelForCausalLM.from_pretrained(model, dtype=self.dtype,
-                                                             trust_remote_code=trust_remote_code)
+            model_obj = load_causal_lm(self.model_ref, self.dtype, trust_remote_code)
         self.model = model_obj.to(self.device).eval()
         self.eos = eos_ids(self.tokenizer, self.model)
         pad = self.tokenizer.pad_token_id
@@ -52,6 +53,7 @@ class HFGenerator:
 
         return {"backend": "hf", "transformers": transformers.__version__, "device": self.device,
                 "dtype": str(self.dtype).replace("torch.", ""), "model": str(self.model_path),
+                "model_resolved": self.model_ref.provenance(),
                 **{k: int(v) for k, v in self.stats.items()}}
 
     def generate(self, requests: list[Request], sampling: Sampling) -> list[list[Completion]]:

@@ -18,6 +18,7 @@ from stages.core import artifacts
 from stages.core.answers import CHECKERS
 from stages.core.backends import BACKENDS, Request, Sampling
 from stages.core.errors import GpoError
+from stages.core.models import MODEL_HELP
 from stages.core.prompts import DEFAULT_INSTRUCTION, DEFAULT_SYSTEM, build_prompt
 from stages.core.runner import Context, check_identity
 from stages.core.settings import require, setting
@@ -38,8 +39,10 @@ SAMPLE_SCHEMA = pa.schema([
 @dataclass(frozen=True)
 class SampleSettings:
     problems: str = setting(help="toy:arith|borrow?n=..&seed=..&split=train|valid|test, "
-                                 "reasoning-gym:<name>?size=..&seed=.., or a .jsonl/.parquet file.")
-    model: str = setting(help="Local Hugging Face model folder.")
+                                 "reasoning-gym:<name>?size=..&seed=..&<config option>=.., "
+                                 "hf:<dataset id>?config=..&split=..&n=.. (local HF datasets cache), "
+                                 "or a .jsonl/.parquet file.")
+    model: str = setting(help=MODEL_HELP)
     n: int = setting(4, "Samples per problem.")
     temperature: float = setting(1.0, "Sampling temperature (0 = greedy).")
     top_p: float = setting(1.0, "Nucleus sampling mass, in (0, 1].")

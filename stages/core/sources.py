@@ -3,6 +3,7 @@
     toy:arith?n=500&seed=0&split=train
     reasoning-gym:gsm_symbolic?size=50&seed=0
     reasoning-gym:chain_sum?size=64&seed=1&min_terms=2&max_terms=3   (any option of the dataset's config)
+    hf:openai/gsm8k?config=main&split=test   (local HF datasets cache only: stages/core/hf_datasets.py)
     path/to/problems.jsonl   (fields named by --question-field / --answer-field / --id-field)
 Every source becomes one table: problem_id, question, gold_answer, source, checker, meta (JSON).
 Bad rows (empty question, missing gold answer) are skipped and counted, never fatal.
@@ -11,13 +12,13 @@ Bad rows (empty question, missing gold answer) are skipped and counted, never fa
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl
 
 import pyarrow as pa
 
+from stages.core.answers import gsm8k_gold
 from stages.core.errors import GpoError
 
 PROBLEM_SCHEMA = pa.schema([
@@ -39,16 +40,9 @@ class Problems:
     skipped: dict[str, int]  # reason -> count
 
 
-def gsm8k_gold(answer: str) -> str:
-    """GSM8K puts the reasoning first and the number after '####'."""
-    if "####" in answer:
-        answer = answer.rsplit("####", 1)[1]
-    return answer.strip().replace(",", "") if re.fullmatch(r"\s*-?[\d,]+(\.\d+)?\s*", answer) else answer.strip()
-
-
 def parse_spec(spec: str) -> tuple[str, str, dict[str, str]]:
     """'kind:name?a=1&b=2' -> (kind, name, {a: 1, b: 2}); a plain path -> ('file', path, {})."""
-    for kind in ("toy", "reasoning-gym"):
+    for kind in ("toy", "reasoning-gym", "hf"):
         if spec.startswith(kind + ":"):
             rest = spec[len(kind) + 1:]
             name, _, query = rest.partition("?")
@@ -69,6 +63,10 @@ def load_problems(spec: str, fields: Fields = Fields(), checker: str | None = No
         rows = _toy_rows(name, params)
     elif kind == "reasoning-gym":
         rows = _reasoning_gym_rows(name, params)
+    elif kind == "hf":
+        from stages.core.hf_datasets import hf_rows
+
+        rows = hf_rows(name, params, fields)
     else:
         rows = _file_rows(Path(name), fields)
     return _to_table(rows, spec, checker)

@@ -82,7 +82,13 @@ class VLLMGenerator:
                  tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9,
                  max_model_len: int | None = None, max_num_seqs: int = 256, seed: int = 0,
                  enforce_eager: bool | None = None, **engine_kwargs):
+        from stages.core.models import plain_folder, resolve_model
+
         self.model_path = model
+        self.model_ref = resolve_model(model)
+        # vLLM loads by path: an adapter is merged into its base and a .gguf dequantized, once, into a
+        # safetensors folder in the gpo cache (vLLM's own GGUF and LoRA paths are not used).
+        folder = self.served_folder = plain_folder(self.model_ref, trust_remote_code)
         self.device = "cuda" if _cuda_available() else "cpu"
         if self.device == "cpu":
             _cpu_env_defaults(tensor_parallel_size)
@@ -90,12 +96,12 @@ class VLLMGenerator:
 
         self._vllm = vllm
         self.dtype = _vllm_dtype(dtype, self.device == "cuda")
-        self.tokenizer = load_tokenizer(model, trust_remote_code)
-        self.eos = _model_eos(model, self.tokenizer)
+        self.tokenizer = load_tokenizer(folder, trust_remote_code)
+        self.eos = _model_eos(folder, self.tokenizer)
         self.seed = seed
         # CUDA graphs do not exist on CPU; eager also keeps the engine start at a few seconds.
         eager = self.device == "cpu" if enforce_eager is None else enforce_eager
-        self.llm = vllm.LLM(model, dtype=self.dtype, trust_remote_code=trust_remote_code, seed=seed,
+        self.llm = vllm.LLM(folder, dtype=self.dtype, trust_remote_code=trust_remote_code, seed=seed,
                             tensor_parallel_size=tensor_parallel_size, enforce_eager=eager,
                             gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
                             max_num_seqs=max_num_seqs, enable_prefix_caching=True, **engine_kwargs)
@@ -106,6 +112,7 @@ class VLLMGenerator:
         hit_rate = self.stats["cached_prompt_tokens"] / seq_prompt if seq_prompt else 0.0
         return {"backend": "vllm", "vllm": self._vllm.__version__, "device": self.device,
                 "dtype": self.dtype, "model": str(self.model_path), "seed": self.seed,
+                "model_resolved": {**self.model_ref.provenance(), "served_from": self.served_folder},
                 "prefix_cache_hit_rate": round(hit_rate, 4), **{k: int(v) for k, v in self.stats.items()}}
 
     def generate(self, requests: list[Request], sampling: Sampling) -> list[list[Completion]]:

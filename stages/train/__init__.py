@@ -27,7 +27,6 @@ import math
 from pathlib import Path
 
 from stages.core import artifacts, lineage
-from stages.core.errors import GpoError
 from stages.train.checkpoints import (
     _barrier,
     _is_main,
@@ -54,16 +53,18 @@ def train(run: Path, settings: TrainSettings, out: Path | None = None, *, config
     s, extra = resolve(settings, config_overrides)
     lineage.require_fresh(run, "branch")  # never train on an unfinished or stale branch stage
     out = Path(out) if out is not None else default_out(run, s)
-    if not Path(s.model).is_dir():
-        raise GpoError(f"--model {s.model} is not a local model folder")
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(s.model)
+    from stages.core.models import plain_folder, resolve_model
+
+    model_ref = resolve_model(s.model)  # a folder, hub id, train output, adapter or .gguf, as for sample
+    load_from = plain_folder(model_ref)  # TRL loads by path: adapters merged, GGUF dequantized (cached)
+    tok = AutoTokenizer.from_pretrained(load_from)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     dataset, inputs, checks = load_rows(run, s, tok)
     config = {"stage": "train", "settings": dataclasses.asdict(s), "trl_args": extra, "inputs": inputs,
-              "versions": artifacts.package_versions()}
+              "model_resolved": model_ref.provenance(), "versions": artifacts.package_versions()}
     done = check_rerun(out, config, overwrite)
     if done is not None:
         log(f"train: {out} is finished; nothing to do")
@@ -84,7 +85,8 @@ def train(run: Path, settings: TrainSettings, out: Path | None = None, *, config
     # RUN/train/<name>/ also feeds RUN/train/metrics/, the folder `gpo sql` shows as the `metrics` view.
     mirror = out.parent / "metrics" / f"{out.name}.parquet" if out.parent.name == "train" else None
     own, write_metrics = make_callbacks(out, tags, rows, mirror)
-    trainer, close = make_trainer(s, trl_config, tok, dataset, own + list(callbacks or []))
+    trainer, close = make_trainer(dataclasses.replace(s, model=load_from), trl_config, tok, dataset,
+                                  own + list(callbacks or []))
     log(f"train: {s.method} on {len(dataset)} '{s.data}' rows, lr {s.learning_rate:g}, beta {s.beta:g}"
         + (f", resuming from {resume.name}" if resume else ""))
     try:

@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from stages.core.errors import GpoError
+from stages.core.models import MODEL_HELP
 from stages.core.settings import require, setting
 
 METHODS = ("dpo", "kto", "simpo", "orpo", "grpo", "rloo")
@@ -33,7 +34,7 @@ RESUME_FREE = ("save_steps",)
 class TrainSettings:
     method: str = setting(help="dpo, kto, simpo, orpo, grpo or rloo (GRPO/RLOO are the PPO-style online methods: "
                                "TRL has no PPOTrainer).")
-    model: str = setting(help="Base policy: local model folder.")
+    model: str = setting(help="Base policy. " + MODEL_HELP)
     data: str = setting("gpo", "gpo, baseline or random-reset rows of the branch tables.")
     loss_type: str = setting("sigmoid", "DPO loss type(s): sigmoid, ipo, hinge, ... (KTO/GRPO take theirs when "
                                         "not sigmoid).")
