@@ -86,6 +86,7 @@ class Reporter:
     # --- what the callers say
     def start(self, total: int = 0, done: int = 0) -> None:
         """Begin timing (`done`: items already finished before this process, e.g. a resumed training)."""
+        self.close()  # a restart (train learns a resumed step late) replaces the bar, never stacks one
         self.started = time.monotonic()
         self._last_line = self.started
         self.total, self.done, self.first, self.tokens = total, done, done, 0
