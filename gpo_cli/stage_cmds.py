@@ -28,12 +28,17 @@ def preflight(model: str, trust_remote_code: bool, problems=None, max_new_tokens
 
 
 def report(manifest: dict) -> None:
+    from stages.core.progress import truncation_summary
+
     stats = manifest.get("stats", {})
     extra = ""
     if stats.get("trajectories"):
         extra = f", accuracy {stats.get('correct', 0) / stats['trajectories']:.3f}"
+    cut, warning = truncation_summary(stats)
     err.print(f"[green]{manifest['stage']}[/green] shard {manifest['shard']}/{manifest['num_shards']}: "
-              f"{manifest['rows']} rows{extra}, {manifest['wall_seconds']:.1f}s")
+              f"{manifest['rows']} rows{extra}{cut}, {manifest['wall_seconds']:.1f}s")
+    if warning:
+        err.print(f"[yellow]{warning}[/yellow]")
 
 
 def run_generating(stage, run: Path, settings, rt: Runtime, problems=None) -> dict:

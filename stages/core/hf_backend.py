@@ -46,6 +46,7 @@ class HFGenerator:
         self.batch_size = max(1, batch_size)
         self.share_prefixes = share_prefixes
         self.stats: Counter = Counter()
+        self.progress = None  # a stages.core.progress.Reporter while a stage generates
         self._torch = torch
 
     def describe(self) -> dict:
@@ -151,6 +152,8 @@ class HFGenerator:
                     logps[s].append(float(chosen_lp[row]))
                     if len(tokens[s]) < limits[s]:
                         keep.append(row)
+                if self.progress is not None:  # every decode step: one long batch is not silent
+                    self.progress.advance(len(alive) - len(keep), sum(len(tokens[s]) > step for s in alive))
                 if not keep:
                     break
                 if len(keep) < len(alive):  # drop finished rows from the cache

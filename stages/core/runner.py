@@ -17,7 +17,7 @@ import signal
 import socket
 import time
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -56,6 +56,7 @@ class Context:
     num_shards: int
     stats: Counter = field(default_factory=Counter)
     make_generator: Callable[[], Any] | None = None
+    progress: Any = None  # stages.core.progress.ChunkProgress: what the generator reports to, per chunk
     _generator: Any = None
     _checkers: dict = field(default_factory=dict)
 
@@ -63,8 +64,13 @@ class Context:
         if self._generator is None:
             if self.make_generator is None:
                 raise GpoError(f"stage '{self.stage.name}' needs a model but none was given")
+            from stages.core.progress import quiet_library_bars
+
+            quiet_library_bars()  # before the model loads: its weight-loading bar is one of them
             self._generator = self.make_generator()
-        return self._generator
+        from stages.core.progress import ReportingGenerator
+
+        return ReportingGenerator(self._generator, self)
 
     def checker(self, name: str):
         """One answer checker per kind for the whole shard (the math checker keeps a process pool).
@@ -283,7 +289,10 @@ def _run_shard(stage: Stage, run: Path, out: Path, settings: Any, config: dict, 
     groups = shard_groups(input_table.column(stage.group_column).to_pylist(), index, num_shards)
     chunks = [groups[k:k + chunk_groups] for k in range(0, len(groups), chunk_groups)]
     meta = {"stage": stage.name, "schema_version": str(SCHEMA_VERSION), "config_hash": config["config_hash"]}
-    ctx = Context(run, stage, settings, index, num_shards, make_generator=make_generator)
+    from stages.core.progress import ChunkProgress
+
+    ctx = Context(run, stage, settings, index, num_shards, make_generator=make_generator,
+                  progress=ChunkProgress(stage.name))
     started = time.time()
     try:
         with sigterm_stops_work():
@@ -308,7 +317,8 @@ def _run_chunk(stage: Stage, out: Path, ctx: Context, rows: pa.Table, k: int, nu
         return
     t0 = time.time()
     ctx.stats = Counter()
-    tables = stage.process(rows, ctx)
+    with ctx.progress.chunk(k, num_chunks) if ctx.progress is not None else nullcontext():
+        tables = stage.process(rows, ctx)
     chunk_meta = {**meta, "seconds": f"{time.time() - t0:.3f}", "stats": json.dumps(dict(ctx.stats))}
     # Secondary tables first, the primary last: the primary's presence marks the chunk done.
     for name, schema in reversed(list(stage.outputs.items())):

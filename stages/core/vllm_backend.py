@@ -106,6 +106,7 @@ class VLLMGenerator:
                             gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
                             max_num_seqs=max_num_seqs, enable_prefix_caching=True, **engine_kwargs)
         self.stats: Counter = Counter()
+        self.progress = None  # a stages.core.progress.Reporter while a stage generates
 
     def describe(self) -> dict:
         seq_prompt = self.stats["prompt_tokens"] + self.stats["prompt_tokens_shared"]
@@ -119,7 +120,11 @@ class VLLMGenerator:
         prompts, params, owner = self._expand(requests, sampling)
         if not prompts:
             return [[] for _ in requests]
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        from stages.core.progress import EngineBar
+
+        # vLLM's own bar stays off; finished requests are reported to gpo's progress instead.
+        bar = EngineBar.factory(self.progress) if self.progress is not None else False
+        outputs = self.llm.generate(prompts, params, use_tqdm=bar)
         grouped: list[list[Completion]] = [[] for _ in requests]
         for i, out in zip(owner, outputs):
             grouped[i].append(self._completion(out.outputs[0], sampling.logprobs))

@@ -27,7 +27,8 @@ def trl_args(s: TrainSettings, extra: dict, out: Path) -> dict:
                 gradient_accumulation_steps=s.grad_accum, save_strategy="steps", save_steps=s.save_steps,
                 save_total_limit=2, logging_steps=1, seed=s.seed, data_seed=s.seed, report_to=[],
                 bf16=s.bf16, fp16=False, use_cpu=not cuda, dataloader_num_workers=0,
-                gradient_checkpointing=cuda, push_to_hub=False, beta=s.beta)
+                gradient_checkpointing=cuda, push_to_hub=False, beta=s.beta,
+                disable_tqdm=True)  # gpo's own progress on stderr (stages/core/train_progress.py)
     return {**args, **extra}
 
 
@@ -80,6 +81,9 @@ def lora_config(s: TrainSettings):
 
 
 def make_trainer(s: TrainSettings, config, tok, dataset, callbacks: list):
+    from stages.core import train_progress
+
+    train_progress.quiet_library_bars(datasets=True)  # in logs: before TRL loads the model and maps the data
     close = None
     try:  # TRL checks some combinations only here (e.g. KTO needs a batch of at least 2)
         if s.method in ONLINE:
@@ -92,7 +96,7 @@ def make_trainer(s: TrainSettings, config, tok, dataset, callbacks: list):
                               callbacks=callbacks, peft_config=lora_config(s))
     except ValueError as e:
         raise GpoError(f"{s.method}: {str(e).splitlines()[0]}") from None
-    _progress_to_stderr(trainer)
+    train_progress.attach(trainer)
     return trainer, close
 
 
@@ -153,23 +157,3 @@ def no_eos_on_truncated(Trainer):
             return dataset.map(strip, desc="Removing EOS from truncated responses") if sides else dataset
 
     return NoEosOnTruncated
-
-
-def _progress_to_stderr(trainer) -> None:
-    """HF's progress callback prints each log dict to stdout; keep stdout for data, one short line to stderr."""
-    import sys
-
-    from transformers.trainer_callback import ProgressCallback
-
-    class StderrProgress(ProgressCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if state.is_world_process_zero and self.training_bar is not None and logs:
-                shown = [f"{k}={v:.4g}" for k, v in logs.items() if k in PROGRESS_KEYS and isinstance(v, float)]
-                if shown:
-                    self.training_bar.write(f"step {state.global_step}: " + " ".join(shown), file=sys.stderr)
-
-    if trainer.pop_callback(ProgressCallback) is not None:
-        trainer.add_callback(StderrProgress())
-
-
-PROGRESS_KEYS = ("loss", "rewards/margins", "rewards/accuracies", "reward", "kl", "learning_rate", "train_loss")
