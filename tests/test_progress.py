@@ -9,14 +9,13 @@ import re
 import subprocess
 import sys
 
-import pytest
 
 from stages import estimate, sample
 from stages.core import artifacts, progress
 from stages.core.backends import FakeGenerator
 from stages.core.runner import run_stage
 from stages.core.sources import load_problems
-from tests.conftest import REPO, TOY_MODEL, gpo, toy_policy
+from tests.conftest import REPO, TOY_MODEL, gpo
 from tests.test_train import base_model, quiet, run_dir, settings  # noqa: F401 - fixtures reused
 
 PROBLEMS = "toy:arith?n=4&seed=0&split=train"

@@ -11,7 +11,8 @@ import sys
 import pytest
 
 from stages import eval as evaluation
-from stages import sample, train
+from stages import sample
+from stages.train.checkpoints import metrics_table
 from stages.core import artifacts
 from stages.core.errors import GpoError
 from stages.core.query import run_query
@@ -43,7 +44,7 @@ def full_run(tmp_path_factory, toy_tokenizer):
     run_stage(evaluation.make_stage("base"), run, settings,
               input_table=load_problems("toy:arith?n=4&seed=0&split=test").table, make_generator=lambda: gen)
     rows = [{"step": s, "loss": 0.7 * math.exp(-s / 5), "epoch": s / 10} for s in range(1, 11)]
-    artifacts.write_parquet_atomic(train.metrics_table(rows, {"method": "dpo", "data": "gpo", "run_name": "dpo-gpo"}),
+    artifacts.write_parquet_atomic(metrics_table(rows, {"method": "dpo", "data": "gpo", "run_name": "dpo-gpo"}),
                                    run / "train" / "metrics" / "dpo-gpo.parquet", {"stage": "train"})
     return run, build_report(run)
 

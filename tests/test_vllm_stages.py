@@ -39,7 +39,7 @@ def test_stages_run_with_vllm_and_resume(tmp_path):
     same = sum(kept[(r["problem_id"], r["sample_idx"])] == r["response_token_ids"] for r in again)
     assert same >= 32  # the two untouched chunks are kept as they were
 
-    gpo("estimate", "--run", run, "--k", 2)  # the backend defaults to sample's (vllm)
+    gpo("estimate", "--run", run, "--k", 2, "--estimator", "full")  # the backend defaults to sample's (vllm)
     steps = artifacts.read_table(run, "estimate").to_pylist()
     assert steps and all(s["n_rollouts"] == 2 for s in steps)
     assert artifacts.load_json(run / "estimate" / "_shards" / "00000.json")["backend"]["backend"] == "vllm"

@@ -42,6 +42,10 @@ class Step:
     char_end: int
     text: str
 
+    @property
+    def num_tokens(self) -> int:
+        return self.token_end - self.token_start
+
 
 class Splitter(Protocol):
     name: str
