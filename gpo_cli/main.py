@@ -7,13 +7,17 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
 
 def _sigterm_while_starting(signum, frame):
     sys.stderr.write("error: received SIGTERM while starting: nothing was written; rerun the same command\n")
-    sys.exit(143)
+    sys.stderr.flush()
+    # os._exit, not sys.exit: an exception raised inside a C extension's import (numpy's, measured) can crash
+    # the interpreter (-11) on its way out; nothing is written yet, so there is nothing to clean up.
+    os._exit(143)
 
 
 # Run as a program (the `gpo` script or `python -m gpo_cli.main`): a preemption that lands while the imports
