@@ -26,6 +26,7 @@ from stages.core.backends import FakeGenerator
 from stages.core.errors import GpoError
 from stages.core.prompts import DEFAULT_INSTRUCTION, DEFAULT_SYSTEM
 from stages.tools.export import CONTINUE_NOTE, export
+from stages.train.data import trainable
 from tests.conftest import gpo, toy_policy
 from tests.test_stages import run_chain
 
@@ -68,6 +69,10 @@ def chat_run(tmp_path_factory, chat_tokenizer):
     return run
 
 
+def rows(run, table, data="gpo"):
+    return [r for r in artifacts.read_table(run, table).to_pylist() if r["data"] == data]
+
+
 def samples(run):
     return {(r["problem_id"], r["sample_idx"]): r for r in artifacts.read_table(run, "sample").to_pylist()}
 
@@ -85,8 +90,10 @@ def test_trl_tables_load_alone_as_conversational_datasets(chat_run, chat_tokeniz
     export(chat_run, "trl", tmp_path)
     sample_rows = samples(chat_run)
     pref, kto, prompts = load(tmp_path / "preference"), load(tmp_path / "unpaired"), load(tmp_path / "prompts")
-    pairs = [p for p in artifacts.read_table(chat_run, "branch").to_pylist() if p["data"] == "gpo"]
-    assert len(pref) == len(pairs) and len(kto) == 2 * len(pairs)
+    # What gpo train learns from: identical pairs once, none cut at the budget (test_export_rules.py).
+    pairs, _ = trainable(rows(chat_run, "branch"), "branch", "drop", True, "gpo")
+    units, _ = trainable(rows(chat_run, "unpaired"), "unpaired", "drop", True, "gpo")
+    assert len(pref) == len(pairs) and len(kto) == len(units) and len(pairs) < len(rows(chat_run, "branch"))
     assert {"problem_id", "pair_id"} <= set(pref.column_names) and {"problem_id", "pair_id"} <= set(kto.column_names)
     assert sorted(pref["pair_id"]) == sorted(p["pair_id"] for p in pairs)
     by_pair = {p["pair_id"]: p for p in pairs}
@@ -98,7 +105,7 @@ def test_trl_tables_load_alone_as_conversational_datasets(chat_run, chat_tokeniz
         assert text["prompt"] == sample_rows[(pair["problem_id"], pair["sample_idx"])]["prompt_text"]
         assert text["prompt"].count("<bos>") == 1
         assert row["chosen"] == [{"role": "assistant", "content": pair["chosen"]}]
-    assert sum(kto["label"]) == len(pairs) and is_conversational(kto[0])
+    assert sum(kto["label"]) == sum(u["label"] for u in units) and is_conversational(kto[0])
     resets = [r for r in artifacts.read_table(chat_run, "reset_prompts").to_pylist() if r["data"] == "gpo"]
     with_prefix = [r for r in prompts if r["reset_prefix"]]
     assert len(prompts) == len(resets) and len(with_prefix) == sum(r["prefix_tokens"] > 0 for r in resets) > 0
@@ -274,7 +281,9 @@ def test_llamafactory_entries_merge_and_load_with_its_loader(chat_run, tmp_path)
               "dpo_en_demo": {"file_name": "dpo_en_demo.json", "ranking": True, "formatting": "sharegpt"}}
     (out / "dataset_info.json").write_text(json.dumps(theirs))
     export(chat_run, "llamafactory", out)
-    export(chat_run, "llamafactory", out)  # a rerun replaces gpo's entries, keeps the rest
+    with pytest.raises(GpoError, match="gpo_gpo_pairwise.json exists .* add --overwrite"):
+        export(chat_run, "llamafactory", out)
+    export(chat_run, "llamafactory", out, overwrite=True)  # replaces gpo's files and entries, keeps the rest
     info = json.loads((out / "dataset_info.json").read_text())
     assert list(info) == ["alpaca_en_demo", "dpo_en_demo", "gpo_gpo_pairwise", "gpo_gpo_kto"]
     assert info["dpo_en_demo"] == theirs["dpo_en_demo"]
@@ -286,14 +295,16 @@ def test_llamafactory_entries_merge_and_load_with_its_loader(chat_run, tmp_path)
     assert pair_attr.ranking and kto_attr.kto_tag == "kto_tag"
     pairs = loader._load_single_dataset(pair_attr, args, args, args)
     kto = loader._load_single_dataset(kto_attr, args, args, args)
-    branch = [p for p in artifacts.read_table(chat_run, "branch").to_pylist() if p["data"] == "gpo"]
-    assert len(pairs) == len(branch) and len(kto) == 2 * len(branch)
+    branch, _ = trainable(rows(chat_run, "branch"), "branch", "drop", True, "gpo")
+    units, _ = trainable(rows(chat_run, "unpaired"), "unpaired", "drop", True, "gpo")
+    assert len(pairs) == len(branch) and len(kto) == len(units)
     question = samples(chat_run)[(branch[0]["problem_id"], branch[0]["sample_idx"])]["question"]
     first = next(r for r in pairs if r["_prompt"][0]["content"].startswith(question))
     assert first["_system"] == DEFAULT_SYSTEM
     assert first["_prompt"] == [{"role": "user", "content": f"{question}\n{DEFAULT_INSTRUCTION}"}]
     assert [m["content"] for m in first["_response"]] == [branch[0]["chosen"], branch[0]["rejected"]]
-    assert sorted(bool(r["_response"][0]["content"]) for r in kto) == [False] * len(branch) + [True] * len(branch)
+    labels = sorted(u["label"] for u in units)
+    assert sorted(bool(r["_response"][0]["content"]) for r in kto) == labels
 
 
 def test_llamafactory_refuses_a_broken_registry_before_writing(chat_run, tmp_path):
@@ -315,3 +326,36 @@ def test_cli_export_prints_the_verl_reward_and_refuses_bad_options(chat_run, tmp
     result = CliRunner().invoke(app, ["export", "--run", str(chat_run), "--format", "verl", "--out",
                                       str(tmp_path / "w"), "--data-source", " "])
     assert result.exit_code != 0 and "error: --data-source" in result.output and not (tmp_path / "w").exists()
+
+
+def test_export_into_a_non_empty_folder_is_refused_and_overwrite_replaces_it_whole(chat_run, tmp_path):
+    """Issue 21.5: refused with one line unless --overwrite, which replaces an earlier export and only that."""
+    from typer.testing import CliRunner
+
+    from gpo_cli.main import app
+
+    def files(folder):
+        return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+    def refused(args, match):
+        result = CliRunner().invoke(app, ["export", "--run", str(chat_run), *map(str, args)])
+        errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+        assert result.exit_code != 0 and len(errors) == 1 and match in errors[0], result.output
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("not gpo's")
+    refused(["--format", "trl", "--out", mine], "is not empty: add --overwrite")
+    refused(["--format", "trl", "--out", mine, "--overwrite"], "not an earlier gpo export")
+    assert files(mine) == ["notes.txt"]
+
+    out = tmp_path / "out"
+    gpo("export", "--run", chat_run, "--format", "trl", "--out", out)
+    first = files(out)
+    assert ".gpo-export.json" in first and "preference/train.parquet" in first
+    refused(["--format", "verl", "--out", out], "is not empty: add --overwrite")
+    assert files(out) == first
+    gpo("export", "--run", chat_run, "--format", "verl", "--out", out, "--overwrite")
+    assert files(out) == [".gpo-export.json", "train.parquet"]  # no table of the trl export left mixed in
+    assert artifacts.load_json(out / ".gpo-export.json")["format"] == "verl"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith((".tmp-", ".old-"))]
