@@ -359,3 +359,96 @@ def test_export_into_a_non_empty_folder_is_refused_and_overwrite_replaces_it_who
     assert files(out) == [".gpo-export.json", "train.parquet"]  # no table of the trl export left mixed in
     assert artifacts.load_json(out / ".gpo-export.json")["format"] == "verl"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith((".tmp-", ".old-"))]
+
+
+def test_trl_grpo_script_trains_with_gpos_reward_on_the_prompts_export(chat_run, chat_tokenizer, tmp_path,
+                                                                         monkeypatch):
+    """Issue 21.8: `trl grpo --reward_funcs stages.core.rewards.correct --dataset_name DIR/prompts` (TRL's own
+    script, in-process, one step on CPU): the export's columns reach the reward as they are, and it gives gpo's
+    verdicts, both on the policy's completions and on the branch stage's own scored continuations."""
+    from stages.core.answers import make_checker
+    from stages.core.rewards import AnswerReward, correct
+
+    export(chat_run, "trl", tmp_path / "trl")
+    prompts = load(tmp_path / "trl" / "prompts")
+    by_state = {(r["problem_id"], r["sample_idx"], r["state_idx"]): r for r in prompts}
+    checked = set()
+    for c in rows(chat_run, "continuations"):  # judged by gpo's branch stage: known verdicts, 0 and 1
+        row = by_state[(c["problem_id"], c["sample_idx"], c["state_idx"])]
+        columns = {k: [v] for k, v in row.items() if k != "prompt"}
+        got = correct([row["prompt"]], [[{"role": "assistant", "content": c["text"]}]], **columns)
+        assert got == [float(c["reward"])]
+        checked.add(c["reward"])
+    assert checked == {0, 1}
+
+    calls = []
+    original = AnswerReward.__call__
+
+    def recording(self, prompts, completions, **kwargs):
+        rewards = original(self, prompts, completions, **kwargs)
+        calls.append((completions, kwargs, rewards))
+        return rewards
+    monkeypatch.setattr(AnswerReward, "__call__", recording)
+    script = importlib.import_module("trl.scripts.grpo")
+    model_dir = tmp_path / "model"
+    tiny_model(chat_tokenizer).save_pretrained(model_dir)
+    chat_tokenizer.save_pretrained(model_dir)
+    argv = ["--model_name_or_path", model_dir, "--dataset_name", tmp_path / "trl" / "prompts",
+            "--reward_funcs", "stages.core.rewards.correct", "--output_dir", tmp_path / "out", "--max_steps", 1,
+            "--per_device_train_batch_size", 4, "--num_generations", 2, "--max_completion_length", 8,
+            "--use_cpu", "--use_vllm", "false", "--report_to", "none", "--save_strategy", "no"]
+    script.main(*script.make_parser().parse_args_and_config([str(a) for a in argv]))
+    assert (tmp_path / "out" / "model.safetensors").exists() and calls
+    checkers = {}
+    for completions, kwargs, rewards in calls:
+        assert {"gold_answer", "checker", "reset_prefix", "problem_id"} <= set(kwargs)
+        for i, completion in enumerate(completions):
+            text = kwargs["reset_prefix"][i] + completion[0]["content"]
+            checker = checkers.setdefault(kwargs["checker"][i], make_checker(kwargs["checker"][i]))
+            assert rewards[i] == float(checker.check_many([text], [kwargs["gold_answer"][i]])[0].correct)
+
+
+def test_verl_data_source_whose_scorer_cannot_read_the_answers_is_refused(chat_run, tmp_path):
+    """Issue 21.10: verl's openai/gsm8k scorer reads only `#### n`, and this run answers `answer: n`, so every
+    correct answer would score 0 (verl's own scorer says so below, where installed): refused, unless asked."""
+    correct_texts = [c for c in rows(chat_run, "continuations") if c["reward"] == 1]
+    with pytest.raises(GpoError, match=r"--data-source openai/gsm8k: verl's scorer for it reads '#### <number>', "
+                                       r"found in 0 of \d+ correct responses"):
+        export(chat_run, "verl", tmp_path / "gsm8k", data_source="openai/gsm8k")
+    with pytest.raises(GpoError, match=r"reads \\boxed"):
+        export(chat_run, "verl", tmp_path / "math500", data_source="HuggingFaceH4/MATH-500")
+    assert not (tmp_path / "gsm8k").exists() and not (tmp_path / "math500").exists()
+    export(chat_run, "verl", tmp_path / "forced", data_source="openai/gsm8k", scorer_mismatch_ok=True)
+    export(chat_run, "verl", tmp_path / "own", data_source="my_source")  # a name verl does not know: left alone
+    export(chat_run, "verl", tmp_path / "math", data_source="math")  # reads `Answer: n` lines, case-insensitive
+    if (Path(os.environ.get("GPO_INTEROP_DIR", Path(sys.prefix) / "interop")) / "verl").is_dir():
+        reward_score = interop("verl.utils.reward_score")
+        good = correct_texts[0]
+        gold = next(r for r in rows(chat_run, "reset_prompts") if r["problem_id"] == good["problem_id"])["gold_answer"]
+        assert reward_score.default_compute_score("openai/gsm8k", good["text"], gold) == 0.0
+        assert reward_score.default_compute_score("math", good["text"], gold)["acc"] is True
+
+
+def test_readme_trl_commands_parse_with_trls_own_parsers(tmp_path):
+    """Issue 21.8/21.11: every `trl ...` line of the README is accepted by TRL 1.16's parser of that script
+    (flag spellings such as --use_cpu), and a --reward_funcs path imports."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    lines = [line.split("  #")[0].split() for line in readme.splitlines() if line.startswith("trl ")]
+    assert {line[1] for line in lines} >= {"dpo", "kto", "grpo"}
+    assert any(line[1] == "dpo" and "--use_cpu" in line for line in lines)
+    import torch
+
+    for line in lines:
+        script = importlib.import_module(f"trl.scripts.{line[1]}")
+        argv = [str(tmp_path) if a == "MODEL" else a for a in line[2:]]
+        if "--use_cpu" not in argv and not torch.cuda.is_available():
+            # TRL's configs default to bf16, refused on a CPU: the GPU lines need the flag here, as the README says
+            with pytest.raises(ValueError, match="use_cpu"):
+                script.make_parser().parse_args_and_config(argv)
+            argv.append("--use_cpu")
+        parsed = script.make_parser().parse_args_and_config(argv)
+        if "--use_cpu" in line:
+            assert parsed[1].use_cpu is True
+        for path in getattr(parsed[0], "reward_funcs", None) or []:
+            module, name = path.rsplit(".", 1)
+            assert callable(getattr(importlib.import_module(module), name))
