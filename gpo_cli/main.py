@@ -35,11 +35,13 @@ from gpo_cli import diagnose_cmd, inspect_cmds, slurm_cmd, stage_cmds  # noqa: E
 from gpo_cli.common import OneLineUsageErrors, RunOpt, err, handle_errors  # noqa: E402
 
 # -h as well as --help; click passes help_option_names down to every subcommand's context.
-app = typer.Typer(cls=OneLineUsageErrors, add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+# Help is click's plain text (rich_markup_mode=None), wrapped at min(terminal, 80) columns: typer's rich
+# tables cut words and even option names with "…" at 80 columns (Slurm logs, pipes, default terminals).
+app = typer.Typer(cls=OneLineUsageErrors, add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   context_settings={"help_option_names": ["-h", "--help"]},
                   help="Guided Pivotal Optimization (arXiv 2509.16456): sample, estimate, locate, branch, "
                        "train, eval, as resumable Parquet stages you can query with DuckDB.")
-toy_app = typer.Typer(no_args_is_help=True, help="The built-in toy task and its tiny model.")
+toy_app = typer.Typer(cls=OneLineUsageErrors, no_args_is_help=True, rich_markup_mode=None, help="The built-in toy task and its tiny model.")
 app.add_typer(toy_app, name="toy")
 
 
