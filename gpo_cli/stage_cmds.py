@@ -32,8 +32,10 @@ def report(manifest: dict) -> None:
 
     stats = manifest.get("stats", {})
     extra = ""
-    if stats.get("trajectories"):
-        extra = f", accuracy {stats.get('correct', 0) / stats['trajectories']:.3f}"
+    if stats.get("trajectories") and "correct" in stats:  # sample and eval score; estimate and locate do not
+        extra = f", accuracy {stats['correct'] / stats['trajectories']:.3f}"
+    if "steps" in stats:
+        extra = f", {stats['steps']} steps, {stats.get('rollouts', 0)} rollouts"
     cut, warning = truncation_summary(stats)
     err.print(f"[green]{manifest['stage']}[/green] shard {manifest['shard']}/{manifest['num_shards']}: "
               f"{manifest['rows']} rows{extra}{cut}, {manifest['wall_seconds']:.1f}s")
