@@ -252,3 +252,17 @@ def test_stage_summaries_print_what_means_something_there(capsys, stage, stats, 
     report({"stage": stage, "shard": 0, "num_shards": 1, "rows": 4, "wall_seconds": 1.0, "stats": stats})
     line = capsys.readouterr().err
     assert all(s in line for s in shown) and not any(h in line for h in hidden), line
+
+
+def test_quiet_flag_leaves_the_summary_and_nothing_else(tmp_path, monkeypatch):
+    """Issue 21.13: --quiet beside GPO_PROGRESS_EVERY, a runtime option of every stage command."""
+    monkeypatch.setenv("GPO_PROGRESS_EVERY", "0")  # every update would print a line
+    args = ["sample", "--problems", PROBLEMS, "--model", TOY_MODEL, "--n", "2", "--max-new-tokens", "16",
+            "--backend", "hf"]
+    loud = gpo(*args, "--run", tmp_path / "loud")
+    quiet = gpo(*args, "--run", tmp_path / "quiet", "--quiet")
+    assert "sample chunk" in loud and "tok/s" in loud
+    assert "sample chunk" not in quiet and "tok/s" not in quiet and "sample shard 0/1: 8 rows" in quiet
+    assert progress.progress_every() == 0  # the switch ends with the command
+    for command in ("sample", "estimate", "locate", "branch", "train", "eval"):
+        assert "--quiet" in gpo(command, "--help")

@@ -32,7 +32,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from stages.core import artifacts, lineage
-from stages.core.errors import GpoError
+from stages.core.errors import GpoError, UsageError
 from stages.core.prompts import PLAIN_TEMPLATE
 from stages.tools import export_folder as folder
 from stages.train.data import cut, trainable
@@ -109,11 +109,11 @@ class Rules:
         from stages.train.settings import TRUNCATED
 
         if self.truncated is not None and fmt == "verl":
-            raise GpoError("--truncated applies to pairs (--format trl or llamafactory), not verl's reset prompts")
+            raise UsageError("--truncated applies to pairs (--format trl or llamafactory), not verl's reset prompts")
         if self.truncated is not None and self.truncated not in TRUNCATED:
-            raise GpoError(f"--truncated must be one of {', '.join(TRUNCATED)}, not {self.truncated!r}")
+            raise UsageError(f"--truncated must be one of {', '.join(TRUNCATED)}, not {self.truncated!r}")
         if self.truncated == "no-eos" and fmt == "llamafactory":
-            raise GpoError("--truncated no-eos: LLaMA-Factory always ends a response with its end of turn; "
+            raise UsageError("--truncated no-eos: LLaMA-Factory always ends a response with its end of turn; "
                            "choose drop or eos")
         return Rules(self.truncated or "drop", self.dedup)
 
@@ -122,11 +122,11 @@ def export(run: Path, fmt: str, out: Path, data: str = "gpo", data_source: str |
            rules: Rules = Rules(), overwrite: bool = False, scorer_mismatch_ok: bool = False) -> list[Path]:
     """Write one export; every check comes before the first file (into a temp folder, moved in place last)."""
     if fmt not in FORMATS:
-        raise GpoError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     if data_source is not None and fmt != "verl":
-        raise GpoError("--data-source applies to --format verl only")
+        raise UsageError("--data-source applies to --format verl only")
     if data_source is not None and not data_source.strip():
-        raise GpoError("--data-source must not be empty")
+        raise UsageError("--data-source must not be empty")
     rules = rules.check(fmt)
     run, out = Path(run), Path(out)
     folder.check_target(out, fmt, data, overwrite)
