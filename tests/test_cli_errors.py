@@ -184,3 +184,31 @@ def test_a_failed_run_exits_1(tmp_path, model_dir):
     (tmp_path / "run" / "sample").mkdir(parents=True)
     (tmp_path / "run" / "sample" / "config.json").write_text("{damaged")
     assert fails_cleanly(["estimate", "--run", tmp_path / "run"], "sample").exit_code == 1
+
+
+def test_export_into_a_non_empty_folder_or_a_file_is_refused_before_reading_the_run(tmp_path):
+    """Issue 21.5's bad inputs (the whole behaviour, --overwrite included: tests/test_export.py)."""
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "mine.txt").write_text("keep me")
+    for fmt in ("trl", "verl"):
+        result = fails_cleanly(["export", "--run", tmp_path / "run", "--format", fmt, "--out", full],
+                               "is not empty: add --overwrite")
+        assert result.exit_code == 1
+    fails_cleanly(["export", "--run", tmp_path / "run", "--format", "trl", "--out", full, "--overwrite"],
+                  "not an earlier gpo export")
+    fails_cleanly(["export", "--run", tmp_path / "run", "--format", "trl", "--out", full / "mine.txt"],
+                  "is a file, not a folder")
+    (full / "gpo_gpo_pairwise.json").write_text("[]")
+    fails_cleanly(["export", "--run", tmp_path / "run", "--format", "llamafactory", "--out", full],
+                  "gpo_gpo_pairwise.json exists")
+    assert sorted(p.name for p in full.iterdir()) == ["gpo_gpo_pairwise.json", "mine.txt"]
+
+
+def test_a_settings_file_of_unknown_type_is_refused(tmp_path):
+    path = tmp_path / "sample.cfg"
+    path.write_text("n = 2\n")
+    for command in ("sample", "estimate", "locate", "branch", "train", "eval"):
+        result = fails_cleanly([command, "--run", tmp_path / "r", "--config", path], "use .yaml, .yml, .toml or .json")
+        assert result.exit_code == 2
+    assert not (tmp_path / "r").exists()
