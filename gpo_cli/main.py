@@ -41,7 +41,8 @@ app = typer.Typer(cls=OneLineUsageErrors, add_completion=False, no_args_is_help=
                   context_settings={"help_option_names": ["-h", "--help"]},
                   help="Guided Pivotal Optimization (arXiv 2509.16456): sample, estimate, locate, branch, "
                        "train, eval, as resumable Parquet stages you can query with DuckDB.")
-toy_app = typer.Typer(cls=OneLineUsageErrors, no_args_is_help=True, rich_markup_mode=None, help="The built-in toy task and its tiny model.")
+toy_app = typer.Typer(cls=OneLineUsageErrors, no_args_is_help=True, rich_markup_mode=None,
+                      help="The built-in toy task and its tiny model.")
 app.add_typer(toy_app, name="toy")
 
 

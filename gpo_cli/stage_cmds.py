@@ -140,7 +140,8 @@ def register(app: typer.Typer) -> None:
 
         if compare:
             if not folders:
-                raise UsageError("--compare needs evaluation folders, e.g. gpo eval --compare R/eval_base R/eval_dpo-gpo")
+                raise UsageError("--compare needs evaluation folders, e.g. "
+                                 "gpo eval --compare R/eval_base R/eval_dpo-gpo")
             print_comparison(evaluation.compare([evaluation.load_summary(p) for p in folders]))
             return
         if folders:

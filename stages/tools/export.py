@@ -10,11 +10,16 @@ A run sampled without a chat template (`--template plain`) is exported as the ex
 
 trl:          one folder per table, each a `datasets` folder on its own (`trl dpo --dataset_name DIR/preference`):
               preference/ (prompt, chosen, rejected), unpaired/ (prompt, completion, label) and prompts/
-              (prompt, gold_answer, checker, reset_prefix), all with problem_id and pair_id / state ids.
+              (prompt, gold_answer, checker, reset_prefix), all with problem_id and pair_id / state ids;
+              GRPO's reward: `trl grpo --reward_funcs stages.core.rewards.correct`.
 verl:         train.parquet (data_source, prompt messages, ability, reward_model.ground_truth, extra_info with
               checker and reset_prefix); score with gpo's stages/tools/verl_reward.py `compute_score`.
 llamafactory: gpo_<data>_pairwise.json (ranking) and gpo_<data>_kto.json (kto_tag), alpaca columns with
               `system`; their entries are merged into DIR/dataset_info.json, whose other entries are kept.
+
+Pairs and KTO rows are the ones `gpo train` learns from, under its own rule and flags (`Rules`: identical
+pairs once, responses cut at the budget dropped by default). --out must be empty, or hold an earlier
+export to replace whole with --overwrite (stages/tools/export_folder.py).
 
 The reset prefix (the kept steps before the critical step) starts the assistant turn of every chosen,
 rejected and KTO completion. Online-RL prompts (trl prompts/, verl) cannot end inside an assistant turn:
