@@ -361,6 +361,7 @@ def test_export_into_a_non_empty_folder_is_refused_and_overwrite_replaces_it_who
     assert not [p for p in tmp_path.iterdir() if p.name.startswith((".tmp-", ".old-"))]
 
 
+@pytest.mark.slow  # 23 s wall on this loaded 2-core machine (one GRPO step: generation + update)
 def test_trl_grpo_script_trains_with_gpos_reward_on_the_prompts_export(chat_run, chat_tokenizer, tmp_path,
                                                                          monkeypatch):
     """Issue 21.8: `trl grpo --reward_funcs stages.core.rewards.correct --dataset_name DIR/prompts` (TRL's own
