@@ -164,6 +164,8 @@ def test_slurm_dry_run_writes_checked_scripts(tmp_path):
     ["train", "--run", "{tmp}/r", "--method", "ppo", "--model", "m"],
     ["export", "--run", "{tmp}/r", "--format", "csv", "--out", "{tmp}/e"],
     ["eval", "--compare"],
+    ["slurm", "{tmp}/r", "--stages", "sample", "--args", "sample=--n 0"],  # a job's command line, checked now
+    ["diagnose", "{tmp}/r", "--permutations", "0"],
 ])
 def test_usage_errors_exit_2_before_anything_runs(tmp_path, args):
     """Issue 21.13: 2 for a bad command line, found before anything is read or written."""
