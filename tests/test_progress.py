@@ -266,3 +266,23 @@ def test_quiet_flag_leaves_the_summary_and_nothing_else(tmp_path, monkeypatch):
     assert progress.progress_every() == 0  # the switch ends with the command
     for command in ("sample", "estimate", "locate", "branch", "train", "eval"):
         assert "--quiet" in gpo(command, "--help")
+
+
+def test_engine_bar_reads_finished_tokens_from_vllms_speed_postfix(monkeypatch):
+    """vLLM reports finished requests' tokens only as `output: <tokens / elapsed> toks/s` in the postfix it
+    sets before update(n) (vllm/entrypoints/common/offline.py); the token ETA needs the count back."""
+    got = []
+
+    class Rep:
+        def advance(self, items=0, tokens=0, finished_tokens=0):
+            got.append((items, tokens, finished_tokens))
+
+    clock = [100.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    bar = progress.EngineBar.factory(Rep())(total=4)
+    for total_tokens, n in ((30, 1), (100, 2)):
+        clock[0] += 5
+        speed = total_tokens / bar.format_dict["elapsed"]  # what vLLM computes and prints with 2 decimals
+        bar.postfix = f"est. speed input: 12.00 toks/s, output: {speed:.2f} toks/s"
+        bar.update(n)
+    assert got == [(1, 30, 30), (2, 70, 70)]
