@@ -18,7 +18,7 @@ from typing import Annotated, Any, Callable
 import typer
 
 from gpo_cli.common import handle_errors
-from stages.core.errors import GpoError
+from stages.core.errors import GpoError, UsageError
 from stages.core.settings import Runtime
 
 
@@ -41,6 +41,7 @@ class StageCommand:
     extra: dict[str, Extra]
     impl: Callable[..., None]
     open_config: bool  # unknown config keys go to impl as `config_extra` (train's TRL arguments)
+    validate_hook: Callable | None = None  # (settings, config_extra): checks beyond the settings' own
 
     def known(self) -> set[str]:
         return {f.name for f in dataclasses.fields(self.settings)} | set(self.runtime) | set(self.extra)
@@ -51,23 +52,53 @@ class StageCommand:
         fields = {f.name for f in dataclasses.fields(self.settings)}
         settings = {k: v for k, v in merged.items() if k in fields}
         runtime = Runtime(**{k: v for k, v in merged.items() if k in self.runtime})
+        from stages.core.progress import set_quiet
+
         extra = {k: v for k, v in merged.items() if k in self.extra}
         if self.open_config:
             extra["config_extra"] = leftover
-        self.impl(run=run, settings=settings, runtime=runtime, **extra)
+        set_quiet(runtime.quiet)  # read where progress is drawn (stages.core.progress), not passed down
+        try:
+            self.impl(run=run, settings=settings, runtime=runtime, **extra)
+        finally:
+            set_quiet(False)  # a library caller in the same process gets its progress back
 
 
     def check(self, ctx) -> None:
         """Parse-time check of a command line without running it (gpo slurm checks each job's this way)."""
+        params = dict(ctx.params)
+        self.validate(params.get("config"), explicit_flags(ctx, params))
+
+    def validate(self, config_path: Path | None, flags: dict) -> dict:
+        """Every check of the command line alone: the settings file, the settings' own checks, the command's
+        `validate` hook. What fails here is a usage error (exit 2), found before anything runs; returns
+        the settings file's table."""
         from stages.core.config import load_config_file
 
-        params = dict(ctx.params)
-        config = load_config_file(params["config"]) if params.get("config") else {}
-        merged, _ = merge(self, config, explicit_flags(ctx, params))
-        fields = {f.name for f in dataclasses.fields(self.settings)}
-        if self.name != "eval" or not merged.get("compare"):
-            self.settings(**{k: v for k, v in merged.items() if k in fields})
-        Runtime(**{k: v for k, v in merged.items() if k in self.runtime})
+        try:
+            config = load_config_file(config_path) if config_path else {}
+            merged, leftover = merge(self, config, flags)
+            fields = {f.name for f in dataclasses.fields(self.settings)}
+            if self.name == "eval":  # eval names what it misses itself (--model, --problems, --run or --compare)
+                merged = {**merged, "model": merged.get("model") or "-", "problems": merged.get("problems") or "-"}
+            if self.name != "eval" or not merged.get("compare"):
+                settings = self.settings(**{k: v for k, v in merged.items() if k in fields})
+                if self.validate_hook is not None:
+                    self.validate_hook(settings, leftover)
+            runtime = Runtime(**{k: v for k, v in merged.items() if k in self.runtime})
+            if "shard" in self.runtime:
+                from stages.core.runner import parse_shard
+
+                parse_shard(runtime.shard)
+            if "dtype" in self.runtime:
+                from stages.core.backends import check_runtime
+
+                check_runtime(merged.get("backend") or "auto", runtime.dtype, runtime.device)
+        except UsageError:
+            raise
+        except GpoError as e:
+            raise UsageError(str(e)) from None
+        return config
 
 
 COMMANDS: dict[str, StageCommand] = {}
@@ -137,12 +168,13 @@ def _optional(annotation):
 
 
 def stage_command(app: typer.Typer, name: str, settings: type, *, runtime: tuple[str, ...] = (),
-                  extra: dict[str, Extra] | None = None, open_config: bool = False, run_required: bool = True):
+                  extra: dict[str, Extra] | None = None, open_config: bool = False, run_required: bool = True,
+                  validate: Callable | None = None):
     """Register `impl(run, settings: dict, runtime: Runtime, **extra)` as `gpo <name>`."""
     extra = extra or {}
 
     def decorator(impl: Callable) -> Callable:
-        command = StageCommand(name, settings, tuple(runtime), extra, impl, open_config)
+        command = StageCommand(name, settings, tuple(runtime), extra, impl, open_config, validate)
         COMMANDS[name] = command
         hints = typing.get_type_hints(settings)
         params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
@@ -165,14 +197,12 @@ def stage_command(app: typer.Typer, name: str, settings: type, *, runtime: tuple
 
         @handle_errors
         def callback(ctx: typer.Context, **kwargs):
-            from stages.core.config import load_config_file
-
             run, config_path = kwargs.pop("run"), kwargs.pop("config")
             flags = explicit_flags(ctx, kwargs)
-            config = load_config_file(config_path) if config_path else {}
+            config = command.validate(config_path, flags)
             run = run if run is not None else config.get("run")
             if run is None and run_required:
-                raise GpoError("missing --run (give it as a flag or in --config)")
+                raise UsageError("missing --run (give it as a flag or in --config)")
             command.call(Path(run) if run is not None else None, flags, config)
 
         callback.__signature__ = inspect.Signature(params)

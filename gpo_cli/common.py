@@ -62,7 +62,18 @@ def handle_errors(fn: Callable) -> Callable:
 
 class OneLineUsageErrors(typer.core.TyperGroup):
     """Usage errors (unknown option, missing option, bad value) as the same one `error:` line as every
-    other error, instead of click's framed box."""
+    other error, instead of click's framed box; and a help listing whose command summaries are whole."""
+
+    def format_commands(self, ctx, formatter) -> None:
+        # click cuts each summary to the width left on one line and ends it with "...": wrap it instead.
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, " ".join((command.short_help or command.help or "").split("\n\n")[0].split())))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         from typer._click import exceptions as click  # the click that typer vendors and raises

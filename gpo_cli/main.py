@@ -35,11 +35,14 @@ from gpo_cli import diagnose_cmd, inspect_cmds, slurm_cmd, stage_cmds  # noqa: E
 from gpo_cli.common import OneLineUsageErrors, RunOpt, err, handle_errors  # noqa: E402
 
 # -h as well as --help; click passes help_option_names down to every subcommand's context.
-app = typer.Typer(cls=OneLineUsageErrors, add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+# Help is click's plain text (rich_markup_mode=None), wrapped at min(terminal, 80) columns: typer's rich
+# tables cut words and even option names with "…" at 80 columns (Slurm logs, pipes, default terminals).
+app = typer.Typer(cls=OneLineUsageErrors, add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   context_settings={"help_option_names": ["-h", "--help"]},
                   help="Guided Pivotal Optimization (arXiv 2509.16456): sample, estimate, locate, branch, "
                        "train, eval, as resumable Parquet stages you can query with DuckDB.")
-toy_app = typer.Typer(no_args_is_help=True, help="The built-in toy task and its tiny model.")
+toy_app = typer.Typer(cls=OneLineUsageErrors, no_args_is_help=True, rich_markup_mode=None,
+                      help="The built-in toy task and its tiny model.")
 app.add_typer(toy_app, name="toy")
 
 
@@ -65,22 +68,32 @@ stage_cmds.register(app)  # sample, estimate, locate, branch, train, eval, run: 
 def export(
     run: RunOpt,
     fmt: Annotated[str, typer.Option("--format", help="trl, verl or llamafactory.")],
-    out: Annotated[Path, typer.Option(help="Output folder.")],
+    out: Annotated[Path, typer.Option(help="Output folder (must be empty, or an earlier export with --overwrite).")],
     data: Annotated[str, typer.Option(help="gpo, baseline or random-reset rows.")] = "gpo",
     data_source: Annotated[str | None, typer.Option(
-        help="verl's data_source column (default: the problem source), e.g. a name verl's "
-             "default_compute_score knows, such as math or openai/gsm8k.")] = None,
+        help="verl's data_source column (default: the problem source). A name verl's default_compute_score "
+             "knows picks its scorer; refused when that scorer cannot read this run's answers.")] = None,
+    truncated: Annotated[str | None, typer.Option(
+        help="Pairs with a response cut at --max-new-tokens, as gpo train's: drop (default here), no-eos (keep, "
+             "flag <side>_truncated) or eos (keep).")] = None,
+    dedup: Annotated[bool, typer.Option(help="Export identical pairs once, as gpo train trains on them.")] = True,
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier export in --out (only its files).")] = False,
+    allow_scorer_mismatch: Annotated[bool, typer.Option(
+        help="Export with a --data-source whose verl scorer cannot read this run's answer format.")] = False,
 ):
     """Write the branch tables as TRL datasets (one folder per table), verl RL Parquet, or LLaMA-Factory data."""
-    from stages.tools.export import export as do_export
+    from stages.tools.export import Rules, export as do_export
 
-    for path in do_export(run, fmt, out, data, data_source):
+    for path in do_export(run, fmt, out, data, data_source, rules=Rules(truncated, dedup), overwrite=overwrite,
+                          scorer_mismatch_ok=allow_scorer_mismatch):
         err.print(f"wrote {path}")
     if fmt == "verl":
         import stages.tools.verl_reward
 
         err.print(f"verl reward: custom_reward_function.path={stages.tools.verl_reward.__file__} "
                   "custom_reward_function.name=compute_score")
+    if fmt == "trl":
+        err.print("TRL GRPO reward: --reward_funcs stages.core.rewards.correct")
 
 
 @app.command()

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from gpo_cli.common import err, handle_errors, out
-from stages.core.errors import GpoError
+from stages.core.errors import GpoError, UsageError
 
 MULTI_GPU_TRAIN = ["accelerate", "launch", "--num_processes", "${SLURM_GPUS_ON_NODE}", "-m", "gpo_cli.main"]
 
@@ -25,11 +25,11 @@ def stage_commands(app: typer.Typer, run: Path, stages: list[str], stage_args: l
     for item in stage_args:
         stage, sep, args = item.partition("=")
         if not sep:
-            raise GpoError(f"--args {item!r}: expected STAGE='--option value ...'")
+            raise UsageError(f"--args {item!r}: expected STAGE='--option value ...'")
         extra[stage] = shlex.split(args)
     unknown = sorted(set(extra) - set(stages))
     if unknown:
-        raise GpoError(f"--args given for stages not in --stages: {', '.join(unknown)}")
+        raise UsageError(f"--args given for stages not in --stages: {', '.join(unknown)}")
     group = get_command(app)
     commands = {}
     for stage in stages:
@@ -37,16 +37,16 @@ def stage_commands(app: typer.Typer, run: Path, stages: list[str], stage_args: l
         argv = [*extra.get(stage, []), "--run", str(run)]
         command = group.commands.get(name) if hasattr(group, "commands") else None
         if command is None:
-            raise GpoError(f"unknown stage {stage!r}")
+            raise UsageError(f"unknown stage {stage!r}")
         try:
             ctx = command.make_context(name, list(argv), resilient_parsing=False)
             if name in COMMANDS:  # a stage: its settings (merged with --config) must be complete and valid
                 COMMANDS[name].check(ctx)
         except GpoError as e:
-            raise GpoError(f"gpo {name} {shlex.join(argv)}: {e}") from None
+            raise UsageError(f"gpo {name} {shlex.join(argv)}: {e}") from None
         except Exception as e:  # click's usage errors: missing or unknown options
             why = e.format_message() if hasattr(e, "format_message") else str(e)  # MissingParameter's .message is ''
-            raise GpoError(f"gpo {name} {shlex.join(argv)}: {why}") from None
+            raise UsageError(f"gpo {name} {shlex.join(argv)}: {why}") from None
         prefix = MULTI_GPU_TRAIN if stage == "train" and train_gpus > 1 else ["gpo"]
         commands[stage] = [*prefix, name, *argv]
     return commands

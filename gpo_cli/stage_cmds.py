@@ -13,7 +13,7 @@ import typer
 from gpo_cli.adapter import Extra, run_pipeline, stage_command
 from gpo_cli.common import err, handle_errors, log
 from stages import branch, estimate, eval as evaluation, locate, sample, train
-from stages.core.errors import GpoError
+from stages.core.errors import UsageError
 from stages.core.settings import GENERATING, NON_GENERATING, Runtime
 
 
@@ -32,8 +32,10 @@ def report(manifest: dict) -> None:
 
     stats = manifest.get("stats", {})
     extra = ""
-    if stats.get("trajectories"):
-        extra = f", accuracy {stats.get('correct', 0) / stats['trajectories']:.3f}"
+    if stats.get("trajectories") and "correct" in stats:  # sample and eval score; estimate and locate do not
+        extra = f", accuracy {stats['correct'] / stats['trajectories']:.3f}"
+    if "steps" in stats:
+        extra = f", {stats['steps']} steps, {stats.get('rollouts', 0)} rollouts"
     cut, warning = truncation_summary(stats)
     err.print(f"[green]{manifest['stage']}[/green] shard {manifest['shard']}/{manifest['num_shards']}: "
               f"{manifest['rows']} rows{extra}{cut}, {manifest['wall_seconds']:.1f}s")
@@ -113,7 +115,8 @@ def register(app: typer.Typer) -> None:
         manifest = run_generating(branch.BASELINE_ONLY_STAGE if baseline_only else branch.STAGE, run, s, runtime)
         err.print(f"pairs: {manifest['stats'].get('pairs', 0)}")
 
-    @stage_command(app, "train", train.TrainSettings, runtime=("overwrite",), open_config=True, extra={
+    @stage_command(app, "train", train.TrainSettings, runtime=("overwrite", "quiet"), open_config=True,
+                   validate=lambda s, extra: train.resolve(s, extra), extra={
         "out": Extra(Path | None, None, "Output folder (default RUN/train/<method>-<data>)."),
     })
     def train_cmd(run, settings, runtime, out, config_extra):
@@ -137,18 +140,19 @@ def register(app: typer.Typer) -> None:
 
         if compare:
             if not folders:
-                raise GpoError("--compare needs evaluation folders, e.g. gpo eval --compare R/eval_base R/eval_dpo-gpo")
+                raise UsageError("--compare needs evaluation folders, e.g. "
+                                 "gpo eval --compare R/eval_base R/eval_dpo-gpo")
             print_comparison(evaluation.compare([evaluation.load_summary(p) for p in folders]))
             return
         if folders:
-            raise GpoError(f"unexpected argument {folders[0]} (did you mean --compare?)")
+            raise UsageError(f"unexpected argument {folders[0]} (did you mean --compare?)")
         if settings.get("model") is None or settings.get("problems") is None or run is None:
             evaluation.EvalSettings(**{**settings, "problems": "-", "model": "-"})  # the other options first
-            raise GpoError("gpo eval needs --model, --problems and --run (or --compare EVAL_DIR ...)")
+            raise UsageError("gpo eval needs --model, --problems and --run (or --compare EVAL_DIR ...)")
         try:
             ks = tuple(int(x) for x in k.split(","))
         except ValueError:
-            raise GpoError(f"--k must be comma-separated integers, not {k!r}") from None
+            raise UsageError(f"--k must be comma-separated integers, not {k!r}") from None
         stage = evaluation.make_stage(settings["label"])
         n = settings["n"] if settings["temperature"] > 0 else 1
         s = evaluation.EvalSettings(**{**settings, "n": n})

@@ -9,8 +9,10 @@ record that `core/runner.py` runs; stages import only `stages.core` (never each 
     core/      what stages share: runner.py (chunks, atomic writes, rerun rules), artifacts.py, lineage.py,
                sampling.py (sampling from problems, the shared policy), settings.py (setting(), Runtime),
                config.py (settings files), backends.py + hf_backend.py + vllm_backend.py, answers.py +
-               math_pool.py, sources.py, prompts.py, steps.py, estimators.py, values.py, query.py, toy*.py
-    tools/     around the stages, not stages: report, diagnose, export (+ verl_reward), slurm, toy_build,
+               math_pool.py, rewards.py (the online-RL reward: gpo train, trl grpo, verl), sources.py,
+               prompts.py, steps.py, estimators.py, values.py, query.py, toy*.py
+    tools/     around the stages, not stages: report, diagnose, export (+ export_folder, verl_reward,
+               verl_scorers), slurm, toy_build,
                smollm2
 
 Where to change ...

@@ -152,3 +152,65 @@ def test_slurm_dry_run_writes_checked_scripts(tmp_path):
     assert "--array" not in train and "accelerate launch" in train
     fails_cleanly(["slurm", tmp_path, "--args", "sample=--problemz x"], "No such option")
     fails_cleanly(["slurm", tmp_path, "--stages", "sample", "--args", "branch=--m 4"], "not in --stages")
+
+
+@pytest.mark.parametrize("args", [
+    ["sample", "--problems", "x.jsonl", "--model", "m", "--run", "{tmp}/r", "--bogus"],  # unknown flag (click)
+    ["sample", "--problems", "x.jsonl", "--model", "m", "--run", "{tmp}/r", "--n", "0"],  # settings' own check
+    ["sample", "--problems", "x.jsonl", "--model", "m", "--run", "{tmp}/r", "--shard", "3/2"],
+    ["sample", "--problems", "x.jsonl", "--model", "m", "--run", "{tmp}/r", "--dtype", "fp64"],
+    ["sample", "--run", "{tmp}/r", "--config", "{tmp}/settings.txt"],  # unknown settings file type
+    ["estimate", "--run", "{tmp}/r", "--estimator", "guess"],
+    ["train", "--run", "{tmp}/r", "--method", "ppo", "--model", "m"],
+    ["export", "--run", "{tmp}/r", "--format", "csv", "--out", "{tmp}/e"],
+    ["eval", "--compare"],
+    ["slurm", "{tmp}/r", "--stages", "sample", "--args", "sample=--n 0"],  # a job's command line, checked now
+    ["diagnose", "{tmp}/r", "--permutations", "0"],
+])
+def test_usage_errors_exit_2_before_anything_runs(tmp_path, args):
+    """Issue 21.13: 2 for a bad command line, found before anything is read or written."""
+    (tmp_path / "settings.txt").write_text("n = 2\n")
+    result = runner.invoke(app, [a.format(tmp=tmp_path) for a in args])
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 2 and len(errors) == 1, result.output
+    assert not (tmp_path / "r").exists() and not (tmp_path / "e").exists()
+
+
+def test_a_failed_run_exits_1(tmp_path, model_dir):
+    """Issue 21.13: 1 for a run that failed on what it read: a damaged problem file, a damaged stage."""
+    damaged = tmp_path / "p.parquet"
+    damaged.write_text("this is not parquet")
+    result = fails_cleanly(["sample", "--problems", damaged, "--model", model_dir, "--run", tmp_path / "r"],
+                           "not a readable Parquet")
+    assert result.exit_code == 1
+    (tmp_path / "run" / "sample").mkdir(parents=True)
+    (tmp_path / "run" / "sample" / "config.json").write_text("{damaged")
+    assert fails_cleanly(["estimate", "--run", tmp_path / "run"], "sample").exit_code == 1
+
+
+def test_export_into_a_non_empty_folder_or_a_file_is_refused_before_reading_the_run(tmp_path):
+    """Issue 21.5's bad inputs (the whole behaviour, --overwrite included: tests/test_export.py)."""
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "mine.txt").write_text("keep me")
+    for fmt in ("trl", "verl"):
+        result = fails_cleanly(["export", "--run", tmp_path / "run", "--format", fmt, "--out", full],
+                               "is not empty: add --overwrite")
+        assert result.exit_code == 1
+    fails_cleanly(["export", "--run", tmp_path / "run", "--format", "trl", "--out", full, "--overwrite"],
+                  "not an earlier gpo export")
+    fails_cleanly(["export", "--run", tmp_path / "run", "--format", "trl", "--out", full / "mine.txt"],
+                  "is a file, not a folder")
+    (full / "gpo_gpo_pairwise.json").write_text("[]")
+    fails_cleanly(["export", "--run", tmp_path / "run", "--format", "llamafactory", "--out", full],
+                  "gpo_gpo_pairwise.json exists")
+    assert sorted(p.name for p in full.iterdir()) == ["gpo_gpo_pairwise.json", "mine.txt"]
+
+
+def test_a_settings_file_of_unknown_type_is_refused(tmp_path):
+    path = tmp_path / "sample.cfg"
+    path.write_text("n = 2\n")
+    for command in ("sample", "estimate", "locate", "branch", "train", "eval"):
+        result = fails_cleanly([command, "--run", tmp_path / "r", "--config", path], "use .yaml, .yml, .toml or .json")
+        assert result.exit_code == 2
+    assert not (tmp_path / "r").exists()

@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 
 from gpo_cli.main import app
 from stages.core import artifacts
+from stages.core.errors import GpoError
 from tests.conftest import TOY_MODEL, gpo
 
 pytestmark = pytest.mark.skipif(not (TOY_MODEL / "config.json").exists(), reason="data/toy-model not built")
@@ -98,3 +99,32 @@ def test_a_bad_pipeline_entry_stops_before_the_first_stage(tmp_path):
     pipeline.write_text(json.dumps({"run": str(run), "stages": [{"sampel": {}}]}))
     refused(["run", pipeline], "stages[0] is 'sampel'")
     assert not run.exists()
+
+
+def test_unknown_config_extensions_are_refused_not_parsed_as_toml(tmp_path):
+    run = tmp_path / "run"
+    for name in ("sample.txt", "sample.ini", "sample"):
+        path = tmp_path / name
+        path.write_text("n = 2\n")  # valid TOML: the old loader read any other extension as TOML
+        refused(["sample", "--config", path, "--run", run], "use .yaml, .yml, .toml or .json")
+    assert not run.exists()
+
+
+def test_toml_reads_with_tomli_where_python_has_no_tomllib(tmp_path, monkeypatch):
+    """Python 3.10 (which pyproject allows) has no tomllib: the `tomli` backport reads the same files."""
+    import sys
+    import tomllib
+
+    from stages.core.config import load_config_file
+
+    path = tmp_path / "s.toml"
+    path.write_text("n = 2\n[trl]\nwarmup_ratio = 0.1\n")
+    monkeypatch.setitem(sys.modules, "tomllib", None)  # `import tomllib` now raises ImportError, as on 3.10
+    monkeypatch.setitem(sys.modules, "tomli", tomllib)  # tomli is tomllib's origin, with the same API
+    assert load_config_file(path) == {"n": 2, "warmup_ratio": 0.1}
+    path.write_text("n = \n")
+    with pytest.raises(GpoError, match="is not valid TOML"):
+        load_config_file(path)
+    monkeypatch.setitem(sys.modules, "tomli", None)
+    with pytest.raises(GpoError, match="pip install tomli"):
+        load_config_file(path)

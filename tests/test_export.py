@@ -26,6 +26,7 @@ from stages.core.backends import FakeGenerator
 from stages.core.errors import GpoError
 from stages.core.prompts import DEFAULT_INSTRUCTION, DEFAULT_SYSTEM
 from stages.tools.export import CONTINUE_NOTE, export
+from stages.train.data import trainable
 from tests.conftest import gpo, toy_policy
 from tests.test_stages import run_chain
 
@@ -68,6 +69,10 @@ def chat_run(tmp_path_factory, chat_tokenizer):
     return run
 
 
+def rows(run, table, data="gpo"):
+    return [r for r in artifacts.read_table(run, table).to_pylist() if r["data"] == data]
+
+
 def samples(run):
     return {(r["problem_id"], r["sample_idx"]): r for r in artifacts.read_table(run, "sample").to_pylist()}
 
@@ -85,8 +90,10 @@ def test_trl_tables_load_alone_as_conversational_datasets(chat_run, chat_tokeniz
     export(chat_run, "trl", tmp_path)
     sample_rows = samples(chat_run)
     pref, kto, prompts = load(tmp_path / "preference"), load(tmp_path / "unpaired"), load(tmp_path / "prompts")
-    pairs = [p for p in artifacts.read_table(chat_run, "branch").to_pylist() if p["data"] == "gpo"]
-    assert len(pref) == len(pairs) and len(kto) == 2 * len(pairs)
+    # What gpo train learns from: identical pairs once, none cut at the budget (test_export_rules.py).
+    pairs, _ = trainable(rows(chat_run, "branch"), "branch", "drop", True, "gpo")
+    units, _ = trainable(rows(chat_run, "unpaired"), "unpaired", "drop", True, "gpo")
+    assert len(pref) == len(pairs) and len(kto) == len(units) and len(pairs) < len(rows(chat_run, "branch"))
     assert {"problem_id", "pair_id"} <= set(pref.column_names) and {"problem_id", "pair_id"} <= set(kto.column_names)
     assert sorted(pref["pair_id"]) == sorted(p["pair_id"] for p in pairs)
     by_pair = {p["pair_id"]: p for p in pairs}
@@ -98,7 +105,7 @@ def test_trl_tables_load_alone_as_conversational_datasets(chat_run, chat_tokeniz
         assert text["prompt"] == sample_rows[(pair["problem_id"], pair["sample_idx"])]["prompt_text"]
         assert text["prompt"].count("<bos>") == 1
         assert row["chosen"] == [{"role": "assistant", "content": pair["chosen"]}]
-    assert sum(kto["label"]) == len(pairs) and is_conversational(kto[0])
+    assert sum(kto["label"]) == sum(u["label"] for u in units) and is_conversational(kto[0])
     resets = [r for r in artifacts.read_table(chat_run, "reset_prompts").to_pylist() if r["data"] == "gpo"]
     with_prefix = [r for r in prompts if r["reset_prefix"]]
     assert len(prompts) == len(resets) and len(with_prefix) == sum(r["prefix_tokens"] > 0 for r in resets) > 0
@@ -274,7 +281,9 @@ def test_llamafactory_entries_merge_and_load_with_its_loader(chat_run, tmp_path)
               "dpo_en_demo": {"file_name": "dpo_en_demo.json", "ranking": True, "formatting": "sharegpt"}}
     (out / "dataset_info.json").write_text(json.dumps(theirs))
     export(chat_run, "llamafactory", out)
-    export(chat_run, "llamafactory", out)  # a rerun replaces gpo's entries, keeps the rest
+    with pytest.raises(GpoError, match="gpo_gpo_pairwise.json exists .* add --overwrite"):
+        export(chat_run, "llamafactory", out)
+    export(chat_run, "llamafactory", out, overwrite=True)  # replaces gpo's files and entries, keeps the rest
     info = json.loads((out / "dataset_info.json").read_text())
     assert list(info) == ["alpaca_en_demo", "dpo_en_demo", "gpo_gpo_pairwise", "gpo_gpo_kto"]
     assert info["dpo_en_demo"] == theirs["dpo_en_demo"]
@@ -286,14 +295,16 @@ def test_llamafactory_entries_merge_and_load_with_its_loader(chat_run, tmp_path)
     assert pair_attr.ranking and kto_attr.kto_tag == "kto_tag"
     pairs = loader._load_single_dataset(pair_attr, args, args, args)
     kto = loader._load_single_dataset(kto_attr, args, args, args)
-    branch = [p for p in artifacts.read_table(chat_run, "branch").to_pylist() if p["data"] == "gpo"]
-    assert len(pairs) == len(branch) and len(kto) == 2 * len(branch)
+    branch, _ = trainable(rows(chat_run, "branch"), "branch", "drop", True, "gpo")
+    units, _ = trainable(rows(chat_run, "unpaired"), "unpaired", "drop", True, "gpo")
+    assert len(pairs) == len(branch) and len(kto) == len(units)
     question = samples(chat_run)[(branch[0]["problem_id"], branch[0]["sample_idx"])]["question"]
     first = next(r for r in pairs if r["_prompt"][0]["content"].startswith(question))
     assert first["_system"] == DEFAULT_SYSTEM
     assert first["_prompt"] == [{"role": "user", "content": f"{question}\n{DEFAULT_INSTRUCTION}"}]
     assert [m["content"] for m in first["_response"]] == [branch[0]["chosen"], branch[0]["rejected"]]
-    assert sorted(bool(r["_response"][0]["content"]) for r in kto) == [False] * len(branch) + [True] * len(branch)
+    labels = sorted(u["label"] for u in units)
+    assert sorted(bool(r["_response"][0]["content"]) for r in kto) == labels
 
 
 def test_llamafactory_refuses_a_broken_registry_before_writing(chat_run, tmp_path):
@@ -315,3 +326,130 @@ def test_cli_export_prints_the_verl_reward_and_refuses_bad_options(chat_run, tmp
     result = CliRunner().invoke(app, ["export", "--run", str(chat_run), "--format", "verl", "--out",
                                       str(tmp_path / "w"), "--data-source", " "])
     assert result.exit_code != 0 and "error: --data-source" in result.output and not (tmp_path / "w").exists()
+
+
+def test_export_into_a_non_empty_folder_is_refused_and_overwrite_replaces_it_whole(chat_run, tmp_path):
+    """Issue 21.5: refused with one line unless --overwrite, which replaces an earlier export and only that."""
+    from typer.testing import CliRunner
+
+    from gpo_cli.main import app
+
+    def files(folder):
+        return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+    def refused(args, match):
+        result = CliRunner().invoke(app, ["export", "--run", str(chat_run), *map(str, args)])
+        errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+        assert result.exit_code != 0 and len(errors) == 1 and match in errors[0], result.output
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("not gpo's")
+    refused(["--format", "trl", "--out", mine], "is not empty: add --overwrite")
+    refused(["--format", "trl", "--out", mine, "--overwrite"], "not an earlier gpo export")
+    assert files(mine) == ["notes.txt"]
+
+    out = tmp_path / "out"
+    gpo("export", "--run", chat_run, "--format", "trl", "--out", out)
+    first = files(out)
+    assert ".gpo-export.json" in first and "preference/train.parquet" in first
+    refused(["--format", "verl", "--out", out], "is not empty: add --overwrite")
+    assert files(out) == first
+    gpo("export", "--run", chat_run, "--format", "verl", "--out", out, "--overwrite")
+    assert files(out) == [".gpo-export.json", "train.parquet"]  # no table of the trl export left mixed in
+    assert artifacts.load_json(out / ".gpo-export.json")["format"] == "verl"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith((".tmp-", ".old-"))]
+
+
+@pytest.mark.slow  # 23 s wall on this loaded 2-core machine (one GRPO step: generation + update)
+def test_trl_grpo_script_trains_with_gpos_reward_on_the_prompts_export(chat_run, chat_tokenizer, tmp_path,
+                                                                         monkeypatch):
+    """Issue 21.8: `trl grpo --reward_funcs stages.core.rewards.correct --dataset_name DIR/prompts` (TRL's own
+    script, in-process, one step on CPU): the export's columns reach the reward as they are, and it gives gpo's
+    verdicts, both on the policy's completions and on the branch stage's own scored continuations."""
+    from stages.core.answers import make_checker
+    from stages.core.rewards import AnswerReward, correct
+
+    export(chat_run, "trl", tmp_path / "trl")
+    prompts = load(tmp_path / "trl" / "prompts")
+    by_state = {(r["problem_id"], r["sample_idx"], r["state_idx"]): r for r in prompts}
+    checked = set()
+    for c in rows(chat_run, "continuations"):  # judged by gpo's branch stage: known verdicts, 0 and 1
+        row = by_state[(c["problem_id"], c["sample_idx"], c["state_idx"])]
+        columns = {k: [v] for k, v in row.items() if k != "prompt"}
+        got = correct([row["prompt"]], [[{"role": "assistant", "content": c["text"]}]], **columns)
+        assert got == [float(c["reward"])]
+        checked.add(c["reward"])
+    assert checked == {0, 1}
+
+    calls = []
+    original = AnswerReward.__call__
+
+    def recording(self, prompts, completions, **kwargs):
+        rewards = original(self, prompts, completions, **kwargs)
+        calls.append((completions, kwargs, rewards))
+        return rewards
+    monkeypatch.setattr(AnswerReward, "__call__", recording)
+    script = importlib.import_module("trl.scripts.grpo")
+    model_dir = tmp_path / "model"
+    tiny_model(chat_tokenizer).save_pretrained(model_dir)
+    chat_tokenizer.save_pretrained(model_dir)
+    argv = ["--model_name_or_path", model_dir, "--dataset_name", tmp_path / "trl" / "prompts",
+            "--reward_funcs", "stages.core.rewards.correct", "--output_dir", tmp_path / "out", "--max_steps", 1,
+            "--per_device_train_batch_size", 4, "--num_generations", 2, "--max_completion_length", 8,
+            "--use_cpu", "--use_vllm", "false", "--report_to", "none", "--save_strategy", "no"]
+    script.main(*script.make_parser().parse_args_and_config([str(a) for a in argv]))
+    assert (tmp_path / "out" / "model.safetensors").exists() and calls
+    checkers = {}
+    for completions, kwargs, rewards in calls:
+        assert {"gold_answer", "checker", "reset_prefix", "problem_id"} <= set(kwargs)
+        for i, completion in enumerate(completions):
+            text = kwargs["reset_prefix"][i] + completion[0]["content"]
+            checker = checkers.setdefault(kwargs["checker"][i], make_checker(kwargs["checker"][i]))
+            assert rewards[i] == float(checker.check_many([text], [kwargs["gold_answer"][i]])[0].correct)
+
+
+def test_verl_data_source_whose_scorer_cannot_read_the_answers_is_refused(chat_run, tmp_path):
+    """Issue 21.10: verl's openai/gsm8k scorer reads only `#### n`, and this run answers `answer: n`, so every
+    correct answer would score 0 (verl's own scorer says so below, where installed): refused, unless asked."""
+    correct_texts = [c for c in rows(chat_run, "continuations") if c["reward"] == 1]
+    with pytest.raises(GpoError, match=r"--data-source openai/gsm8k: verl's scorer for it reads '#### <number>', "
+                                       r"found in 0 of \d+ correct responses"):
+        export(chat_run, "verl", tmp_path / "gsm8k", data_source="openai/gsm8k")
+    with pytest.raises(GpoError, match=r"reads \\boxed"):
+        export(chat_run, "verl", tmp_path / "math500", data_source="HuggingFaceH4/MATH-500")
+    assert not (tmp_path / "gsm8k").exists() and not (tmp_path / "math500").exists()
+    export(chat_run, "verl", tmp_path / "forced", data_source="openai/gsm8k", scorer_mismatch_ok=True)
+    export(chat_run, "verl", tmp_path / "own", data_source="my_source")  # a name verl does not know: left alone
+    export(chat_run, "verl", tmp_path / "math", data_source="math")  # reads `Answer: n` lines, case-insensitive
+    if (Path(os.environ.get("GPO_INTEROP_DIR", Path(sys.prefix) / "interop")) / "verl").is_dir():
+        reward_score = interop("verl.utils.reward_score")
+        good = correct_texts[0]
+        gold = next(r for r in rows(chat_run, "reset_prompts") if r["problem_id"] == good["problem_id"])["gold_answer"]
+        assert reward_score.default_compute_score("openai/gsm8k", good["text"], gold) == 0.0
+        assert reward_score.default_compute_score("math", good["text"], gold)["acc"] is True
+
+
+def test_readme_trl_commands_parse_with_trls_own_parsers(tmp_path):
+    """Issue 21.8/21.11: every `trl ...` line of the README is accepted by TRL 1.16's parser of that script
+    (flag spellings such as --use_cpu), and a --reward_funcs path imports."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    lines = [line.split("  #")[0].split() for line in readme.splitlines() if line.startswith("trl ")]
+    assert {line[1] for line in lines} >= {"dpo", "kto", "grpo"}
+    assert any(line[1] == "dpo" and "--use_cpu" in line for line in lines)
+    import torch
+
+    for line in lines:
+        script = importlib.import_module(f"trl.scripts.{line[1]}")
+        argv = [str(tmp_path) if a == "MODEL" else a for a in line[2:]]
+        if "--use_cpu" not in argv and not torch.cuda.is_available():
+            # TRL's configs default to bf16, refused on a CPU: the GPU lines need the flag here, as the README says
+            with pytest.raises(ValueError, match="use_cpu"):
+                script.make_parser().parse_args_and_config(argv)
+            argv.append("--use_cpu")
+        parsed = script.make_parser().parse_args_and_config(argv)
+        if "--use_cpu" in line:
+            assert parsed[1].use_cpu is True
+        for path in getattr(parsed[0], "reward_funcs", None) or []:
+            module, name = path.rsplit(".", 1)
+            assert callable(getattr(importlib.import_module(module), name))

@@ -9,6 +9,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 
 from stages import estimate, sample
 from stages.core import artifacts, progress
@@ -143,8 +145,8 @@ def test_hf_backend_reports_every_decode_step():
     calls = []
 
     class Spy:
-        def advance(self, items=0, tokens=0):
-            calls.append((items, tokens))
+        def advance(self, items=0, tokens=0, finished_tokens=0):
+            calls.append((items, tokens, finished_tokens))
 
     gen = HFGenerator(str(TOY_MODEL), device="cpu", tokenizer=load_tokenizer(str(TOY_MODEL)))
     gen.progress = Spy()
@@ -153,15 +155,15 @@ def test_hf_backend_reports_every_decode_step():
     out = gen.generate([Request(prompt, 3, seed=1)], Sampling(max_new_tokens=12))
     completions = out[0]
     assert len(calls) > 1  # one batch, many reports
-    assert sum(i for i, _ in calls) == 3
-    assert sum(t for _, t in calls) == sum(len(c.token_ids) for c in completions)
+    assert sum(i for i, _, _ in calls) == 3
+    assert sum(t for _, t, _ in calls) == sum(f for _, _, f in calls) == sum(len(c.token_ids) for c in completions)
 
 
 def test_engine_bar_passes_iterables_through_and_forwards_updates():
     got = []
 
     class Rep:
-        def advance(self, items=0, tokens=0):
+        def advance(self, items=0, tokens=0, finished_tokens=0):
             got.append(items)
 
     make = progress.EngineBar.factory(Rep())
@@ -187,3 +189,100 @@ def test_train_reports_steps_loss_and_eta_to_stderr_only(base_model, run_dir, tm
     assert re.search(r"^train: 3/3 steps \(100%\), loss [0-9.e-]+", captured.err, re.M)
     assert "\r" not in captured.err and "it/s]" not in captured.err  # no tqdm bar
     assert "'loss'" not in captured.out  # transformers' log printer (disable_tqdm's default) is not there
+
+
+def test_eta_counts_tokens_so_it_does_not_grow_while_long_sequences_run(monkeypatch):
+    """Issue 21.14: 12 short (20 tokens) and 4 long (200) sequences decode together, one token per second
+    each. Counting finished sequences, the ETA grows from 17 s to 50 s while the long ones run; counting
+    the tokens still expected (their 256-token budget, once they outlive the finished ones' mean), it falls."""
+    clock = [0.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    monkeypatch.setenv("GPO_PROGRESS_EVERY", "off")
+
+    def eta_at(t: float, by_tokens: bool) -> float:
+        rep = progress.Reporter("estimate chunk 1/1", terminal=False)
+        clock[0] = 100.0
+        rep.grow(16, budget=256 if by_tokens else 0)
+        clock[0] = 100.0 + t
+        running = 4 * min(t, 200)
+        rep.update(12, tokens=12 * 20 + running, finished_tokens=12 * 20 if by_tokens else None)
+        return rep.rates()[1]
+
+    assert eta_at(150, by_tokens=False) > 2.5 * eta_at(50, by_tokens=False)  # the old rule: grows
+    assert eta_at(150, by_tokens=True) < eta_at(50, by_tokens=True)
+    assert eta_at(150, by_tokens=True) > 50  # and it does not promise less than the true 50 s left
+
+
+def test_slow_generation_prints_decimals_not_zero_tokens_per_second(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    rep, buf = _plain(monkeypatch, "0")
+    clock[0] = 100.0
+    rep.grow(4, budget=64)
+    clock[0] = 110.0
+    rep.advance(0, tokens=3)  # 0.3 tokens per second: a big model on a CPU
+    assert "0.3 tok/s" in buf.getvalue() and " 0 tok/s" not in buf.getvalue()
+
+
+def test_quiet_switches_every_progress_display_off(monkeypatch):
+    monkeypatch.setenv("GPO_PROGRESS_EVERY", "0")
+    assert progress.progress_every() == 0
+    progress.set_quiet(True)
+    try:
+        assert progress.progress_every() is None
+        rep, buf = _plain(monkeypatch, "0")
+        rep.grow(2)
+        rep.advance(2, tokens=10)
+        assert buf.getvalue() == ""
+    finally:
+        progress.set_quiet(False)
+
+
+@pytest.mark.parametrize("stage,stats,shown,hidden", [
+    ("estimate", {"trajectories": 4, "steps": 10, "rollouts": 40, "generated_sequences": 40,
+                  "truncated_sequences": 0}, ["10 steps", "40 rollouts"], ["accuracy"]),
+    ("locate", {"trajectories": 4, "located": 3, "agrees": 2}, ["4 rows"], ["accuracy"]),
+    ("sample", {"trajectories": 4, "correct": 1, "generated_sequences": 4, "truncated_sequences": 0},
+     ["accuracy 0.250"], []),
+])
+def test_stage_summaries_print_what_means_something_there(capsys, stage, stats, shown, hidden):
+    """Issue 21.14: estimate and locate score nothing, so `accuracy 0.000` meant nothing in their summaries."""
+    from gpo_cli.stage_cmds import report
+
+    report({"stage": stage, "shard": 0, "num_shards": 1, "rows": 4, "wall_seconds": 1.0, "stats": stats})
+    line = capsys.readouterr().err
+    assert all(s in line for s in shown) and not any(h in line for h in hidden), line
+
+
+def test_quiet_flag_leaves_the_summary_and_nothing_else(tmp_path, monkeypatch):
+    """Issue 21.13: --quiet beside GPO_PROGRESS_EVERY, a runtime option of every stage command."""
+    monkeypatch.setenv("GPO_PROGRESS_EVERY", "0")  # every update would print a line
+    args = ["sample", "--problems", PROBLEMS, "--model", TOY_MODEL, "--n", "2", "--max-new-tokens", "16",
+            "--backend", "hf"]
+    loud = gpo(*args, "--run", tmp_path / "loud")
+    quiet = gpo(*args, "--run", tmp_path / "quiet", "--quiet")
+    assert "sample chunk" in loud and "tok/s" in loud
+    assert "sample chunk" not in quiet and "tok/s" not in quiet and "sample shard 0/1: 8 rows" in quiet
+    assert progress.progress_every() == 0  # the switch ends with the command
+    for command in ("sample", "estimate", "locate", "branch", "train", "eval"):
+        assert "--quiet" in gpo(command, "--help")
+
+
+def test_engine_bar_reads_finished_tokens_from_vllms_speed_postfix(monkeypatch):
+    """vLLM reports finished requests' tokens only as `output: <tokens / elapsed> toks/s` in the postfix it
+    sets before update(n) (vllm/entrypoints/common/offline.py); the token ETA needs the count back."""
+    got = []
+
+    class Rep:
+        def advance(self, items=0, tokens=0, finished_tokens=0):
+            got.append((items, tokens, finished_tokens))
+
+    clock = [100.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    bar = progress.EngineBar.factory(Rep())(total=4)
+    for total_tokens, n in ((30, 1), (100, 2)):
+        clock[0] += 5
+        speed = total_tokens / bar.format_dict["elapsed"]  # what vLLM computes and prints with 2 decimals
+        bar.postfix = f"est. speed input: 12.00 toks/s, output: {speed:.2f} toks/s"
+        bar.update(n)
+    assert got == [(1, 30, 30), (2, 70, 70)]

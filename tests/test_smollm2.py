@@ -36,3 +36,21 @@ def test_real_chat_model_chain(tmp_path):
     gpo("locate", "--run", run, "--scope", "all")
     gpo("branch", "--run", run, "--m", 3)
     assert (run / "branch" / "_SUCCESS").exists()
+
+
+def test_smollm2_conversion_writes_no_progress_bars_to_a_log(tmp_path):
+    """Issue 21.14: in a log (stderr a pipe) `gpo smollm2` used to write tqdm's GGUF de-quantizing bar, a
+    wall of `\\r` redraws; now only its result line."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("TQDM_DISABLE", None)
+    out = subprocess.run([sys.executable, "-m", "gpo_cli.main", "smollm2", "--out", str(tmp_path / "m")],
+                         capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert "\r" not in out.stderr and "de-quantizing" not in out.stderr, out.stderr[-2000:]
+    assert "model ready at" in out.stderr and len(out.stderr.splitlines()) <= 3, out.stderr[-2000:]

@@ -126,3 +126,36 @@ def test_bad_truncated_setting_is_one_error(run, tmp_path):
     with pytest.raises(GpoError, match="not available for simpo"):
         resolve(TrainSettings(method="simpo", model=str(TOY_MODEL), truncated="no-eos"))
     assert resolve(TrainSettings(method="orpo", model=str(TOY_MODEL)))[0].truncated == "drop"
+
+
+@pytest.mark.parametrize("truncated,dedup", [("drop", True), ("no-eos", True), ("eos", False)])
+def test_export_holds_what_gpo_train_would_train_on(run, tmp_path, truncated, dedup):
+    """Issue 21.9: the same --truncated and --dedup rules at export, read back as TRL reads the folders."""
+    import datasets
+    from transformers import AutoTokenizer
+
+    from stages.tools.export import Rules, export
+    from stages.train.data import load_rows
+    from stages.train.settings import TrainSettings, resolve
+
+    pairs = [p for p in artifacts.read_table(run, "branch").to_pylist() if p["data"] == "gpo"]
+    content = [(p["prompt"], p["chosen"], p["rejected"]) for p in pairs]
+    assert len(set(content)) < len(content)  # the run has duplicate pairs ...
+    assert any("length" in (p["chosen_finish_reason"], p["rejected_finish_reason"]) for p in pairs)  # ... and cut ones
+    export(run, "trl", tmp_path / "trl", rules=Rules(truncated, dedup))
+    tok = AutoTokenizer.from_pretrained(TOY_MODEL)
+    for method, table, sides in [("dpo", "preference", ("chosen", "rejected")), ("kto", "unpaired", ("completion",))]:
+        s, _ = resolve(TrainSettings(method=method, model=str(TOY_MODEL), truncated=truncated, dedup=dedup))
+        trained, _, _ = load_rows(run, s, tok)
+        exported = datasets.load_dataset(str(tmp_path / "trl" / table), split="train")
+
+        flags = truncated == "no-eos"  # the cut responses stay, flagged for a trainer that strips their EOS
+        columns = ["prompt", *sides, *(["label"] if method == "kto" else []),
+                   *([f"{side}_truncated" for side in sides] if flags else [])]
+        assert (f"{sides[0]}_truncated" in exported.column_names) == flags
+        key = lambda row: tuple(row[c] for c in columns)  # noqa: E731
+        assert sorted(map(key, exported)) == sorted(map(key, trained.to_list()))
+        everything = len(pairs) * (2 if method == "kto" else 1)  # a KTO row per side of each pair
+        assert len(exported) == len(trained) and (len(exported) < everything) == (dedup or truncated == "drop")
+    record = artifacts.load_json(tmp_path / "trl" / ".gpo-export.json")
+    assert record["truncated"] == truncated and record["dedup"] == dedup

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
-from stages.core.errors import GpoError
+from stages.core.errors import GpoError, UsageError
 from stages.core.values import stable_seed
 
 
@@ -81,11 +81,11 @@ WEIGHTS = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
 def check_runtime(backend: str, dtype: str, device: str) -> None:
     """--backend, --dtype and --device, checked before anything is loaded or written."""
     if backend not in BACKENDS:
-        raise GpoError(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+        raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
     if dtype not in DTYPES:
-        raise GpoError(f"--dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+        raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
-        raise GpoError(f"--device must be auto, cpu, cuda or cuda:N, not {device!r}")
+        raise UsageError(f"--device must be auto, cpu, cuda or cuda:N, not {device!r}")
     if device.startswith("cuda"):
         import torch
 
@@ -266,7 +266,7 @@ def make_generator(backend: str, model: str, *, dtype: str = "auto", device: str
                    batch_size: int = 64, trust_remote_code: bool = False, vllm_options: dict | None = None):
     """Build the generator a stage uses. `auto` takes vLLM where it can run, else transformers."""
     if backend not in BACKENDS:
-        raise GpoError(f"unknown backend '{backend}' (choose auto, hf or vllm)")
+        raise UsageError(f"unknown backend '{backend}' (choose auto, hf or vllm)")
     from stages.core.models import resolve_model
 
     resolve_model(model)  # refuses a name that resolves to nothing before any engine starts
@@ -289,11 +289,11 @@ def parse_vllm_options(items: list[str] | None) -> dict:
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or key not in VLLM_KEYS:
-            raise GpoError(f"--vllm {item!r}: expected KEY=VALUE with KEY one of {', '.join(VLLM_KEYS)}")
+            raise UsageError(f"--vllm {item!r}: expected KEY=VALUE with KEY one of {', '.join(VLLM_KEYS)}")
         try:
             options[key] = VLLM_KEYS[key](value)
         except ValueError:
-            raise GpoError(f"--vllm {item!r}: bad value for {key}") from None
+            raise UsageError(f"--vllm {item!r}: bad value for {key}") from None
     return options
 
 

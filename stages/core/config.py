@@ -13,32 +13,50 @@ from pathlib import Path
 from stages.core.errors import GpoError
 
 
+SUFFIXES = (".yaml", ".yml", ".toml", ".json")
+
+
+def _toml():
+    """tomllib (Python 3.11+) or its backport tomli (a dependency on 3.10, see pyproject.toml)."""
+    try:
+        import tomllib
+    except ImportError:
+        try:
+            import tomli as tomllib
+        except ImportError:
+            raise GpoError("reading TOML on Python 3.10 needs tomli: pip install tomli") from None
+    return tomllib
+
+
 def load_config_file(path: Path) -> dict:
     """A table of settings from a .yaml/.yml, .json or TOML file; `[trl]` is merged into the top level
     (it only groups `gpo train`'s extra TRL arguments); a stage's config.json gives its `settings`."""
     path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:  # checked before reading: a typo'd name is not parsed as something else
+        kind = f"extension {suffix!r}" if suffix else "no extension"
+        raise GpoError(f"{path}: settings files are YAML, TOML or JSON, not {kind}; use .yaml, .yml, .toml or .json")
     try:
         text = path.read_text()
     except OSError as e:
         raise GpoError(f"cannot read config file {path}: {e.strerror}") from None
-    if path.suffix in (".yaml", ".yml"):
+    if suffix in (".yaml", ".yml"):
         import yaml
 
         try:
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:
             raise GpoError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
-    elif path.suffix == ".json":
+    elif suffix == ".json":
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise GpoError(f"{path} is not valid JSON: {e}") from None
     else:
-        import tomllib
-
+        toml = _toml()
         try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as e:
+            data = toml.loads(text)
+        except toml.TOMLDecodeError as e:
             raise GpoError(f"{path} is not valid TOML: {e}") from None
     if not isinstance(data, dict):
         raise GpoError(f"{path} must hold a table of settings")

@@ -153,7 +153,9 @@ class HFGenerator:
                     if len(tokens[s]) < limits[s]:
                         keep.append(row)
                 if self.progress is not None:  # every decode step: one long batch is not silent
-                    self.progress.advance(len(alive) - len(keep), sum(len(tokens[s]) > step for s in alive))
+                    ended = [alive[r] for r in set(range(len(alive))) - set(keep)]
+                    self.progress.advance(len(ended), sum(len(tokens[s]) > step for s in alive),
+                                          finished_tokens=sum(len(tokens[s]) for s in ended))
                 if not keep:
                     break
                 if len(keep) < len(alive):  # drop finished rows from the cache

@@ -12,18 +12,29 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
 DEFAULT_EVERY_S = 30.0
+_quiet = False  # --quiet: set once per command by the CLI (stages.core.settings.Runtime.quiet)
 # A share of cut responses above this is worth a warning: a few long outliers are normal, but one in ten
 # cut means the budget is shaping the data (a cut response never reaches its answer, so it scores wrong).
 TRUNCATION_WARN_SHARE = 0.10
 
 
+def set_quiet(quiet: bool) -> None:
+    """--quiet: no progress at all, on a terminal or in a log (GPO_PROGRESS_EVERY=off, and the libraries'
+    bars off on a terminal too). Summaries and warnings still print."""
+    global _quiet
+    _quiet = bool(quiet)
+
+
 def progress_every() -> float | None:
-    """Seconds between plain progress lines (GPO_PROGRESS_EVERY); None when switched off."""
+    """Seconds between plain progress lines (GPO_PROGRESS_EVERY); None when switched off (or --quiet)."""
+    if _quiet:
+        return None
     raw = os.environ.get("GPO_PROGRESS_EVERY", "").strip()
     if raw == "":
         return DEFAULT_EVERY_S
@@ -47,10 +58,15 @@ def _console():
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+def library_bars_off() -> bool:
+    """Whether the libraries' own tqdm bars should be off: in a log (stderr not a terminal) or with --quiet."""
+    return _quiet or not _console().is_terminal
+
+
 def quiet_library_bars(datasets: bool = False) -> None:
     """In logs (stderr not a terminal), switch off transformers' and the Hub's tqdm bars (and datasets'),
-    whose `\\r` redraws fill a Slurm log with one unreadable line. On a terminal they stay."""
-    if _console().is_terminal:
+    whose `\\r` redraws fill a Slurm log with one unreadable line. On a terminal they stay, unless --quiet."""
+    if not library_bars_off():
         return
     # The environment reaches subprocesses too (a multiprocess vLLM engine loads the weights there).
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -77,7 +93,8 @@ class Reporter:
         self.terminal = self.console.is_terminal if terminal is None else terminal
         self.every = progress_every()
         self.label, self.unit = label, unit
-        self.total = self.done = self.first = self.tokens = 0
+        self.total = self.done = self.first = self.tokens = self.finished_tokens = 0
+        self.budget = 0  # the most tokens one sequence may generate (max_new_tokens), when known
         self.note = ""
         self.started: float | None = None
         self._last_line, self._last_text = 0.0, ""
@@ -89,7 +106,7 @@ class Reporter:
         self.close()  # a restart (train learns a resumed step late) replaces the bar, never stacks one
         self.started = time.monotonic()
         self._last_line = self.started
-        self.total, self.done, self.first, self.tokens = total, done, done, 0
+        self.total, self.done, self.first, self.tokens, self.finished_tokens = total, done, done, 0, 0
         if self.terminal and self.every is not None:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -98,18 +115,23 @@ class Reporter:
             self._task = self._bar.add_task(self.label, total=total or None, completed=done, info="")
             self._bar.start()
 
-    def grow(self, items: int) -> None:
-        """More work became known (a stage may call the generator several times per chunk)."""
+    def grow(self, items: int, budget: int = 0) -> None:
+        """More work became known (a stage may call the generator several times per chunk); `budget`: the
+        most tokens one of these sequences may generate."""
         if self.started is None:
             self.start()
         self.total += items
+        self.budget = max(self.budget, budget)
         self._show()
 
-    def advance(self, items: int = 0, tokens: int = 0) -> None:
-        self.update(self.done + items, tokens=self.tokens + tokens)
+    def advance(self, items: int = 0, tokens: int = 0, finished_tokens: int = 0) -> None:
+        """`items` sequences finished; `tokens` generated since the last call (by finished and running
+        sequences alike); `finished_tokens`: the lengths of the sequences that just finished."""
+        self.update(self.done + items, tokens=self.tokens + tokens,
+                    finished_tokens=self.finished_tokens + finished_tokens)
 
     def update(self, done: int | None = None, *, total: int | None = None, tokens: int | None = None,
-               note: str | None = None) -> None:
+               finished_tokens: int | None = None, note: str | None = None) -> None:
         if self.started is None:
             self.start()
         if done is not None:
@@ -118,6 +140,8 @@ class Reporter:
             self.total = total
         if tokens is not None:
             self.tokens = tokens
+        if finished_tokens is not None:
+            self.finished_tokens = finished_tokens
         if note is not None:
             self.note = note
         self._show()
@@ -130,16 +154,33 @@ class Reporter:
 
     # --- what is shown
     def rates(self) -> tuple[float | None, float | None]:
-        """(generated tokens per second, seconds left) from this process's own items and time."""
-        elapsed = time.monotonic() - (self.started or time.monotonic())
-        made = self.done - self.first
+        """(generated tokens per second, seconds left) from this process's own tokens and time.
+
+        Seconds left = the tokens still expected / the token rate, not sequences left x seconds per finished
+        sequence: short sequences finish first, so that count made the ETA grow while long ones ran. A
+        sequence is expected to be as long as the finished ones on average; once the running ones have
+        passed that, as long as its budget (max_new_tokens). Items that are not sequences (train's steps)
+        keep the count of finished items."""
+        elapsed = time.monotonic() - (self.started if self.started is not None else time.monotonic())
         tok_s = self.tokens / elapsed if self.tokens and elapsed > 0 else None
-        eta = (self.total - self.done) * elapsed / made if made > 0 and self.total >= self.done else None
+        left = self.total - self.done
+        if self.finished_tokens or self.budget:  # generation: count tokens
+            if tok_s is None or left < 0:
+                return tok_s, None
+            made_done = self.done - self.first
+            mean = self.finished_tokens / made_done if made_done > 0 and self.finished_tokens else self.budget
+            running = max(self.tokens - self.finished_tokens, 0)  # generated by sequences not yet finished
+            expected = left * mean - running
+            if expected <= 0 and left > 0 and self.budget:
+                expected = left * self.budget - running
+            return tok_s, (max(expected, 0) / tok_s) if mean else None
+        made = self.done - self.first
+        eta = left * elapsed / made if made > 0 and left >= 0 else None
         return tok_s, eta
 
     def info(self) -> str:
         tok_s, eta = self.rates()
-        parts = [f"{tok_s:,.0f} tok/s"] if tok_s is not None else []
+        parts = [f"{tok_s:,.0f} tok/s" if tok_s >= 10 else f"{tok_s:.2g} tok/s"] if tok_s is not None else []
         parts += [self.note] if self.note else []
         parts += [f"ETA {_duration(eta)}"] if eta is not None else []
         return ", ".join(parts)
@@ -194,8 +235,9 @@ class ReportingGenerator:
         progress: ChunkProgress | None = getattr(self.ctx, "progress", None)
         reporter = progress.reporter if progress is not None else None
         if reporter is not None:
-            reporter.grow(sum(r.n for r in requests))
-            done, tokens = reporter.done, reporter.tokens
+            budget = max((r.max_new_tokens or sampling.max_new_tokens for r in requests), default=0)
+            reporter.grow(sum(r.n for r in requests), budget or 0)
+            done, tokens, finished = reporter.done, reporter.tokens, reporter.finished_tokens
         if hasattr(self.inner, "progress"):  # the backends report as each batch finishes
             self.inner.progress = reporter
         try:
@@ -207,8 +249,12 @@ class ReportingGenerator:
         self.ctx.stats["generated_sequences"] += len(completions)
         self.ctx.stats["truncated_sequences"] += sum(c.finish_reason == "length" for c in completions)
         if reporter is not None:  # exact counts, whether or not the backend reported along the way
-            reporter.update(done + len(completions), tokens=tokens + sum(len(c.token_ids) for c in completions))
+            made = sum(len(c.token_ids) for c in completions)
+            reporter.update(done + len(completions), tokens=tokens + made, finished_tokens=finished + made)
         return outputs
+
+
+_OUTPUT_SPEED = re.compile(r"output: ([0-9.]+) toks/s")
 
 
 class EngineBar:
@@ -219,6 +265,7 @@ class EngineBar:
 
     def __init__(self, reporter: Reporter | None):
         self.reporter, self.n, self.postfix, self._t0 = reporter, 0, "", time.monotonic()
+        self._elapsed, self._tokens = 0.0, 0
 
     @classmethod
     def factory(cls, reporter: Reporter | None):
@@ -228,12 +275,18 @@ class EngineBar:
 
     @property
     def format_dict(self) -> dict:
-        return {"elapsed": max(time.monotonic() - self._t0, 1e-9)}
+        self._elapsed = max(time.monotonic() - self._t0, 1e-9)  # what vLLM divides its token count by
+        return {"elapsed": self._elapsed}
 
     def update(self, n: int = 1) -> None:
+        # vLLM sets postfix to "... output: <finished tokens / elapsed> toks/s" just before update(n): the
+        # finished requests' tokens, which the ETA needs, are that rate times the elapsed it read.
+        match = _OUTPUT_SPEED.search(self.postfix or "")
+        tokens = round(float(match.group(1)) * self._elapsed) if match else self._tokens
+        new, self._tokens = max(tokens - self._tokens, 0), max(tokens, self._tokens)
         self.n += n
         if self.reporter is not None:
-            self.reporter.advance(n)
+            self.reporter.advance(n, tokens=new, finished_tokens=new)
 
     def refresh(self) -> None:
         pass

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 import pyarrow as pa
 
 from stages.core import artifacts, lineage
-from stages.core.errors import GpoError, Preempted
+from stages.core.errors import GpoError, Preempted, UsageError
 
 SCHEMA_VERSION = 1
 
@@ -363,7 +363,7 @@ def parse_shard(spec: str | None, environ: dict | None = None) -> tuple[int, int
     if spec is None and "SLURM_ARRAY_TASK_ID" in env:
         count = env.get("SLURM_ARRAY_TASK_COUNT")
         if count is None:
-            raise GpoError("SLURM_ARRAY_TASK_ID is set but SLURM_ARRAY_TASK_COUNT is not; pass --shard i/N")
+            raise UsageError("SLURM_ARRAY_TASK_ID is set but SLURM_ARRAY_TASK_COUNT is not; pass --shard i/N")
         spec = f"{env['SLURM_ARRAY_TASK_ID']}/{count}"
     if spec is None:
         return 0, 1
@@ -373,7 +373,7 @@ def parse_shard(spec: str | None, environ: dict | None = None) -> tuple[int, int
         if len(parts) != 2:
             raise ValueError
     except (ValueError, IndexError):
-        raise GpoError(f"invalid shard '{spec}': expected i/N, e.g. 0/4") from None
+        raise UsageError(f"invalid shard '{spec}': expected i/N, e.g. 0/4") from None
     if total < 1 or not 0 <= index < total:
-        raise GpoError(f"invalid shard '{spec}': need N >= 1 and 0 <= i < N")
+        raise UsageError(f"invalid shard '{spec}': need N >= 1 and 0 <= i < N")
     return index, total

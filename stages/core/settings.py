@@ -45,6 +45,8 @@ class Runtime:
     chunk_groups: int | None = setting(None, "Problems per chunk: the unit of work that a crash can lose "
                                              "(default: the stage's).")
     overwrite: bool = setting(False, "Replace this stage's outputs when settings changed (otherwise refused).")
+    quiet: bool = setting(False, "No progress output (bars, periodic lines, the libraries' bars), as "
+                                 "GPO_PROGRESS_EVERY=off; summaries and warnings still print.")
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -53,5 +55,6 @@ class Runtime:
             raise GpoError(f"--chunk-groups must be at least 1, not {self.chunk_groups}")
 
 
-GENERATING = ("dtype", "device", "batch_size", "trust_remote_code", "vllm", "shard", "chunk_groups", "overwrite")
-NON_GENERATING = ("shard", "chunk_groups", "overwrite")
+GENERATING = ("dtype", "device", "batch_size", "trust_remote_code", "vllm", "shard", "chunk_groups", "overwrite",
+              "quiet")
+NON_GENERATING = ("shard", "chunk_groups", "overwrite", "quiet")

@@ -50,7 +50,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stages.core import artifacts
-from stages.core.errors import GpoError
+from stages.core.errors import GpoError, UsageError
 from stages.locate import ground_truth
 
 MIN_PAIRS = 10
@@ -305,7 +305,7 @@ def pair_divergence(run: Path, tables: dict | None = None) -> list[dict]:
 def diagnose(run: Path, permutations: int = PERMUTATIONS, seed: int = 0) -> dict:
     """Every statistic of the module docstring as one JSON-able dict (see `rows` for the table form)."""
     if permutations < 1:
-        raise GpoError("--permutations must be at least 1")
+        raise UsageError("--permutations must be at least 1")
     t = load_run(run)
     samples, locate = t["sample"], t["locate"]
     truths = _truths(samples)

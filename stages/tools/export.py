@@ -10,11 +10,16 @@ A run sampled without a chat template (`--template plain`) is exported as the ex
 
 trl:          one folder per table, each a `datasets` folder on its own (`trl dpo --dataset_name DIR/preference`):
               preference/ (prompt, chosen, rejected), unpaired/ (prompt, completion, label) and prompts/
-              (prompt, gold_answer, checker, reset_prefix), all with problem_id and pair_id / state ids.
+              (prompt, gold_answer, checker, reset_prefix), all with problem_id and pair_id / state ids;
+              GRPO's reward: `trl grpo --reward_funcs stages.core.rewards.correct`.
 verl:         train.parquet (data_source, prompt messages, ability, reward_model.ground_truth, extra_info with
               checker and reset_prefix); score with gpo's stages/tools/verl_reward.py `compute_score`.
 llamafactory: gpo_<data>_pairwise.json (ranking) and gpo_<data>_kto.json (kto_tag), alpaca columns with
               `system`; their entries are merged into DIR/dataset_info.json, whose other entries are kept.
+
+Pairs and KTO rows are the ones `gpo train` learns from, under its own rule and flags (`Rules`: identical
+pairs once, responses cut at the budget dropped by default). --out must be empty, or hold an earlier
+export to replace whole with --overwrite (stages/tools/export_folder.py).
 
 The reset prefix (the kept steps before the critical step) starts the assistant turn of every chosen,
 rejected and KTO completion. Online-RL prompts (trl prompts/, verl) cannot end inside an assistant turn:
@@ -32,8 +37,10 @@ from pathlib import Path
 import pyarrow as pa
 
 from stages.core import artifacts, lineage
-from stages.core.errors import GpoError
+from stages.core.errors import GpoError, UsageError
 from stages.core.prompts import PLAIN_TEMPLATE
+from stages.tools import export_folder as folder
+from stages.train.data import cut, trainable
 
 FORMATS = ("trl", "verl", "llamafactory")
 CONTINUE_NOTE = "Here is the beginning of a solution. Continue it from where it stops, without repeating it:"
@@ -90,23 +97,59 @@ class _Run:
         return self.samples[(row["problem_id"], row["sample_idx"])]["question"]
 
 
-def export(run: Path, fmt: str, out: Path, data: str = "gpo", data_source: str | None = None) -> list[Path]:
+@dataclass(frozen=True)
+class Rules:
+    """Which pairs and KTO rows go out: `gpo train`'s own rules (stages/train/data.py `trainable`), same flags.
+
+    truncated: drop (the default here), no-eos or eos, as `gpo train --truncated`. The default differs from
+    train's (no-eos for dpo/kto) because stock trainers close every response (TRL appends EOS; a chat
+    template ends the turn), which would teach a model to stop where the budget cut it; no-eos keeps the cut
+    responses and flags them (`chosen_truncated`, `rejected_truncated`, `completion_truncated`) for a trainer
+    that reads the flags, as gpo train does."""
+
+    truncated: str | None = None
+    dedup: bool = True
+
+    def check(self, fmt: str) -> "Rules":
+        from stages.train.settings import TRUNCATED
+
+        if self.truncated is not None and fmt == "verl":
+            raise UsageError("--truncated applies to pairs (--format trl or llamafactory), not verl's reset prompts")
+        if self.truncated is not None and self.truncated not in TRUNCATED:
+            raise UsageError(f"--truncated must be one of {', '.join(TRUNCATED)}, not {self.truncated!r}")
+        if self.truncated == "no-eos" and fmt == "llamafactory":
+            raise UsageError("--truncated no-eos: LLaMA-Factory always ends a response with its end of turn; "
+                           "choose drop or eos")
+        return Rules(self.truncated or "drop", self.dedup)
+
+
+def export(run: Path, fmt: str, out: Path, data: str = "gpo", data_source: str | None = None, *,
+           rules: Rules = Rules(), overwrite: bool = False, scorer_mismatch_ok: bool = False) -> list[Path]:
+    """Write one export; every check comes before the first file (into a temp folder, moved in place last)."""
     if fmt not in FORMATS:
-        raise GpoError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     if data_source is not None and fmt != "verl":
-        raise GpoError("--data-source applies to --format verl only")
+        raise UsageError("--data-source applies to --format verl only")
     if data_source is not None and not data_source.strip():
-        raise GpoError("--data-source must not be empty")
+        raise UsageError("--data-source must not be empty")
+    rules = rules.check(fmt)
     run, out = Path(run), Path(out)
+    folder.check_target(out, fmt, data, overwrite)
     r = _Run(run)
     pairs = r.rows("branch", data)
     if not pairs:
         raise GpoError(f"no '{data}' pairs in {run}/branch (data kinds: gpo, baseline, random-reset)")
-    if fmt == "trl":
-        return _trl(r, out, data, pairs)
-    if fmt == "verl":
-        return _verl(r, out, data, data_source)
-    return _llamafactory(r, out, data, pairs)
+    if fmt == "verl" and data_source is not None and not scorer_mismatch_ok:
+        from stages.tools.verl_scorers import check_scorer
+
+        check_scorer(data_source, list(r.samples.values()))
+    record = {"format": fmt, "run": str(run), "data": data, "data_source": data_source,
+              "truncated": rules.truncated if fmt != "verl" else None, "dedup": rules.dedup if fmt != "verl" else None}
+    if fmt == "llamafactory":  # a folder of many datasets: gpo adds and replaces its own files only
+        return _llamafactory(r, out, data, rules)
+    with folder.staged(out, record) as tmp:
+        written = _trl(r, tmp, data, rules, record) if fmt == "trl" else _verl(r, tmp, data, data_source)
+    return [out / p.relative_to(tmp) for p in written]
 
 
 def _write(path: Path, rows: list[dict]) -> Path:
@@ -114,10 +157,9 @@ def _write(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def _responses(r: _Run, pair: dict) -> tuple[str, str]:
-    """chosen and rejected, each starting with the reset prefix (moved out of the prompt if it sat there)."""
-    lead = r.prefix(pair) if pair["prefix_placement"] == "in-prompt" and r.prompting.chat else ""
-    return lead + pair["chosen"], lead + pair["rejected"]
+def _lead(r: _Run, pair: dict) -> str:
+    """The reset prefix to start a response with, when the pair held it in the prompt (--prefix in-prompt)."""
+    return r.prefix(pair) if pair["prefix_placement"] == "in-prompt" and r.prompting.chat else ""
 
 
 def _prompt(r: _Run, row: dict):
@@ -129,16 +171,33 @@ def _turn(r: _Run, text: str):
     return [{"role": "assistant", "content": text}] if r.prompting.chat else text
 
 
-def _trl(r: _Run, out: Path, data: str, pairs: list[dict]) -> list[Path]:
+def _training_rows(r: _Run, data: str, rules: Rules) -> tuple[list[dict], list[dict], dict]:
+    """The pairs (table `branch`) and KTO rows (table `unpaired`) `gpo train` would learn from under the same
+    --truncated and --dedup, each KTO row with its pair (for the question and the reset prefix)."""
+    all_pairs = r.rows("branch", data)
+    pairs, pair_counts = trainable(all_pairs, "branch", rules.truncated, rules.dedup, data)
+    kto, kto_counts = trainable(r.rows("unpaired", data), "unpaired", rules.truncated, rules.dedup, data)
+    by_id = {p["pair_id"]: p for p in all_pairs}
+    kto = [{**u, "pair": by_id[u["pair_id"]]} for u in kto]
+    return pairs, kto, {"pairs": len(pairs), "kto_rows": len(kto), "pairs_left_out": pair_counts,
+                        "kto_rows_left_out": kto_counts}
+
+
+def _trl(r: _Run, out: Path, data: str, rules: Rules, record: dict) -> list[Path]:
+    pairs, kto, record["counts"] = _training_rows(r, data, rules)
+    flags = rules.truncated == "no-eos"  # the cut responses stay; the flags say which ones (see Rules)
     preference, unpaired = [], []
     for p in pairs:
-        chosen, rejected = _responses(r, p)
-        prompt = _prompt(r, p)
-        preference.append({"prompt": prompt, "chosen": _turn(r, chosen), "rejected": _turn(r, rejected),
-                           "problem_id": p["problem_id"], "pair_id": p["pair_id"]})
-        for text, label in ((chosen, True), (rejected, False)):
-            unpaired.append({"prompt": prompt, "completion": _turn(r, text), "label": label,
-                             "problem_id": p["problem_id"], "pair_id": p["pair_id"]})
+        lead = _lead(r, p)
+        preference.append({"prompt": _prompt(r, p), "chosen": _turn(r, lead + p["chosen"]),
+                           "rejected": _turn(r, lead + p["rejected"]), "problem_id": p["problem_id"],
+                           "pair_id": p["pair_id"],
+                           **({"chosen_truncated": cut(p, "chosen"), "rejected_truncated": cut(p, "rejected")}
+                              if flags else {})})
+    for u in kto:
+        unpaired.append({"prompt": _prompt(r, u["pair"]), "completion": _turn(r, _lead(r, u["pair"]) + u["completion"]),
+                         "label": bool(u["label"]), "problem_id": u["problem_id"], "pair_id": u["pair_id"],
+                         **({"completion_truncated": cut(u, "completion")} if flags else {})})
     prompts = [{"prompt": r.prompting.messages(r.question(x), r.prefix(x)) if r.prompting.chat else x["prompt"],
                 "gold_answer": x["gold_answer"], "checker": x["checker"], "reset_prefix": r.prefix(x),
                 "problem_id": x["problem_id"], "sample_idx": x["sample_idx"], "state_idx": x["state_idx"]}
@@ -168,26 +227,26 @@ def _verl(r: _Run, out: Path, data: str, data_source: str | None) -> list[Path]:
     return [_write(out / "train.parquet", rows)]
 
 
-def _llamafactory(r: _Run, out: Path, data: str, pairs: list[dict]) -> list[Path]:
+def _llamafactory(r: _Run, out: Path, data: str, rules: Rules) -> list[Path]:
     info_path = out / "dataset_info.json"
     info = _existing_info(info_path)
-    pairwise, kto = [], []
-    for p in pairs:
-        chosen, rejected = _responses(r, p)
+    pairs, kto_rows, _ = _training_rows(r, data, rules)
+
+    def head(p: dict) -> dict:
         if r.prompting.chat:  # LLaMA-Factory joins "instruction\ninput" into the user turn, as prompts.py does
-            head = {"instruction": r.question(p), "input": r.prompting.instruction or "",
+            return {"instruction": r.question(p), "input": r.prompting.instruction or "",
                     "system": r.prompting.system or ""}
-        else:
-            head = {"instruction": p["prompt"], "input": "", "system": ""}
-        ids = {"problem_id": p["problem_id"], "pair_id": p["pair_id"]}
-        pairwise.append({**head, "chosen": chosen, "rejected": rejected, **ids})
-        kto += [{**head, "output": chosen, "kto_tag": True, **ids},
-                {**head, "output": rejected, "kto_tag": False, **ids}]
-    stem = f"gpo_{data.replace('-', '_')}"
+        return {"instruction": p["prompt"], "input": "", "system": ""}
+
+    pairwise = [{**head(p), "chosen": _lead(r, p) + p["chosen"], "rejected": _lead(r, p) + p["rejected"],
+                 "problem_id": p["problem_id"], "pair_id": p["pair_id"]} for p in pairs]
+    kto = [{**head(u["pair"]), "output": _lead(r, u["pair"]) + u["completion"], "kto_tag": bool(u["label"]),
+            "problem_id": u["problem_id"], "pair_id": u["pair_id"]} for u in kto_rows]
+    pair_name, kto_name = folder.llamafactory_names(data)
     alpaca = {"prompt": "instruction", "query": "input", "system": "system"}
     pair_columns = {**alpaca, "chosen": "chosen", "rejected": "rejected"}
-    entries = {f"{stem}_pairwise": ({"ranking": True, "columns": pair_columns}, pairwise),
-               f"{stem}_kto": ({"columns": {**alpaca, "response": "output", "kto_tag": "kto_tag"}}, kto)}
+    entries = {pair_name: ({"ranking": True, "columns": pair_columns}, pairwise),
+               kto_name: ({"columns": {**alpaca, "response": "output", "kto_tag": "kto_tag"}}, kto)}
     paths = []
     for name, (attrs, records) in entries.items():
         path = out / f"{name}.json"

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from stages.core.errors import GpoError
+from stages.core.errors import GpoError, UsageError
 from stages.core.query import array_spec
 
 SHARDED = ("sample", "estimate", "locate", "branch", "eval")
@@ -159,11 +159,11 @@ def write_scripts(run: Path, commands: Mapping[str, Sequence[str]], shards: int 
         check_stage(stage)
         count = shards.get(stage, 1) if isinstance(shards, Mapping) else shards
         if not isinstance(count, int) or count < 1:
-            raise GpoError(f"shards must be >= 1, not {count!r} ({stage})")
+            raise UsageError(f"shards must be >= 1, not {count!r} ({stage})")
         if not argv:
             raise GpoError(f"empty command line for stage '{stage}'")
         if is_sharded(stage) and "--overwrite" in argv:  # each task would clear what the others wrote
-            raise GpoError(f"--overwrite cannot go into the {stage} array: clear {Path(run) / stage} once "
+            raise UsageError(f"--overwrite cannot go into the {stage} array: clear {Path(run) / stage} once "
                            "(or use a new run directory), then submit")
         (Path(run) / stage / "_logs").mkdir(parents=True, exist_ok=True)  # sbatch does not create it
         path = script_path(run, stage)

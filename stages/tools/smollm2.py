@@ -9,10 +9,14 @@ GGUF quantization config) so the transformers and vLLM backends load it like any
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from stages.core.errors import GpoError
+from stages.core.progress import library_bars_off, quiet_library_bars
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -28,6 +32,21 @@ def gguf_dir() -> Path:
     return folder
 
 
+@contextmanager
+def _no_gguf_bar() -> Iterator[None]:
+    """transformers' GGUF de-quantizing loop calls tqdm itself, past transformers' own progress switch: in a
+    log it would write one `\\r` redraw per tensor (272 here)."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    original = gguf_utils.tqdm
+    if library_bars_off():
+        gguf_utils.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
+
+
 def convert(out: Path) -> Path:
     """Write a normal Hugging Face model folder (fp32 safetensors + tokenizer with its chat template)."""
     import torch
@@ -37,8 +56,10 @@ def convert(out: Path) -> Path:
     if (out / "config.json").exists() and (out / "model.safetensors").exists():
         return out
     src = gguf_dir()
-    tok = AutoTokenizer.from_pretrained(src, gguf_file=GGUF_FILE)
-    dequantized = AutoModelForCausalLM.from_pretrained(src, gguf_file=GGUF_FILE, dtype=torch.float32)
+    quiet_library_bars()
+    with _no_gguf_bar():
+        tok = AutoTokenizer.from_pretrained(src, gguf_file=GGUF_FILE)
+        dequantized = AutoModelForCausalLM.from_pretrained(src, gguf_file=GGUF_FILE, dtype=torch.float32)
     config = dequantized.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config

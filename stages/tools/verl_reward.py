@@ -7,20 +7,16 @@
 verl calls compute_score(data_source, solution_str, ground_truth, extra_info) per response. A reset
 row's prompt holds the kept prefix, and the response continues it, so the answer is judged on
 extra_info["reset_prefix"] + response with the row's checker, exactly as gpo's branch stage scores
-a branch. Rows without gpo's extra_info are judged by the "math" checker on the response alone.
+a branch: the one reward of stages/core/rewards.py, which TRL and `gpo train` use too. Rows without
+gpo's extra_info are judged by the "math" checker on the response alone.
 """
 
 from __future__ import annotations
 
-from stages.core.answers import make_checker
-
-_checkers: dict = {}  # one per kind for the worker's lifetime: the math checker keeps a process pool
+from stages.core.rewards import correct
 
 
 def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs) -> float:
     info = extra_info or {}
-    name = info.get("checker") or "math"
-    if name not in _checkers:
-        _checkers[name] = make_checker(name)
-    text = (info.get("reset_prefix") or "") + solution_str
-    return float(_checkers[name].check_many([text], [str(ground_truth)])[0].correct)
+    return correct(None, [solution_str], [str(ground_truth)], [info.get("checker") or "math"],
+                   [info.get("reset_prefix") or ""])[0]

@@ -31,6 +31,22 @@ def drop_duplicates(rows: list[dict], keys: tuple[str, ...]) -> tuple[list[dict]
     return kept, len(rows) - len(kept)
 
 
+PAIR_KEYS = ("pair_id", "prompt", "chosen", "rejected")
+UNPAIRED_KEYS = ("pair_id", "prompt", "completion", "label")
+
+
+def trainable(rows: list[dict], table: str, truncated: str, dedup: bool, data: str) -> tuple[list[dict], dict]:
+    """The rows of table `branch` (pairs) or `unpaired` that training learns from under --truncated and
+    --dedup, and what was left out. One rule for `gpo train` and `gpo export`."""
+    unpaired = table == "unpaired"
+    kept = drop_truncated(rows, "kto" if unpaired else "dpo") if truncated == "drop" else rows
+    if rows and not kept:
+        raise GpoError(f"every '{data}' row of table '{table}' has a response cut at the length limit, "
+                       "and --truncated drop leaves none")
+    kept, duplicates = drop_duplicates(kept, UNPAIRED_KEYS if unpaired else PAIR_KEYS) if dedup else (kept, 0)
+    return kept, {"dropped_truncated": len(rows) - len(kept) - duplicates, "duplicates_dropped": duplicates}
+
+
 def fingerprint(rows: list[dict], keys: tuple[str, ...]) -> str:
     """Hash of the training rows, so that a rerun over changed branch data is not taken for a resume."""
     h = hashlib.sha256()
@@ -115,10 +131,10 @@ def original_problems(run: Path) -> dict[str, dict]:
 
 
 def online_rows(run: Path, data: str, tok) -> tuple[list[dict], dict, dict]:
-    """Examples {prompt, gold_answer, checker, prefix_text}, their fingerprint, and tokenization checks."""
+    """Examples {prompt, gold_answer, checker, reset_prefix}, their fingerprint, and tokenization checks."""
     problems = original_problems(run)
     rows = [{"problem_id": pid, "prompt": p["prompt_text"], "prompt_token_ids": p["prompt_token_ids"],
-             "gold_answer": p["gold_answer"], "checker": p["checker"], "prefix_text": ""}
+             "gold_answer": p["gold_answer"], "checker": p["checker"], "reset_prefix": ""}
             for pid, p in problems.items()]
     if data != "baseline":
         for r in select_rows(run, "reset_prompts", data):
@@ -126,14 +142,14 @@ def online_rows(run: Path, data: str, tok) -> tuple[list[dict], dict, dict]:
             if original is None or not r["prompt"].startswith(original["prompt_text"]):
                 raise GpoError(f"reset prompt of problem {r['problem_id']} does not extend its original prompt "
                                f"in table 'sample' of {run}")
-            rows.append({**r, "prefix_text": r["prompt"][len(original["prompt_text"]):]})
+            rows.append({**r, "reset_prefix": r["prompt"][len(original["prompt_text"]):]})
     checks = {"match": 0, "bos_dropped": 0, "mismatch": 0}
     examples = []
     for r in rows:
         prompt, verdict = prompt_for_tokenizer(tok, r["prompt"], r["prompt_token_ids"])
         checks[verdict] += 1
         examples.append({"prompt": prompt, "gold_answer": r["gold_answer"], "checker": r["checker"],
-                         "prefix_text": r["prefix_text"]})
+                         "reset_prefix": r["reset_prefix"]})
     inputs = {"table": "sample+reset_prompts", "rows": len(rows),
               "resets": len(rows) - len(problems), "hash": fingerprint(rows, ("problem_id", "prompt"))}
     return examples, inputs, checks
@@ -147,16 +163,8 @@ def load_rows(run: Path, s: TrainSettings, tok) -> tuple[object, dict, dict]:
         examples, inputs, checks = online_rows(run, s.data, tok)
     else:
         table = "unpaired" if s.method == "kto" else "branch"
-        rows = select_rows(run, table, s.data)
-        keys = ("pair_id", "prompt", "completion", "label") if s.method == "kto" else \
-            ("pair_id", "prompt", "chosen", "rejected")
-        kept = drop_truncated(rows, s.method) if s.truncated == "drop" else rows
-        if not kept:
-            raise GpoError(f"every '{s.data}' row of table '{table}' has a response cut at the length limit, "
-                           "and --truncated drop leaves none")
-        dropped_truncated = len(rows) - len(kept)
-        rows, duplicates = drop_duplicates(kept, keys) if s.dedup else (kept, 0)
-        inputs = {"table": table, "rows": len(rows), "hash": fingerprint(rows, keys),
-                  "dropped_truncated": dropped_truncated, "duplicates_dropped": duplicates}
+        rows, counts = trainable(select_rows(run, table, s.data), table, s.truncated, s.dedup, s.data)
+        keys = UNPAIRED_KEYS if table == "unpaired" else PAIR_KEYS
+        inputs = {"table": table, "rows": len(rows), "hash": fingerprint(rows, keys), **counts}
         examples, checks = preference_dataset(rows, tok, s.method)
     return Dataset.from_list(examples), inputs, checks

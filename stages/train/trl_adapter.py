@@ -100,37 +100,11 @@ def make_trainer(s: TrainSettings, config, tok, dataset, callbacks: list):
     return trainer, close
 
 
-class AnswerReward:
-    """Reward 1.0 when the project's checker accepts prefix + completion, else 0.0 (one checker per kind)."""
-
-    __name__ = "correct"  # TRL names the logged reward columns after the function
-
-    def __init__(self) -> None:
-        self.checkers: dict = {}
-
-    def __call__(self, prompts, completions, gold_answer, checker, prefix_text, **kwargs) -> list[float]:
-        from stages.core.answers import make_checker
-
-        texts = [p + c for p, c in zip(prefix_text, completions)]
-        rewards = [0.0] * len(texts)
-        for name in sorted(set(checker)):
-            rows = [i for i, c in enumerate(checker) if c == name]
-            if name not in self.checkers:
-                self.checkers[name] = make_checker(name)
-            verdicts = self.checkers[name].check_many([texts[i] for i in rows], [gold_answer[i] for i in rows])
-            for i, v in zip(rows, verdicts):
-                rewards[i] = float(v.correct)
-        return rewards
-
-    def close(self) -> None:
-        for c in self.checkers.values():
-            c.close()
-        self.checkers.clear()
-
-
 def online_trainer(s, config, tok, dataset, callbacks: list, peft_config):
+    from stages.core.rewards import AnswerReward
+
     Trainer = trl_class(s.method, "Trainer")
-    reward = AnswerReward()
+    reward = AnswerReward()  # the one `trl grpo --reward_funcs stages.core.rewards.correct` uses
     trainer = Trainer(model=s.model, reward_funcs=reward, args=config, train_dataset=dataset,
                       processing_class=tok, callbacks=callbacks, peft_config=peft_config)
     return trainer, reward.close
