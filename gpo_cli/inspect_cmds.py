@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from gpo_cli.common import err, handle_errors, out
@@ -106,9 +108,15 @@ def _list_views(run: Path, views: dict) -> None:
     if not views:
         raise GpoError(f"{run} has no finished tables yet")
     for name, cols in views.items():
-        out.print(f"[bold]{name}[/bold]: " + ", ".join(f"{c} {t.lower()}" for c, t in cols))
-    out.print(f"\nThe same views for the duckdb shell or Python: gpo sql {run} --views > views.sql; "
-              "duckdb -init views.sql")
+        out.print(f"[bold]{name}[/bold]: " + ", ".join(escape(f"{c} {t.lower()}") for c, t in cols))
+    out.print(f"\nThe same views for the duckdb shell or Python: gpo sql {escape(shell_word(run))} --views "
+              "> views.sql; duckdb -init views.sql")
+
+
+def shell_word(path: Path) -> str:
+    """The path as one copy-pasteable shell word; a name a terminal cannot show on one line prints as RUN."""
+    text = str(path)
+    return shlex.quote(text) if text.isprintable() else "RUN"
 
 
 def register(app: typer.Typer) -> None:

@@ -258,3 +258,37 @@ def test_views_sql_opens_as_is_in_duckdb_with_quoted_names_and_evals(chain, fake
         got = con.execute(f'select count(*) from "{name}"').fetchone()[0]
         assert [(got,)] == run_query(chain, f'select count(*) from "{name}"')[1]
     assert views_sql(chain).count("CREATE OR REPLACE VIEW") == len(views)
+
+
+HOSTILE_RUN_NAME = "X\nCOPY (SELECT 42 AS pwned) TO 'injv.csv';\n-- "  # issue 21.1
+
+
+def test_a_run_folder_named_to_inject_sql_cannot_through_views_sql_or_the_listing(chain, tmp_path_factory,
+                                                                                   monkeypatch):
+    cwd = tmp_path_factory.mktemp("cwd")
+    monkeypatch.chdir(cwd)
+    hostile = tmp_path_factory.mktemp("runs") / HOSTILE_RUN_NAME
+    shutil.copytree(chain, hostile)
+    result = cli("sql", hostile, "--views")
+    assert result.exit_code == 0, result.output
+    (cwd / "views.sql").write_text(result.output)
+    con = duckdb.connect()
+    con.execute((cwd / "views.sql").read_text())  # the whole file, as `duckdb -init views.sql` runs it
+    for statement in con.extract_statements((cwd / "views.sql").read_text()):
+        con.execute(statement)
+    assert not (cwd / "injv.csv").exists()
+    assert con.execute("select count(*) from locate").fetchone()[0] == run_query(chain, "select count(*) from locate")[1][0][0]
+    listing = cli("sql", hostile)
+    assert listing.exit_code == 0, listing.output
+    assert not any(line.startswith("COPY") for line in listing.output.splitlines()), listing.output
+
+
+def test_views_sql_has_the_manifests_view_that_gpo_sql_has(chain):
+    con = duckdb.connect()
+    for statement in con.extract_statements(views_sql(chain)):
+        con.execute(statement)
+    got = con.execute("select stage, shard, content from manifests order by stage, shard").fetchall()
+    assert got and got == run_query(chain, "select stage, shard, content from manifests order by stage, shard")[1]
+    from stages.core.query import describe_views
+
+    assert [(c, t) for c, t, *_ in con.execute("describe manifests").fetchall()] == describe_views(chain)["manifests"]
