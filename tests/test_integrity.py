@@ -2,7 +2,9 @@
 --overwrite and the shard lock, and `gpo sql` sandboxed by DuckDB itself."""
 
 import dataclasses
+import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -126,6 +128,29 @@ def test_temp_files_left_by_a_kill_are_removed_on_the_next_run_of_that_shard(cha
         path.write_bytes(b"partial")
     run(chain, estimate.STAGE, estimate.EstimateSettings(estimator="full", k=4), chain.gen)
     assert not any(p.exists() for p in left) and other.exists()
+
+
+@pytest.mark.parametrize("form", ["relative", "absolute", "symlink"])
+def test_a_manifest_listing_a_file_outside_its_stage_is_refused_by_every_reader(chain, tmp_path_factory, form):
+    outside = tmp_path_factory.mktemp("outside") / "secret.parquet"
+    pq.write_table(pa.table({"problem_id": ["s3cr3t"]}), outside)
+    out = chain / "locate"
+    path = {"relative": os.path.relpath(outside, out), "absolute": str(outside), "symlink": "evil.parquet"}[form]
+    if form == "symlink":
+        (out / "evil.parquet").symlink_to(outside)
+    manifest_path = out / "_shards" / "00000.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"].append({"table": "secret", "path": path, "bytes": outside.stat().st_size,
+                              "sha256": artifacts.sha256_file(outside), "rows": 1})
+    manifest_path.write_text(json.dumps(manifest))
+    result = cli("sql", chain, "select * from secret")
+    one_error(result, "outside")
+    assert "s3cr3t" not in result.output
+    one_error(cli("sql", chain, "--views"), "outside")
+    with pytest.raises(GpoError, match="outside"):
+        run(chain, locate.STAGE, locate.LocateSettings(), chain.gen)
+    with pytest.raises(GpoError, match="outside"):
+        run(chain, branch.STAGE, branch.BranchSettings(m=5), chain.gen, overwrite=True)
 
 
 # --- lineage ------------------------------------------------------------------------------------------

@@ -113,8 +113,8 @@ def verify_files(out: Path, manifest: dict) -> list[str]:
 def verify_stage(run: Path, stage: str) -> None:
     """Refuse to read a finished stage whose parts no longer match their manifests (truncated, edited)."""
     out = stage_dir(run, stage)
-    for path in sorted((out / "_shards").glob("*.json")):
-        bad = verify_files(out, load_json(path))
+    for path in sorted((out / "_shards").glob(_MANIFEST_NAMES)):
+        bad = verify_files(out, load_manifest(path, out))
         if bad:
             raise GpoError(f"{out / bad[0]} does not match its manifest (truncated or modified); "
                            f"rerun `gpo {stage}` with the same arguments to redo it")
@@ -125,6 +125,7 @@ def stage_dir(run: Path, stage: str) -> Path:
 
 
 _TABLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_MANIFEST_NAMES = "[0-9]" * 5 + ".json"  # _shards/00003.json; a file named otherwise is not a manifest
 _CHUNK = re.compile(r"shard-(\d{5})\.chunk-\d{5}\.parquet")
 _digests: dict[tuple[str, int, int], str] = {}  # (path, size, mtime): sha256, so a part is hashed once a process
 _warned: set[str] = set()
@@ -140,13 +141,34 @@ def runner_config(out: Path) -> dict | None:
     return config if "num_shards" in config and "config_hash" in config else None
 
 
+def load_manifest(path: Path, out: Path) -> dict:
+    """A shard manifest, the one way manifests are read: JSON whose every listed file is a relative path that
+    stays inside the stage folder `out` once resolved (`..`, absolute paths and symlinks out are refused)."""
+    manifest = load_json(path)
+    files = manifest.get("files", []) if isinstance(manifest, dict) else None
+    if not isinstance(files, list) or not all(_file_entry(f) for f in files):
+        raise GpoError(f"{path} is not a shard manifest (expected files with table, path, bytes and sha256); "
+                       "remove it and rerun that shard")
+    root = Path(out).resolve()
+    for f in files:
+        if Path(f["path"]).is_absolute() or not (root / f["path"]).resolve().is_relative_to(root):
+            raise GpoError(f"{path} lists {f['path']!r}, outside {out}: refusing to read it; "
+                           "remove the manifest and rerun that shard")
+    return manifest
+
+
+def _file_entry(f) -> bool:
+    return isinstance(f, dict) and isinstance(f.get("table"), str) and isinstance(f.get("path"), str) \
+        and isinstance(f.get("sha256"), str) and isinstance(f.get("bytes"), int) and "\0" not in f["path"]
+
+
 def finished_manifests(out: Path, config: dict) -> dict[int, dict]:
     """Manifests of the shards finished under the folder's current config (the only parts readers may see)."""
     found = {}
     for i in range(int(config["num_shards"])):
         path = out / "_shards" / f"{i:05d}.json"
         if path.is_file():
-            manifest = load_json(path)
+            manifest = load_manifest(path, out)
             if manifest.get("config_hash") == config["config_hash"]:
                 found[i] = manifest
     return found
@@ -273,10 +295,11 @@ def require_success(run: Path, stage: str) -> None:
 
 
 def finished_shards(out: Path, config_hash: str) -> list[int]:
+    """Shards whose manifest is intact and of this config (a damaged manifest's shard is not done)."""
     done = []
-    for path in sorted((out / "_shards").glob("*.json")):
+    for path in sorted((out / "_shards").glob(_MANIFEST_NAMES)):
         try:
-            if load_json(path).get("config_hash") == config_hash:
+            if load_manifest(path, out).get("config_hash") == config_hash:
                 done.append(int(path.stem))
         except GpoError:
             continue

@@ -264,7 +264,7 @@ def finished_manifest(stage: Stage, out: Path, config: dict, index: int, log) ->
     path = out / "_shards" / f"{index:05d}.json"
     if not path.exists():
         return None
-    manifest = artifacts.load_json(path)
+    manifest = artifacts.load_manifest(path, out)
     if manifest.get("config_hash") == config["config_hash"]:
         bad = artifacts.verify_files(out, manifest)
         if not bad:
