@@ -32,6 +32,8 @@ def status(run: Annotated[Path, typer.Argument(help="Run directory.")]):
         if r["stale"]:
             state = f"[red]stale[/red] (redo {r['stale'][0]})" if r["stale"][1] != "unfinished" \
                 else f"[red]stale[/red] (finish {r['stale'][0]})"
+        if r["damaged"] or r["input_damaged"]:
+            state = "[red]damaged[/red]" if r["damaged"] else "[red]unknown[/red] (input damaged)"
         table.add_row(r["stage"], f"{r['done']}/{r['num_shards']}", str(r["rows"]), state,
                       array_spec(r["unfinished"]) or "-")
     out.print(table)
@@ -40,6 +42,9 @@ def status(run: Annotated[Path, typer.Argument(help="Run directory.")]):
     for r in rows:
         if r["unfinished"] and script_path(run, r["stage"]).exists():
             out.print(f"resubmit {r['stage']}: {resubmit_command(run, r['stage'], r['unfinished'])}")
+    damaged = [r for r in rows if r["damaged"]]
+    if damaged:  # shown above with the rest; the exit status says the run is not sound
+        raise GpoError(f"{', '.join(r['stage'] for r in damaged)} damaged: {damaged[0]['damaged']}")
 
 
 def sql(
@@ -53,7 +58,9 @@ def sql(
 ):
     """Query the run with DuckDB (views named after the tables); with no query, list the views."""
     from stages.core import query as q
+    from stages.core.lineage import warn_stale
 
+    warn_stale(run)  # answered anyway, as `gpo status` shows it: a stale stage is named on stderr
     if views:
         if query is not None:
             raise GpoError("--views takes no query")

@@ -176,6 +176,32 @@ def test_stale_downstream_is_refused_naming_the_stage_and_the_command(chain):
     assert all(r["stale"] is None for r in stage_status(chain))
 
 
+def test_sql_and_show_on_a_stale_run_answer_with_a_warning_as_status_shows_it(chain):
+    problem = run_query(chain, "select problem_id from locate limit 1")[1][0][0]
+    fresh = [cli("sql", chain, "select count(*) from locate"), cli("show", chain, "--problem", problem)]
+    assert all(r.exit_code == 0 and "stale" not in r.output for r in fresh), [r.output for r in fresh]
+    run(chain, sample.STAGE, dataclasses.replace(SAMPLE, seed=1), chain.gen, chain.problems, overwrite=True)
+    for result in [cli("sql", chain, "select count(*) from locate"), cli("sql", chain),
+                   cli("sql", chain, "--views"), cli("show", chain, "--problem", problem)]:
+        assert result.exit_code == 0, result.output
+        warnings = [ln for ln in result.output.splitlines() if ln.startswith("warning:") and "stale" in ln]
+        assert len(warnings) == 1, result.output  # one line for the stale estimate (and what follows it)
+        assert "estimate" in warnings[0] and "sample changed after estimate ran" in warnings[0]
+
+
+def test_status_with_one_damaged_manifest_shows_the_other_stages_and_names_it(chain):
+    damaged = chain / "estimate" / "_shards" / "00000.json"
+    damaged.write_text("{ not json")
+    result = cli("status", chain)
+    assert result.exit_code != 0
+    rows = [ln for ln in result.output.splitlines() if ln.startswith("│")]
+    for stage in ("sample", "estimate", "locate", "branch"):
+        assert any(ln.split("│")[1].strip() == stage for ln in rows), result.output
+    assert any("sample" in ln and "done" in ln for ln in rows), result.output
+    errors = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "estimate/_shards/00000.json" in errors[0], result.output
+
+
 def test_an_overwritten_stage_that_has_not_finished_blocks_its_downstream(chain):
     (chain / "estimate" / "_SUCCESS").unlink()
     with pytest.raises(GpoError, match="stage 'estimate' was started again and has not finished"):

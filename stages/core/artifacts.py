@@ -162,13 +162,21 @@ def _file_entry(f) -> bool:
         and isinstance(f.get("sha256"), str) and isinstance(f.get("bytes"), int) and "\0" not in f["path"]
 
 
-def finished_manifests(out: Path, config: dict) -> dict[int, dict]:
-    """Manifests of the shards finished under the folder's current config (the only parts readers may see)."""
+def finished_manifests(out: Path, config: dict, damaged: list[str] | None = None) -> dict[int, dict]:
+    """Manifests of the shards finished under the folder's current config (the only parts readers may see).
+
+    A damaged manifest is refused; given a `damaged` list, it is skipped and its error appended there."""
     found = {}
     for i in range(int(config["num_shards"])):
         path = out / "_shards" / f"{i:05d}.json"
         if path.is_file():
-            manifest = load_manifest(path, out)
+            try:
+                manifest = load_manifest(path, out)
+            except GpoError as e:
+                if damaged is None:
+                    raise
+                damaged.append(str(e))
+                continue
             if manifest.get("config_hash") == config["config_hash"]:
                 found[i] = manifest
     return found

@@ -168,7 +168,8 @@ def describe_views(run: Path) -> dict[str, list[tuple[str, str]]]:
 
 
 def stage_status(run: Path) -> list[dict]:
-    """Per stage: shards done/total, rows, unfinished shard indices, success."""
+    """Per stage: shards done/total, rows, unfinished shard indices, success, stale, and `damaged` (what is
+    wrong with a damaged config.json or manifest of that stage, or of its inputs; the other stages still show)."""
     run = Path(run)
     if not run.is_dir():
         raise GpoError(f"run directory {run} does not exist")
@@ -178,17 +179,31 @@ def stage_status(run: Path) -> list[dict]:
     result = []
     for name in names:
         out = run / name
-        cfg_path = out / "config.json"
-        if not cfg_path.exists():
-            continue
-        cfg = artifacts.load_json(cfg_path)
-        total = int(cfg.get("num_shards", 1))
-        done = [i for i in artifacts.finished_shards(out, cfg.get("config_hash")) if i < total]
-        rows = sum(artifacts.load_json(out / "_shards" / f"{i:05d}.json").get("rows", 0) for i in done)
-        result.append({"stage": name, "num_shards": total, "done": len(done), "rows": rows,
-                       "unfinished": sorted(set(range(total)) - set(done)),
-                       "success": (out / "_SUCCESS").exists(), "stale": lineage.stale_reason(run, name)})
+        if (out / "config.json").exists():
+            result.append(_one_stage_status(run, name))
     return result
+
+
+def _one_stage_status(run: Path, name: str) -> dict:
+    out = run / name
+    row = {"stage": name, "num_shards": 0, "done": 0, "rows": 0, "unfinished": [],
+           "success": (out / "_SUCCESS").exists(), "stale": None, "damaged": None, "input_damaged": False}
+    damaged: list[str] = []
+    try:
+        cfg = artifacts.load_json(out / "config.json")
+        total = int(cfg.get("num_shards", 1))
+        done = artifacts.finished_manifests(out, {"num_shards": total, "config_hash": cfg.get("config_hash")},
+                                            damaged)
+    except (GpoError, TypeError, ValueError) as e:  # TypeError/ValueError: a config.json edited by hand
+        row["damaged"] = str(e) if isinstance(e, GpoError) else f"{out / 'config.json'} is damaged ({e})"
+        return row
+    row.update(num_shards=total, done=len(done), rows=sum(m.get("rows", 0) for m in done.values()),
+               unfinished=sorted(set(range(total)) - set(done)), damaged=damaged[0] if damaged else None)
+    try:
+        row["stale"] = lineage.stale_reason(run, name)
+    except GpoError:  # one of its inputs is damaged: that stage's own row names it
+        row["input_damaged"] = True
+    return row
 
 
 def array_spec(indices: list[int]) -> str:
