@@ -6,6 +6,8 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import duckdb
@@ -120,14 +122,48 @@ def test_a_truncated_part_leaves_other_tables_queryable(chain):
 
 
 def test_temp_files_left_by_a_kill_are_removed_on_the_next_run_of_that_shard(chain):
-    left = [chain / "estimate" / ".tmp-shard-00000.chunk-00001.parquet.99999",
-            chain / "estimate" / "rollouts" / ".tmp-shard-00000.chunk-00001.parquet.99999",
-            chain / "estimate" / "_shards" / ".tmp-00000.json.99999"]
-    other = chain / "estimate" / ".tmp-shard-00001.chunk-00000.parquet.99999"  # another shard's: not ours
+    left = [chain / "estimate" / ".tmp-shard-00000.chunk-00001.parquet.99999@elsewhere",
+            chain / "estimate" / "rollouts" / ".tmp-shard-00000.chunk-00001.parquet.99999@elsewhere",
+            chain / "estimate" / "_shards" / ".tmp-00000.json.99999@elsewhere"]
+    # another shard's, written on another host: its pid says nothing here, only that shard's run may remove it
+    other = chain / "estimate" / ".tmp-shard-00001.chunk-00000.parquet.99999@elsewhere"
     for path in [*left, other]:
         path.write_bytes(b"partial")
     run(chain, estimate.STAGE, estimate.EstimateSettings(estimator="full", k=4), chain.gen)
     assert not any(p.exists() for p in left) and other.exists()
+
+
+WRITER = ("import sys, time; from pathlib import Path; from stages.core import artifacts\n"
+          "for p in sys.argv[2:]:\n    t = artifacts._tmp_path(Path(p)); t.write_bytes(b'partial'); print(t)\n"
+          "sys.stdout.flush(); time.sleep(float(sys.argv[1]))")
+
+
+def leave_temp_files(paths: list[Path], seconds: float):
+    """A writer process that leaves a temp file for each path, as a SIGKILL mid-write does, and then lives
+    `seconds` longer: (the process, the temp files)."""
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(seconds), *map(str, paths)], text=True,
+                            stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    return proc, [Path(proc.stdout.readline().strip()) for _ in paths]
+
+
+def test_a_dead_writer_s_temp_files_of_every_kind_are_removed_and_a_live_one_s_kept(chain):
+    out = chain / "estimate"
+    kinds = [out / "config.json", out / "_SUCCESS", out / "_shards" / "00000.json",
+             out / "shard-00000.chunk-00001.parquet", out / "rollouts" / "shard-00000.chunk-00001.parquet",
+             out / "_shards" / "00001.json", out / "shard-00001.chunk-00000.parquet"]  # and another shard's
+    dead, left = leave_temp_files(kinds, 0)
+    dead.wait()
+    legacy = out / f".tmp-config.json.{dead.pid}"  # as the issue found it, from a gpo that wrote no host name
+    legacy.write_bytes(b"partial")
+    live, kept = leave_temp_files([out / "config.json", out / "_shards" / "00001.json"], 120)
+    try:
+        assert all(p.exists() for p in [*left, *kept])
+        run(chain, estimate.STAGE, estimate.EstimateSettings(estimator="full", k=4), chain.gen)
+        assert not [p for p in [*left, legacy] if p.exists()]
+        assert all(p.exists() for p in kept) and live.poll() is None
+    finally:
+        live.kill()
+        live.wait()
 
 
 @pytest.mark.parametrize("form", ["relative", "absolute", "symlink"])

@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
@@ -37,8 +38,35 @@ def shard_of(group_id: str, num_shards: int) -> int:
 
 
 def _tmp_path(path: Path) -> Path:
-    # Dot-prefixed and not ending in .parquet: globs over a stage folder never see it.
-    return path.parent / f".tmp-{path.name}.{os.getpid()}"
+    # Dot-prefixed and not ending in .parquet: globs over a stage folder never see it. The writer's pid and
+    # host are in the name so a later run can tell a dead writer's leftovers (remove_stale_temp_files).
+    return path.parent / f".tmp-{path.name}.{os.getpid()}@{socket.gethostname()}"
+
+
+_TMP = re.compile(r"\.tmp-.+\.(\d+)(?:@([^/]*))?")
+
+
+def remove_stale_temp_files(out: Path) -> None:
+    """Temp files of any kind in a stage folder (config.json, _SUCCESS, parts, manifests) whose writer is
+    provably dead: written on this host by a pid that no longer runs. A name without a host comes from a gpo
+    that wrote none and is taken as this host's; another host's files are left to that shard's next run
+    (remove_temp_files, under the shard's lock), since its pid cannot be checked from here."""
+    host = socket.gethostname()
+    for folder in [out, *(p for p in out.iterdir() if p.is_dir())]:
+        for path in folder.glob(".tmp-*"):
+            m = _TMP.fullmatch(path.name)
+            if m and m.group(2) in (None, host) and not _pid_alive(int(m.group(1))) and path.is_file():
+                path.unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # another user's process, or not a pid at all: keep the file
+        return True
+    return True
 
 
 def _replace_atomically(tmp: Path, path: Path) -> None:

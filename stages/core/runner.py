@@ -217,6 +217,7 @@ def run_stage(stage: Stage, run: Path, settings: Any, *, input_table: pa.Table |
         settings = stage.resolve_settings(run, settings)
     config = resolve_config(stage, run, settings, num_shards, chunk_groups)
     out = prepare_stage_dir(stage, run, config, overwrite)
+    artifacts.remove_stale_temp_files(out)  # any kind, left by a writer on this host that was killed
     with shard_lock(out, index):
         artifacts.remove_temp_files(out, index)  # left by a writer of this shard that was killed
         done = finished_manifest(stage, out, config, index, log)
