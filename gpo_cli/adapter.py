@@ -117,7 +117,8 @@ def coerce(name: str, value, hint):
             return value
         if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        if kind in (str, Path) and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        if kind in (str, Path) and isinstance(value, (str, int, float)) and not isinstance(value, bool) \
+                and "\0" not in str(value):  # a NUL byte is no name or text a setting takes (pathlib raises)
             return kind(value) if kind is Path else str(value)
         if typing.get_origin(kind) is list and isinstance(value, list):
             return [str(v) for v in value]
@@ -170,7 +171,8 @@ def stage_command(app: typer.Typer, name: str, settings: type, *, runtime: tuple
             run, config_path = kwargs.pop("run"), kwargs.pop("config")
             flags = explicit_flags(ctx, kwargs)
             config = load_config_file(config_path) if config_path else {}
-            run = run if run is not None else config.get("run")
+            from_file = run_dir(config["run"], str(config_path)) if "run" in config else None
+            run = run if run is not None else from_file
             if run is None and run_required:
                 raise GpoError("missing --run (give it as a flag or in --config)")
             command.call(Path(run) if run is not None else None, flags, config)
@@ -184,14 +186,31 @@ def stage_command(app: typer.Typer, name: str, settings: type, *, runtime: tuple
     return decorator
 
 
-def run_pipeline(path: Path) -> list[str]:
-    """Run the stages a pipeline file lists, in order: `run: DIR` and `stages: [{sample: {...}}, ...]`."""
+PIPELINE_KEYS = ("run", "stages")
+
+
+def run_dir(value, where: str) -> Path:
+    """`run:` from a settings or pipeline file: a folder name, so text (YAML and TOML also type numbers,
+    dates, lists and tables, which are refused here rather than failing inside pathlib)."""
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise GpoError(f"{where}: `run` must be a folder name (text), not {value!r}")
+    return Path(value)
+
+
+def read_pipeline(path: Path) -> tuple[Path, list[tuple[str, dict]]]:
+    """The pipeline file's schema, checked in one place before any stage runs: `run: DIR` (text) and
+    `stages:`, a non-empty list whose entries are a stage name or {name: settings table}; each table is
+    merged as that stage's --config would be, so a wrong-typed or unknown setting is named here."""
     from stages.core.config import load_config_file
 
     table = load_config_file(path)
-    run, steps = table.get("run"), table.get("stages")
-    if not run or not isinstance(steps, list) or not steps:
+    unknown = sorted(set(table) - set(PIPELINE_KEYS))
+    if unknown:
+        raise GpoError(f"{path}: unknown key(s) {', '.join(map(repr, unknown))}; a pipeline holds `run` and `stages`")
+    steps = table.get("stages")
+    if "run" not in table or not isinstance(steps, list) or not steps:
         raise GpoError(f"{path} needs `run: DIR` and a non-empty `stages:` list of {{name: settings}} entries")
+    run = run_dir(table["run"], str(path))
     plan = []
     for i, step in enumerate(steps):
         if isinstance(step, str):
@@ -203,8 +222,16 @@ def run_pipeline(path: Path) -> list[str]:
             raise GpoError(f"{path}: stages[{i}] is {name!r}; pipelines run {', '.join(COMMANDS)}")
         if values is not None and not isinstance(values, dict):
             raise GpoError(f"{path}: the settings of stages[{i}] ({name}) must be a table")
-        merge(COMMANDS[name], values or {}, {})  # every entry is checked before the first stage runs
+        if "run" in (values or {}):
+            raise GpoError(f"{path}: stages[{i}] ({name}) sets `run`; a pipeline sets it once, at the top")
+        merge(COMMANDS[name], values or {}, {})  # wrong types and unknown settings are named here
         plan.append((name, values or {}))
+    return run, plan
+
+
+def run_pipeline(path: Path) -> list[str]:
+    """Run the stages a pipeline file lists, in order: `run: DIR` and `stages: [{sample: {...}}, ...]`."""
+    run, plan = read_pipeline(path)
     for name, values in plan:
-        COMMANDS[name].call(Path(run), {}, values)
+        COMMANDS[name].call(run, {}, values)
     return [name for name, _ in plan]
