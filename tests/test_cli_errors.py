@@ -204,3 +204,17 @@ def test_a_wrong_typed_pipeline_entry_is_refused_and_nothing_runs(tmp_path, monk
     (tmp_path / "p.yaml").write_text(text)
     fails_cleanly(["run", tmp_path / "p.yaml"], match)
     assert not (tmp_path / "r").exists() and not (tmp_path / "elsewhere").exists()
+
+
+def test_compare_of_evaluations_with_other_questions_under_the_same_ids_is_refused(tmp_path):
+    """Issue 21.6, from the summaries alone: same problem ids, other questions (or no hashes to tell)."""
+    scores = {"greedy": {"borrow-test-0000": 1.0, "borrow-test-0001": 0.0}}
+    for name, questions in [("eval_a", {"borrow-test-0000": "aa", "borrow-test-0001": "bb"}),
+                            ("eval_b", {"borrow-test-0000": "aa", "borrow-test-0001": "cc"}),
+                            ("eval_old", None)]:
+        (tmp_path / name).mkdir()
+        summary = {"label": name[5:], "per_problem": scores, **({"questions": questions} if questions else {})}
+        (tmp_path / name / "summary.json").write_text(json.dumps(summary))
+    fails_cleanly(["eval", "--compare", tmp_path / "eval_a", tmp_path / "eval_b"], "different questions")
+    fails_cleanly(["eval", "--compare", tmp_path / "eval_a", tmp_path / "eval_old"], "no question hashes")
+    assert runner.invoke(app, ["eval", "--compare", str(tmp_path / "eval_a"), str(tmp_path / "eval_a")]).exit_code == 0
