@@ -96,7 +96,10 @@ def summarize(rows: list[dict], ks: tuple[int, ...] = (1, 4, 8)) -> dict:
         entry = {"problems": len(per_problem), "samples_per_problem": n, "pass@1": mean, "ci_low": lo,
                  "ci_high": hi, "mean_response_tokens": sum(r["num_response_tokens"] for r in rows
                                                             if r["mode"] == mode and r["source"] == source)
-                 / max(1, sum(len(rs) for rs in per_problem.values()))}
+                 / max(1, sum(len(rs) for rs in per_problem.values())),
+                 # judged wrong because the checker ran out of time, not because the answer was wrong
+                 "check_timeouts": sum(r.get("verdict_error") == "timeout" for rs in per_problem.values()
+                                       for r in rs)}
         for k in ks:
             if 1 < k <= n:
                 entry[f"pass@{k}"] = sum(pass_at_k(len(rs), sum(r["reward"] for r in rs), k)

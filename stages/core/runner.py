@@ -75,7 +75,8 @@ class Context:
     def checker(self, name: str):
         """One answer checker per kind for the whole shard (the math checker keeps a process pool).
 
-        GPO_CHECK_TIMEOUT_S (default 5) bounds one check; a check that runs over is judged wrong."""
+        GPO_CHECK_TIMEOUT_S (default 5) bounds one math check, in CPU seconds of its worker; a check that
+        runs over is judged wrong and counted (`check_timeouts` in the manifest's stats)."""
         if name not in self._checkers:
             from stages.core.answers import make_checker
 
@@ -91,6 +92,9 @@ class Context:
             for i, verdict in zip(rows, self.checker(name).check_many([responses[i] for i in rows],
                                                                        [golds[i] for i in rows])):
                 verdicts[i] = verdict
+        # Every stage that scores reports these in its manifest and summary line: a timeout is judged wrong.
+        self.stats["answer_checks"] += len(verdicts)
+        self.stats["check_timeouts"] += sum(v.error == "timeout" for v in verdicts)
         return verdicts
 
     def close(self) -> None:
