@@ -148,7 +148,8 @@ def coerce(name: str, value, hint):
             return value
         if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        if kind in (str, Path) and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        if kind in (str, Path) and isinstance(value, (str, int, float)) and not isinstance(value, bool) \
+                and "\0" not in str(value):  # a NUL byte is no name or text a setting takes (pathlib raises)
             return kind(value) if kind is Path else str(value)
         if typing.get_origin(kind) is list and isinstance(value, list):
             return [str(v) for v in value]
@@ -200,7 +201,8 @@ def stage_command(app: typer.Typer, name: str, settings: type, *, runtime: tuple
             run, config_path = kwargs.pop("run"), kwargs.pop("config")
             flags = explicit_flags(ctx, kwargs)
             config = command.validate(config_path, flags)
-            run = run if run is not None else config.get("run")
+            from_file = run_dir(config["run"], str(config_path)) if "run" in config else None
+            run = run if run is not None else from_file
             if run is None and run_required:
                 raise UsageError("missing --run (give it as a flag or in --config)")
             command.call(Path(run) if run is not None else None, flags, config)
@@ -214,27 +216,62 @@ def stage_command(app: typer.Typer, name: str, settings: type, *, runtime: tuple
     return decorator
 
 
-def run_pipeline(path: Path) -> list[str]:
-    """Run the stages a pipeline file lists, in order: `run: DIR` and `stages: [{sample: {...}}, ...]`."""
+PIPELINE_KEYS = ("run", "stages")
+
+
+def run_dir(value, where: str) -> Path:
+    """`run:` from a settings or pipeline file: a folder name, so text (YAML and TOML also type numbers,
+    dates, lists and tables, which are refused here rather than failing inside pathlib)."""
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise UsageError(f"{where}: `run` must be a folder name (text), not {value!r}")
+    return Path(value)
+
+
+def read_pipeline(path: Path) -> tuple[Path, list[tuple[str, dict]]]:
+    """The pipeline file's schema, checked in one place before any stage runs: `run: DIR` (text) and
+    `stages:`, a non-empty list whose entries are a stage name or {name: settings table}; each table is
+    merged as that stage's --config would be, so a wrong-typed or unknown setting is named here."""
     from stages.core.config import load_config_file
 
     table = load_config_file(path)
-    run, steps = table.get("run"), table.get("stages")
-    if not run or not isinstance(steps, list) or not steps:
-        raise GpoError(f"{path} needs `run: DIR` and a non-empty `stages:` list of {{name: settings}} entries")
+    unknown = sorted(set(table) - set(PIPELINE_KEYS))
+    if unknown:
+        raise UsageError(f"{path}: unknown key(s) {', '.join(map(repr, unknown))}; a pipeline holds `run` and `stages`")
+    steps = table.get("stages")
+    if "run" not in table or not isinstance(steps, list) or not steps:
+        raise UsageError(f"{path} needs `run: DIR` and a non-empty `stages:` list of {{name: settings}} entries")
+    run = run_dir(table["run"], str(path))
     plan = []
     for i, step in enumerate(steps):
         if isinstance(step, str):
             step = {step: {}}
         if not isinstance(step, dict) or len(step) != 1:
-            raise GpoError(f"{path}: stages[{i}] must be one stage name with its settings, e.g. {{locate: {{}}}}")
+            raise UsageError(f"{path}: stages[{i}] must be one stage name with its settings, e.g. {{locate: {{}}}}")
         (name, values), = step.items()
         if name not in COMMANDS:
-            raise GpoError(f"{path}: stages[{i}] is {name!r}; pipelines run {', '.join(COMMANDS)}")
+            raise UsageError(f"{path}: stages[{i}] is {name!r}; pipelines run {', '.join(COMMANDS)}")
         if values is not None and not isinstance(values, dict):
-            raise GpoError(f"{path}: the settings of stages[{i}] ({name}) must be a table")
-        merge(COMMANDS[name], values or {}, {})  # every entry is checked before the first stage runs
+            raise UsageError(f"{path}: the settings of stages[{i}] ({name}) must be a table")
+        if "run" in (values or {}):
+            raise UsageError(f"{path}: stages[{i}] ({name}) sets `run`; a pipeline sets it once, at the top")
+        try:  # wrong types and unknown settings are named here
+            merge(COMMANDS[name], values or {}, {})
+        except UsageError:
+            raise
+        except GpoError as e:
+            raise UsageError(str(e)) from None
         plan.append((name, values or {}))
+    return run, plan
+
+
+def run_pipeline(path: Path) -> list[str]:
+    """Run the stages a pipeline file lists, in order: `run: DIR` and `stages: [{sample: {...}}, ...]`."""
+    try:  # everything wrong with the file is a usage error (exit 2), found before any stage runs
+        run, plan = read_pipeline(path)
+    except UsageError:
+        raise
+    except GpoError as e:
+        raise UsageError(str(e)) from None
     for name, values in plan:
-        COMMANDS[name].call(Path(run), {}, values)
+        COMMANDS[name].call(run, {}, values)
     return [name for name, _ in plan]

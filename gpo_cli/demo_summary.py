@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from gpo_cli.common import out
+from stages.core import artifacts
 
 ARM_TOKENS = {  # arm -> (run, stages whose manifests it pays for, branch tag whose new branches it pays for)
     "gpo": ("gpo", ("sample", "estimate"), "gpo"),
@@ -37,8 +38,10 @@ def arm_data(runs: dict) -> dict[str, tuple[Path, str]]:
 def stage_stats(run: Path, stage: str) -> dict:
     """The stats of a finished stage, summed over its shard manifests."""
     total: dict = {}
-    for path in sorted((run / stage / "_shards").glob("*.json")):
-        for k, v in json.loads(path.read_text()).get("stats", {}).items():
+    folder = run / stage
+    config = artifacts.runner_config(folder) if folder.is_dir() else None
+    for manifest in (artifacts.finished_manifests(folder, config) if config else {}).values():
+        for k, v in manifest.get("stats", {}).items():
             total[k] = total.get(k, 0) + v
     return total
 

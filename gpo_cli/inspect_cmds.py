@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from gpo_cli.common import err, handle_errors, out
@@ -30,6 +32,8 @@ def status(run: Annotated[Path, typer.Argument(help="Run directory.")]):
         if r["stale"]:
             state = f"[red]stale[/red] (redo {r['stale'][0]})" if r["stale"][1] != "unfinished" \
                 else f"[red]stale[/red] (finish {r['stale'][0]})"
+        if r["damaged"] or r["input_damaged"]:
+            state = "[red]damaged[/red]" if r["damaged"] else "[red]unknown[/red] (input damaged)"
         table.add_row(r["stage"], f"{r['done']}/{r['num_shards']}", str(r["rows"]), state,
                       array_spec(r["unfinished"]) or "-")
     out.print(table)
@@ -38,6 +42,9 @@ def status(run: Annotated[Path, typer.Argument(help="Run directory.")]):
     for r in rows:
         if r["unfinished"] and script_path(run, r["stage"]).exists():
             out.print(f"resubmit {r['stage']}: {resubmit_command(run, r['stage'], r['unfinished'])}")
+    damaged = [r for r in rows if r["damaged"]]
+    if damaged:  # shown above with the rest; the exit status says the run is not sound
+        raise GpoError(f"{', '.join(r['stage'] for r in damaged)} damaged: {damaged[0]['damaged']}")
 
 
 def sql(
@@ -51,7 +58,9 @@ def sql(
 ):
     """Query the run with DuckDB (views named after the tables); with no query, list the views."""
     from stages.core import query as q
+    from stages.core.lineage import warn_stale
 
+    warn_stale(run)  # answered anyway, as `gpo status` shows it: a stale stage is named on stderr
     if views:
         if query is not None:
             raise GpoError("--views takes no query")
@@ -106,9 +115,15 @@ def _list_views(run: Path, views: dict) -> None:
     if not views:
         raise GpoError(f"{run} has no finished tables yet")
     for name, cols in views.items():
-        out.print(f"[bold]{name}[/bold]: " + ", ".join(f"{c} {t.lower()}" for c, t in cols))
-    out.print(f"\nThe same views for the duckdb shell or Python: gpo sql {run} --views > views.sql; "
-              "duckdb -init views.sql")
+        out.print(f"[bold]{name}[/bold]: " + ", ".join(escape(f"{c} {t.lower()}") for c, t in cols))
+    out.print(f"\nThe same views for the duckdb shell or Python: gpo sql {escape(shell_word(run))} --views "
+              "> views.sql; duckdb -init views.sql")
+
+
+def shell_word(path: Path) -> str:
+    """The path as one copy-pasteable shell word; a name a terminal cannot show on one line prints as RUN."""
+    text = str(path)
+    return shlex.quote(text) if text.isprintable() else "RUN"
 
 
 def register(app: typer.Typer) -> None:

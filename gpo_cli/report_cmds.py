@@ -14,6 +14,8 @@ def print_eval_summary(summary: dict) -> None:
     for mode, sources in summary["modes"].items():
         for source, e in sources.items():
             extra = ", ".join(f"{k} {v:.3f}" for k, v in e.items() if k.startswith(("pass@", "maj@")) and k != "pass@1")
+            if e.get("check_timeouts"):  # judged wrong for want of checker time: say so beside the accuracy
+                extra = ", ".join(filter(None, [extra, f"check timeouts {e['check_timeouts']}"]))
             table.add_row(mode, source, str(e["problems"]), str(e["samples_per_problem"]), f"{e['pass@1']:.3f}",
                           f"[{e['ci_low']:.3f}, {e['ci_high']:.3f}]", extra or "-")
     out.print(table)

@@ -9,7 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from gpo_cli.common import out
-from stages.core import artifacts
+from stages.core import artifacts, lineage
 from stages.core.errors import GpoError
 
 BARS = "▁▂▃▄▅▆▇█"
@@ -39,6 +39,7 @@ def show(run: Path, problem: str, sample: int | None = None) -> None:
     run = Path(run)
     if not (run / "sample").is_dir():
         raise GpoError(f"{run} has no sample stage")
+    lineage.warn_stale(run)
     samples = _rows(run, "sample", problem)
     if not samples:
         raise GpoError(f"no problem {problem!r} in {run}/sample (list ids with: gpo sql {run} "

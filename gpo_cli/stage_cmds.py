@@ -28,6 +28,7 @@ def preflight(model: str, trust_remote_code: bool, problems=None, max_new_tokens
 
 
 def report(manifest: dict) -> None:
+    from stages.core.answers import timeout_summary
     from stages.core.progress import truncation_summary
 
     stats = manifest.get("stats", {})
@@ -37,10 +38,12 @@ def report(manifest: dict) -> None:
     if "steps" in stats:
         extra = f", {stats['steps']} steps, {stats.get('rollouts', 0)} rollouts"
     cut, warning = truncation_summary(stats)
+    timeouts, timeout_warning = timeout_summary(stats)
     err.print(f"[green]{manifest['stage']}[/green] shard {manifest['shard']}/{manifest['num_shards']}: "
-              f"{manifest['rows']} rows{extra}{cut}, {manifest['wall_seconds']:.1f}s")
-    if warning:
-        err.print(f"[yellow]{warning}[/yellow]")
+              f"{manifest['rows']} rows{extra}{cut}{timeouts}, {manifest['wall_seconds']:.1f}s")
+    for line in (warning, timeout_warning):
+        if line:
+            err.print(f"[yellow]{line}[/yellow]")
 
 
 def run_generating(stage, run: Path, settings, rt: Runtime, problems=None) -> dict:

@@ -96,7 +96,10 @@ def summarize(rows: list[dict], ks: tuple[int, ...] = (1, 4, 8)) -> dict:
         entry = {"problems": len(per_problem), "samples_per_problem": n, "pass@1": mean, "ci_low": lo,
                  "ci_high": hi, "mean_response_tokens": sum(r["num_response_tokens"] for r in rows
                                                             if r["mode"] == mode and r["source"] == source)
-                 / max(1, sum(len(rs) for rs in per_problem.values()))}
+                 / max(1, sum(len(rs) for rs in per_problem.values())),
+                 # judged wrong because the checker ran out of time, not because the answer was wrong
+                 "check_timeouts": sum(r.get("verdict_error") == "timeout" for rs in per_problem.values()
+                                       for r in rs)}
         for k in ks:
             if 1 < k <= n:
                 entry[f"pass@{k}"] = sum(pass_at_k(len(rs), sum(r["reward"] for r in rs), k)
@@ -114,7 +117,8 @@ def write_summary(run: Path, label: str, ks: tuple[int, ...]) -> dict | None:
     rows = artifacts.read_table(run, folder.name).to_pylist()
     config = artifacts.load_json(folder / "config.json")["settings"]
     summary = {"label": label, "model": config["model"], "problems": config["problems"],
-               "per_problem": per_problem_scores(rows), "modes": summarize(rows, ks)}
+               "per_problem": per_problem_scores(rows), "questions": question_hashes(rows),
+               "modes": summarize(rows, ks)}
     artifacts.write_json_atomic(folder / "summary.json", summary)
     return summary
 
@@ -127,9 +131,30 @@ def per_problem_scores(rows: list[dict]) -> dict:
     return {m: {pid: sum(v) / len(v) for pid, v in ps.items()} for m, ps in acc.items()}
 
 
+def question_hashes(rows: list[dict]) -> dict:
+    """problem_id -> hash of its question: what --compare checks before pairing two evaluations by id (a
+    source's ids repeat under another seed= or split, e.g. borrow-test-0000, over other questions)."""
+    return {r["problem_id"]: artifacts.sha256_bytes(r["question"].encode())[:16] for r in rows}
+
+
+def same_questions(base: dict, other: dict) -> None:
+    """Refuse to pair two evaluations whose shared problem ids hold different questions."""
+    ref, got = base.get("questions"), other.get("questions")
+    if not isinstance(ref, dict) or not isinstance(got, dict):
+        raise GpoError(f"{(base if ref is None else other)['label']}: the summary has no question hashes "
+                       "(written by an older `gpo eval`): rerun that evaluation's command to rewrite it")
+    differ = sorted(p for p in set(ref) & set(got) if ref[p] != got[p])
+    if differ:
+        raise GpoError(f"{other['label']} and {base['label']} evaluated different questions under the same "
+                       f"problem ids ({len(differ)} of {len(set(ref) & set(got))}, e.g. {differ[0]}): compare "
+                       "evaluations of the same --problems")
+
+
 def compare(summaries: list[dict]) -> list[dict]:
     """Each model against the first, per mode, on the problems both saw: paired difference with a 95% CI."""
     base = summaries[0]
+    for other in summaries[1:]:
+        same_questions(base, other)
     rows = []
     for other in summaries:
         for mode, scores in other["per_problem"].items():

@@ -1,8 +1,10 @@
 """Tests for stages.core.answers: extraction, the three checkers, bad rows, the math timeout."""
 
+import os
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -178,16 +180,64 @@ def test_math_equivalence(math_checker, response, gold, correct):
     assert (verdict.correct, verdict.error, verdict.checker) == (correct, None, "math")
 
 
-def test_math_timeout_kills_and_replaces_worker(math_checker):
-    math_checker.check_many(["answer: 1"], ["1"])  # make sure the pool is up
-    before = [w.proc for w in math_checker._workers]
-    start = time.monotonic()
-    verdicts = math_checker.check_many(["answer: 2", HANG, "answer: 3"], ["2", "5", "3"])
-    assert time.monotonic() - start < 5.0
-    assert [(v.correct, v.error) for v in verdicts] == [(True, None), (False, "timeout"), (True, None)]
-    killed = [p for p in before if p not in [w.proc for w in math_checker._workers]]
-    assert len(killed) == 1 and killed[0].returncode is not None  # killed and reaped
-    assert math_checker.check_many([r"\boxed{\frac{1}{2}}"] * 4, ["0.5"] * 4)[0].correct
+def test_math_timeout_kills_and_replaces_worker():
+    with make_checker("math", timeout_s=1.0, workers=2) as checker:
+        checker.check_many(["answer: 1"], ["1"])  # make sure the pool is up
+        before = [w.proc for w in checker._workers]
+        start = time.monotonic()
+        verdicts = checker.check_many(["answer: 2", HANG, "answer: 3"], ["2", "5", "3"])
+        # 1 s of the worker's CPU time: seconds of wall time even on a loaded machine, never HANG's minutes
+        assert time.monotonic() - start < 60.0
+        assert [(v.correct, v.error) for v in verdicts] == [(True, None), (False, "timeout"), (True, None)]
+        killed = [p for p in before if p not in [w.proc for w in checker._workers]]
+        assert len(killed) == 1 and killed[0].returncode is not None  # killed and reaped
+        assert checker.check_many([r"\boxed{\frac{1}{2}}"] * 4, ["0.5"] * 4)[0].correct
+
+
+@contextmanager
+def busy_cpu(seconds: float = 60.0):
+    """Every core busy (two spinning processes per core, at most 16) while the block runs; each spinner
+    also stops by itself after `seconds`, so a test killed midway leaves no load behind for long."""
+    spin = f"import time\nend = time.time() + {seconds}\nwhile time.time() < end:\n    pass"
+    spinners = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(min(16, 2 * (os.cpu_count() or 1)))]
+    try:
+        yield
+    finally:
+        for p in spinners:
+            p.kill()
+            p.wait()
+
+
+def test_a_worker_is_warm_before_its_first_check():
+    """The first polynomial identity costs a cold process ~0.7 CPU-s (measured), over this 0.5 s budget;
+    a worker counts as ready only after its warm-up, so the first real check fits easily."""
+    with make_checker("math", timeout_s=0.5, workers=1) as checker:
+        (verdict,) = checker.check_many([r"so it is \boxed{x^2+2x+1}"], ["(x+1)^2"])
+    assert (verdict.correct, verdict.error) == (True, None)
+
+
+@pytest.mark.slow  # seconds on an idle machine; the spinners make it tens of seconds on a shared, loaded one
+def test_a_cold_checker_on_a_busy_cpu_judges_a_correct_symbolic_answer_correct():
+    """Issue 21.7: a cold worker's first symbolic comparison costs ~0.7 CPU-s, and a wall-clock timeout on a
+    busy machine turned `(x+1)^2` against `\\boxed{x^2+2x+1}` into timeout -> wrong."""
+    with busy_cpu(), make_checker("math", timeout_s=0.5, workers=1) as checker:
+        verdicts = checker.check_many([r"so it is \boxed{x^2+2x+1}", r"\boxed{(2, 5]}"], ["(x+1)^2", "(2,5]"])
+    assert [(v.correct, v.error) for v in verdicts] == [(True, None), (True, None)]
+
+
+def test_the_check_timeout_counts_the_worker_s_cpu_time_not_the_wall_clock():
+    import signal
+    import threading
+
+    with make_checker("math", timeout_s=1.0, workers=1) as checker:
+        assert checker.check_many(["answer: 1"], ["1"])[0].correct
+        worker = checker._workers[0].proc
+        worker.send_signal(signal.SIGSTOP)  # descheduled for 3 s of wall time, as on a crowded machine
+        threading.Timer(3.0, worker.send_signal, [signal.SIGCONT]).start()
+        start = time.monotonic()
+        verdict = checker.check_many([r"so it is \boxed{\frac{2}{4}}"], ["0.5"])[0]
+        assert time.monotonic() - start >= 3.0
+        assert (verdict.correct, verdict.error) == (True, None) and checker._workers[0].proc is worker
 
 
 def test_math_batch_keeps_order(math_checker):

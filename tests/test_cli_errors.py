@@ -214,3 +214,69 @@ def test_a_settings_file_of_unknown_type_is_refused(tmp_path):
         result = fails_cleanly([command, "--run", tmp_path / "r", "--config", path], "use .yaml, .yml, .toml or .json")
         assert result.exit_code == 2
     assert not (tmp_path / "r").exists()
+
+
+# --- pipeline and settings files: a wrong-typed entry is one line and nothing runs (issue 21.3) -----------
+
+WRONG_RUNS = {".yaml": ["5", "[a, b]", "{a: 1}", "true", "2024-01-01"],
+              ".toml": ["5", "['a']", "{a = 1}", "true", "1979-05-27"],
+              ".json": ["5", '["a"]', '{"a": 1}', "true", "null"]}
+STAGES = {".yaml": "stages:\n  - locate: {}\n", ".toml": "stages = [{locate = {}}]\n",
+          ".json": '"stages": [{"locate": {}}]'}
+
+
+def pipeline_file(tmp_path, suffix: str, run_value: str):
+    path = tmp_path / f"pipeline{suffix}"
+    if suffix == ".json":
+        path.write_text(f'{{"run": {run_value}, {STAGES[suffix]}}}')
+    else:
+        path.write_text(f"run{': ' if suffix == '.yaml' else ' = '}{run_value}\n{STAGES[suffix]}")
+    return path
+
+
+@pytest.mark.parametrize("suffix, run_value", [(s, v) for s, values in WRONG_RUNS.items() for v in values])
+def test_a_pipeline_whose_run_is_not_a_string_is_refused_and_nothing_runs(tmp_path, monkeypatch, suffix,
+                                                                          run_value):
+    monkeypatch.chdir(tmp_path)
+    pipeline = pipeline_file(tmp_path, suffix, run_value)
+    assert fails_cleanly(["run", pipeline], "run").exit_code == 2  # a usage error (issue 21.13)
+    config = tmp_path / f"settings{suffix}"  # the same key in a stage's --config file
+    config.write_text(pipeline.read_text().replace("stages", "rule").replace("[{locate = {}}]", "'abs-advantage'")
+                      .replace('[{"locate": {}}]', '"abs-advantage"').replace("\n  - locate: {}", " abs-advantage"))
+    assert fails_cleanly(["locate", "--config", config], "run").exit_code == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([pipeline.name, config.name])
+
+
+@pytest.mark.parametrize("text, match", [
+    ("run: r\nstages: 5\n", "stages"),
+    ("run: r\nstages: {locate: {}}\n", "stages"),
+    ("run: r\nstages: [[locate]]\n", "stages[0]"),
+    ("run: r\nstages: [{5: {}}]\n", "stages[0]"),
+    ("run: r\nstages: [{locate: 5}]\n", "stages[0]"),
+    ("run: r\nstages: [{locate: {rule: [1, 2]}}]\n", "setting rule"),
+    ("run: r\nstages: [{locate: {k: true}}]\n", "unknown setting"),
+    ("run: r\nstages: [{locate: {run: elsewhere}}]\n", "run"),
+    ("run: r\nstages: [locate]\nstagez: [branch]\n", "stagez"),
+    ("run: \"r\\0x\"\nstages: [locate]\n", "run"),
+    ("- locate\n", "table"),
+    ("run: r\nstages: [{sample: {problems: \"p\\0.jsonl\", model: m}}]\n", "setting problems"),
+])
+def test_a_wrong_typed_pipeline_entry_is_refused_and_nothing_runs(tmp_path, monkeypatch, text, match):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "p.yaml").write_text(text)
+    assert fails_cleanly(["run", tmp_path / "p.yaml"], match).exit_code == 2
+    assert not (tmp_path / "r").exists() and not (tmp_path / "elsewhere").exists()
+
+
+def test_compare_of_evaluations_with_other_questions_under_the_same_ids_is_refused(tmp_path):
+    """Issue 21.6, from the summaries alone: same problem ids, other questions (or no hashes to tell)."""
+    scores = {"greedy": {"borrow-test-0000": 1.0, "borrow-test-0001": 0.0}}
+    for name, questions in [("eval_a", {"borrow-test-0000": "aa", "borrow-test-0001": "bb"}),
+                            ("eval_b", {"borrow-test-0000": "aa", "borrow-test-0001": "cc"}),
+                            ("eval_old", None)]:
+        (tmp_path / name).mkdir()
+        summary = {"label": name[5:], "per_problem": scores, **({"questions": questions} if questions else {})}
+        (tmp_path / name / "summary.json").write_text(json.dumps(summary))
+    fails_cleanly(["eval", "--compare", tmp_path / "eval_a", tmp_path / "eval_b"], "different questions")
+    fails_cleanly(["eval", "--compare", tmp_path / "eval_a", tmp_path / "eval_old"], "no question hashes")
+    assert runner.invoke(app, ["eval", "--compare", str(tmp_path / "eval_a"), str(tmp_path / "eval_a")]).exit_code == 0

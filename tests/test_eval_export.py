@@ -40,9 +40,10 @@ def test_summary_and_comparison():
     s = evaluation.summarize(a, ks=(1, 4))["sampled"]["toy:arith"]
     assert s["pass@1"] == pytest.approx(0.375) and s["ci_low"] < 0.375 < s["ci_high"]
     assert s["pass@4"] == pytest.approx(1.0)
-    base = {"label": "base", "per_problem": evaluation.per_problem_scores(a)}
+    base = {"label": "base", "per_problem": evaluation.per_problem_scores(a), "questions": {"p1": "a", "p2": "b"}}
     better = {"label": "new", "per_problem": evaluation.per_problem_scores(rows("p1", [1, 1, 0, 0])
-                                                                            + rows("p2", [1, 1, 1, 0]))}
+                                                                            + rows("p2", [1, 1, 1, 0])),
+              "questions": {"p1": "a", "p2": "b"}}
     cmp = {r["label"]: r for r in evaluation.compare([base, better])}
     assert cmp["base"]["diff"] == 0.0 and cmp["new"]["diff"] == pytest.approx(0.25)
 
@@ -65,3 +66,27 @@ def test_eval_stage_writes_greedy_and_sampled_rows(tmp_path, fake_generator):
 def test_bad_label_is_refused():
     with pytest.raises(GpoError, match="label"):
         evaluation.make_stage("a/b")
+
+
+def test_compare_refuses_evaluations_of_other_questions_under_the_same_problem_ids(tmp_path):
+    """Issue 21.6: borrow-test-0000 under seed=1 and under seed=2 are two different questions."""
+    from typer.testing import CliRunner
+
+    from gpo_cli.main import app
+    from stages.core.backends import FakeGenerator
+    from stages.tools.toy_build import build_toy_tokenizer
+
+    gen = FakeGenerator(build_toy_tokenizer("borrow"), lambda ids, seed: "answer: 0")
+    for label, seed in [("s1", 1), ("s2", 2), ("s1-again", 1)]:
+        source = f"toy:borrow?n=4&seed={seed}&split=test"
+        problems = load_problems(source).table
+        settings = evaluation.EvalSettings(problems=source, model="fake", label=label, max_new_tokens=16)
+        run_stage(evaluation.make_stage(label), tmp_path, settings, input_table=problems, make_generator=lambda: gen)
+        evaluation.write_summary(tmp_path, label, (1,))
+    ids = [set(artifacts.read_table(tmp_path, f"eval_{x}").column("problem_id").to_pylist()) for x in ("s1", "s2")]
+    assert ids[0] == ids[1]  # the same ids, as the issue found them
+    result = CliRunner().invoke(app, ["eval", "--compare", str(tmp_path / "eval_s1"), str(tmp_path / "eval_s2")])
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code != 0 and len(errors) == 1 and "different" in errors[0], result.output
+    same = CliRunner().invoke(app, ["eval", "--compare", str(tmp_path / "eval_s1"), str(tmp_path / "eval_s1-again")])
+    assert same.exit_code == 0 and "s1-again" in same.output, same.output

@@ -2,8 +2,12 @@
 --overwrite and the shard lock, and `gpo sql` sandboxed by DuckDB itself."""
 
 import dataclasses
+import json
 import logging
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import duckdb
@@ -118,14 +122,71 @@ def test_a_truncated_part_leaves_other_tables_queryable(chain):
 
 
 def test_temp_files_left_by_a_kill_are_removed_on_the_next_run_of_that_shard(chain):
-    left = [chain / "estimate" / ".tmp-shard-00000.chunk-00001.parquet.99999",
-            chain / "estimate" / "rollouts" / ".tmp-shard-00000.chunk-00001.parquet.99999",
-            chain / "estimate" / "_shards" / ".tmp-00000.json.99999"]
-    other = chain / "estimate" / ".tmp-shard-00001.chunk-00000.parquet.99999"  # another shard's: not ours
+    left = [chain / "estimate" / ".tmp-shard-00000.chunk-00001.parquet.99999@elsewhere",
+            chain / "estimate" / "rollouts" / ".tmp-shard-00000.chunk-00001.parquet.99999@elsewhere",
+            chain / "estimate" / "_shards" / ".tmp-00000.json.99999@elsewhere"]
+    # another shard's, written on another host: its pid says nothing here, only that shard's run may remove it
+    other = chain / "estimate" / ".tmp-shard-00001.chunk-00000.parquet.99999@elsewhere"
     for path in [*left, other]:
         path.write_bytes(b"partial")
     run(chain, estimate.STAGE, estimate.EstimateSettings(estimator="full", k=4), chain.gen)
     assert not any(p.exists() for p in left) and other.exists()
+
+
+WRITER = ("import sys, time; from pathlib import Path; from stages.core import artifacts\n"
+          "for p in sys.argv[2:]:\n    t = artifacts._tmp_path(Path(p)); t.write_bytes(b'partial'); print(t)\n"
+          "sys.stdout.flush(); time.sleep(float(sys.argv[1]))")
+
+
+def leave_temp_files(paths: list[Path], seconds: float):
+    """A writer process that leaves a temp file for each path, as a SIGKILL mid-write does, and then lives
+    `seconds` longer: (the process, the temp files)."""
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(seconds), *map(str, paths)], text=True,
+                            stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    return proc, [Path(proc.stdout.readline().strip()) for _ in paths]
+
+
+def test_a_dead_writer_s_temp_files_of_every_kind_are_removed_and_a_live_one_s_kept(chain):
+    out = chain / "estimate"
+    kinds = [out / "config.json", out / "_SUCCESS", out / "_shards" / "00000.json",
+             out / "shard-00000.chunk-00001.parquet", out / "rollouts" / "shard-00000.chunk-00001.parquet",
+             out / "_shards" / "00001.json", out / "shard-00001.chunk-00000.parquet"]  # and another shard's
+    dead, left = leave_temp_files(kinds, 0)
+    dead.wait()
+    legacy = out / f".tmp-config.json.{dead.pid}"  # as the issue found it, from a gpo that wrote no host name
+    legacy.write_bytes(b"partial")
+    live, kept = leave_temp_files([out / "config.json", out / "_shards" / "00001.json"], 120)
+    try:
+        assert all(p.exists() for p in [*left, *kept])
+        run(chain, estimate.STAGE, estimate.EstimateSettings(estimator="full", k=4), chain.gen)
+        assert not [p for p in [*left, legacy] if p.exists()]
+        assert all(p.exists() for p in kept) and live.poll() is None
+    finally:
+        live.kill()
+        live.wait()
+
+
+@pytest.mark.parametrize("form", ["relative", "absolute", "symlink"])
+def test_a_manifest_listing_a_file_outside_its_stage_is_refused_by_every_reader(chain, tmp_path_factory, form):
+    outside = tmp_path_factory.mktemp("outside") / "secret.parquet"
+    pq.write_table(pa.table({"problem_id": ["s3cr3t"]}), outside)
+    out = chain / "locate"
+    path = {"relative": os.path.relpath(outside, out), "absolute": str(outside), "symlink": "evil.parquet"}[form]
+    if form == "symlink":
+        (out / "evil.parquet").symlink_to(outside)
+    manifest_path = out / "_shards" / "00000.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"].append({"table": "secret", "path": path, "bytes": outside.stat().st_size,
+                              "sha256": artifacts.sha256_file(outside), "rows": 1})
+    manifest_path.write_text(json.dumps(manifest))
+    result = cli("sql", chain, "select * from secret")
+    one_error(result, "outside")
+    assert "s3cr3t" not in result.output
+    one_error(cli("sql", chain, "--views"), "outside")
+    with pytest.raises(GpoError, match="outside"):
+        run(chain, locate.STAGE, locate.LocateSettings(), chain.gen)
+    with pytest.raises(GpoError, match="outside"):
+        run(chain, branch.STAGE, branch.BranchSettings(m=5), chain.gen, overwrite=True)
 
 
 # --- lineage ------------------------------------------------------------------------------------------
@@ -149,6 +210,32 @@ def test_stale_downstream_is_refused_naming_the_stage_and_the_command(chain):
     run(chain, locate.STAGE, locate.LocateSettings(), chain.gen, overwrite=True)
     run(chain, branch.STAGE, branch.BranchSettings(m=4), chain.gen, overwrite=True)
     assert all(r["stale"] is None for r in stage_status(chain))
+
+
+def test_sql_and_show_on_a_stale_run_answer_with_a_warning_as_status_shows_it(chain):
+    problem = run_query(chain, "select problem_id from locate limit 1")[1][0][0]
+    fresh = [cli("sql", chain, "select count(*) from locate"), cli("show", chain, "--problem", problem)]
+    assert all(r.exit_code == 0 and "stale" not in r.output for r in fresh), [r.output for r in fresh]
+    run(chain, sample.STAGE, dataclasses.replace(SAMPLE, seed=1), chain.gen, chain.problems, overwrite=True)
+    for result in [cli("sql", chain, "select count(*) from locate"), cli("sql", chain),
+                   cli("sql", chain, "--views"), cli("show", chain, "--problem", problem)]:
+        assert result.exit_code == 0, result.output
+        warnings = [ln for ln in result.output.splitlines() if ln.startswith("warning:") and "stale" in ln]
+        assert len(warnings) == 1, result.output  # one line for the stale estimate (and what follows it)
+        assert "estimate" in warnings[0] and "sample changed after estimate ran" in warnings[0]
+
+
+def test_status_with_one_damaged_manifest_shows_the_other_stages_and_names_it(chain):
+    damaged = chain / "estimate" / "_shards" / "00000.json"
+    damaged.write_text("{ not json")
+    result = cli("status", chain)
+    assert result.exit_code != 0
+    rows = [ln for ln in result.output.splitlines() if ln.startswith("│")]
+    for stage in ("sample", "estimate", "locate", "branch"):
+        assert any(ln.split("│")[1].strip() == stage for ln in rows), result.output
+    assert any("sample" in ln and "done" in ln for ln in rows), result.output
+    errors = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "estimate/_shards/00000.json" in errors[0], result.output
 
 
 def test_an_overwritten_stage_that_has_not_finished_blocks_its_downstream(chain):
@@ -258,3 +345,37 @@ def test_views_sql_opens_as_is_in_duckdb_with_quoted_names_and_evals(chain, fake
         got = con.execute(f'select count(*) from "{name}"').fetchone()[0]
         assert [(got,)] == run_query(chain, f'select count(*) from "{name}"')[1]
     assert views_sql(chain).count("CREATE OR REPLACE VIEW") == len(views)
+
+
+HOSTILE_RUN_NAME = "X\nCOPY (SELECT 42 AS pwned) TO 'injv.csv';\n-- "  # issue 21.1
+
+
+def test_a_run_folder_named_to_inject_sql_cannot_through_views_sql_or_the_listing(chain, tmp_path_factory,
+                                                                                   monkeypatch):
+    cwd = tmp_path_factory.mktemp("cwd")
+    monkeypatch.chdir(cwd)
+    hostile = tmp_path_factory.mktemp("runs") / HOSTILE_RUN_NAME
+    shutil.copytree(chain, hostile)
+    result = cli("sql", hostile, "--views")
+    assert result.exit_code == 0, result.output
+    (cwd / "views.sql").write_text(result.output)
+    con = duckdb.connect()
+    con.execute((cwd / "views.sql").read_text())  # the whole file, as `duckdb -init views.sql` runs it
+    for statement in con.extract_statements((cwd / "views.sql").read_text()):
+        con.execute(statement)
+    assert not (cwd / "injv.csv").exists()
+    assert con.execute("select count(*) from locate").fetchone()[0] == run_query(chain, "select count(*) from locate")[1][0][0]
+    listing = cli("sql", hostile)
+    assert listing.exit_code == 0, listing.output
+    assert not any(line.startswith("COPY") for line in listing.output.splitlines()), listing.output
+
+
+def test_views_sql_has_the_manifests_view_that_gpo_sql_has(chain):
+    con = duckdb.connect()
+    for statement in con.extract_statements(views_sql(chain)):
+        con.execute(statement)
+    got = con.execute("select stage, shard, content from manifests order by stage, shard").fetchall()
+    assert got and got == run_query(chain, "select stage, shard, content from manifests order by stage, shard")[1]
+    from stages.core.query import describe_views
+
+    assert [(c, t) for c, t, *_ in con.execute("describe manifests").fetchall()] == describe_views(chain)["manifests"]

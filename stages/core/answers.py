@@ -235,6 +235,20 @@ class ChoiceChecker(_InProcessChecker):
         return Verdict(letter, letter == gold_letter, self.name)
 
 
+# ----------------------------------------------------------------------------- summaries
+
+
+def timeout_summary(stats: dict) -> tuple[str, str | None]:
+    """(", check timeouts 0/120" for a stage's summary line, a warning or None) from a manifest's stats."""
+    checks, timeouts = stats.get("answer_checks", 0), stats.get("check_timeouts", 0)
+    if not checks:
+        return "", None
+    warning = None if not timeouts else (
+        f"warning: {timeouts} of {checks} answer checks ran over GPO_CHECK_TIMEOUT_S (CPU seconds of the "
+        "checker's worker) and were judged wrong; see verdict_error = 'timeout' in the stage's rows")
+    return f", check timeouts {timeouts}/{checks}", warning
+
+
 # ----------------------------------------------------------------------------- factory
 
 

@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
@@ -37,8 +38,35 @@ def shard_of(group_id: str, num_shards: int) -> int:
 
 
 def _tmp_path(path: Path) -> Path:
-    # Dot-prefixed and not ending in .parquet: globs over a stage folder never see it.
-    return path.parent / f".tmp-{path.name}.{os.getpid()}"
+    # Dot-prefixed and not ending in .parquet: globs over a stage folder never see it. The writer's pid and
+    # host are in the name so a later run can tell a dead writer's leftovers (remove_stale_temp_files).
+    return path.parent / f".tmp-{path.name}.{os.getpid()}@{socket.gethostname()}"
+
+
+_TMP = re.compile(r"\.tmp-.+\.(\d+)(?:@([^/]*))?")
+
+
+def remove_stale_temp_files(out: Path) -> None:
+    """Temp files of any kind in a stage folder (config.json, _SUCCESS, parts, manifests) whose writer is
+    provably dead: written on this host by a pid that no longer runs. A name without a host comes from a gpo
+    that wrote none and is taken as this host's; another host's files are left to that shard's next run
+    (remove_temp_files, under the shard's lock), since its pid cannot be checked from here."""
+    host = socket.gethostname()
+    for folder in [out, *(p for p in out.iterdir() if p.is_dir())]:
+        for path in folder.glob(".tmp-*"):
+            m = _TMP.fullmatch(path.name)
+            if m and m.group(2) in (None, host) and not _pid_alive(int(m.group(1))) and path.is_file():
+                path.unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # another user's process, or not a pid at all: keep the file
+        return True
+    return True
 
 
 def _replace_atomically(tmp: Path, path: Path) -> None:
@@ -113,8 +141,8 @@ def verify_files(out: Path, manifest: dict) -> list[str]:
 def verify_stage(run: Path, stage: str) -> None:
     """Refuse to read a finished stage whose parts no longer match their manifests (truncated, edited)."""
     out = stage_dir(run, stage)
-    for path in sorted((out / "_shards").glob("*.json")):
-        bad = verify_files(out, load_json(path))
+    for path in sorted((out / "_shards").glob(_MANIFEST_NAMES)):
+        bad = verify_files(out, load_manifest(path, out))
         if bad:
             raise GpoError(f"{out / bad[0]} does not match its manifest (truncated or modified); "
                            f"rerun `gpo {stage}` with the same arguments to redo it")
@@ -125,6 +153,7 @@ def stage_dir(run: Path, stage: str) -> Path:
 
 
 _TABLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_MANIFEST_NAMES = "[0-9]" * 5 + ".json"  # _shards/00003.json; a file named otherwise is not a manifest
 _CHUNK = re.compile(r"shard-(\d{5})\.chunk-\d{5}\.parquet")
 _digests: dict[tuple[str, int, int], str] = {}  # (path, size, mtime): sha256, so a part is hashed once a process
 _warned: set[str] = set()
@@ -140,13 +169,42 @@ def runner_config(out: Path) -> dict | None:
     return config if "num_shards" in config and "config_hash" in config else None
 
 
-def finished_manifests(out: Path, config: dict) -> dict[int, dict]:
-    """Manifests of the shards finished under the folder's current config (the only parts readers may see)."""
+def load_manifest(path: Path, out: Path) -> dict:
+    """A shard manifest, the one way manifests are read: JSON whose every listed file is a relative path that
+    stays inside the stage folder `out` once resolved (`..`, absolute paths and symlinks out are refused)."""
+    manifest = load_json(path)
+    files = manifest.get("files", []) if isinstance(manifest, dict) else None
+    if not isinstance(files, list) or not all(_file_entry(f) for f in files):
+        raise GpoError(f"{path} is not a shard manifest (expected files with table, path, bytes and sha256); "
+                       "remove it and rerun that shard")
+    root = Path(out).resolve()
+    for f in files:
+        if Path(f["path"]).is_absolute() or not (root / f["path"]).resolve().is_relative_to(root):
+            raise GpoError(f"{path} lists {f['path']!r}, outside {out}: refusing to read it; "
+                           "remove the manifest and rerun that shard")
+    return manifest
+
+
+def _file_entry(f) -> bool:
+    return isinstance(f, dict) and isinstance(f.get("table"), str) and isinstance(f.get("path"), str) \
+        and isinstance(f.get("sha256"), str) and isinstance(f.get("bytes"), int) and "\0" not in f["path"]
+
+
+def finished_manifests(out: Path, config: dict, damaged: list[str] | None = None) -> dict[int, dict]:
+    """Manifests of the shards finished under the folder's current config (the only parts readers may see).
+
+    A damaged manifest is refused; given a `damaged` list, it is skipped and its error appended there."""
     found = {}
     for i in range(int(config["num_shards"])):
         path = out / "_shards" / f"{i:05d}.json"
         if path.is_file():
-            manifest = load_json(path)
+            try:
+                manifest = load_manifest(path, out)
+            except GpoError as e:
+                if damaged is None:
+                    raise
+                damaged.append(str(e))
+                continue
             if manifest.get("config_hash") == config["config_hash"]:
                 found[i] = manifest
     return found
@@ -273,10 +331,11 @@ def require_success(run: Path, stage: str) -> None:
 
 
 def finished_shards(out: Path, config_hash: str) -> list[int]:
+    """Shards whose manifest is intact and of this config (a damaged manifest's shard is not done)."""
     done = []
-    for path in sorted((out / "_shards").glob("*.json")):
+    for path in sorted((out / "_shards").glob(_MANIFEST_NAMES)):
         try:
-            if load_json(path).get("config_hash") == config_hash:
+            if load_manifest(path, out).get("config_hash") == config_hash:
                 done.append(int(path.stem))
         except GpoError:
             continue

@@ -9,10 +9,13 @@ whose input is itself stale, is stale: the next stage refuses it instead of sile
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from stages.core import artifacts
 from stages.core.errors import GpoError
+
+log = logging.getLogger("gpo")
 
 
 def identity(run: Path, stage: str) -> str | None:
@@ -46,14 +49,36 @@ def stale_reason(run: Path, stage: str) -> tuple[str, str] | None:
     return None
 
 
+def describe(run: Path, found: tuple[str, str]) -> str:
+    """What stale_reason found, and the command that clears it."""
+    name, why = found
+    if why == "unfinished":
+        return (f"stage '{name}' was started again and has not finished: finish it with "
+                f"`gpo {name} --run {run}` (same options), then the stages after it")
+    return (f"stage '{name}' is stale ({why}): redo it with `gpo {name} --run {run} --overwrite` "
+            f"(and its other options), then the stages after it")
+
+
 def require_fresh(run: Path, stage: str) -> None:
     """Refuse to read a stage that has not finished or that was built on something that has since changed."""
     artifacts.require_success(run, stage)
     found = stale_reason(run, stage)
     if found is not None:
-        name, why = found
-        if why == "unfinished":
-            raise GpoError(f"stage '{name}' was started again and has not finished: finish it with "
-                           f"`gpo {name} --run {run}` (same options), then the stages after it")
-        raise GpoError(f"stage '{name}' is stale ({why}): redo it with `gpo {name} --run {run} --overwrite` "
-                       f"(and its other options), then the stages after it")
+        raise GpoError(describe(run, found))
+
+
+def warn_stale(run: Path) -> None:
+    """One warning line per stale stage of the run, for readers that answer anyway (`gpo sql`, `gpo show`);
+    the stages after a stale one are stale for the same reason and are not named again."""
+    run = Path(run)
+    if not run.is_dir():
+        return
+    seen = set()
+    for out in sorted(p for p in run.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))):
+        try:
+            found = stale_reason(run, out.name)
+        except GpoError:  # a damaged manifest: the reader names it when it reads that table
+            continue
+        if found is not None and found not in seen:
+            seen.add(found)
+            log.warning(f"warning: {describe(run, found)}; this answer reads it as it is")

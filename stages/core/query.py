@@ -86,18 +86,47 @@ def finished_manifests(run: Path) -> pa.Table:
 
 def views_sql(run: Path) -> str:
     """The same views as statements the duckdb shell (`duckdb -init views.sql`) or Python can run as they
-    are: names quoted, the listed parts (absolute paths) only, the `evals` union view included."""
+    are: names quoted, the listed parts (absolute paths) only, the `evals` union and `manifests` views included.
+
+    A run folder's name reaches the text only inside quoted literals and, escaped to one line, the header
+    comment; DuckDB's own parser then confirms the text holds exactly these CREATE statements."""
+    run = Path(run)
+    if not run.is_dir():
+        raise GpoError(f"run directory {run} does not exist")
     tables = table_files(run)
-    lines = [f"-- views over {Path(run).resolve()} (gpo sql --views); only parts that manifests list"]
+    statements = []
     for name, parts in tables.items():
         files = ", ".join(quote_literal(str(p.resolve())) for p in parts)
-        lines.append(f"CREATE OR REPLACE VIEW {quote_ident(name)} AS "
-                     f"SELECT * FROM read_parquet([{files}], union_by_name = true);")
+        statements.append(f"CREATE OR REPLACE VIEW {quote_ident(name)} AS "
+                          f"SELECT * FROM read_parquet([{files}], union_by_name = true);")
     evals = eval_tables(tables)
     if evals:
         union = " UNION ALL BY NAME ".join(f"SELECT * FROM {quote_ident(name)}" for name in evals)
-        lines.append(f"CREATE OR REPLACE VIEW evals AS {union};")
-    return "\n".join(lines) + "\n"
+        statements.append(f"CREATE OR REPLACE VIEW evals AS {union};")
+    manifests = finished_manifests(run)
+    if manifests.num_rows and "manifests" not in tables:  # as connect() registers it
+        values = ", ".join(f"({quote_literal(r['stage'])}, {int(r['shard'])}, {quote_literal(r['content'])})"
+                           for r in manifests.to_pylist())
+        statements.append("CREATE OR REPLACE VIEW manifests AS SELECT stage, CAST(shard AS BIGINT) AS shard, "
+                          f"content FROM (VALUES {values}) AS t(stage, shard, content);")
+    where = str(run.resolve())
+    header = f"-- views over {where if where.isprintable() else ascii(where)} (gpo sql --views); " \
+             "only parts that manifests list"
+    text = "\n".join([header, *statements]) + "\n"
+    _check_only_creates(text, len(statements))
+    return text
+
+
+def _check_only_creates(text: str, expected: int) -> None:
+    """Refuse to print SQL that DuckDB would read as anything but the views meant (a guard behind the quoting)."""
+    import duckdb
+
+    try:
+        parsed = duckdb.connect(":memory:").extract_statements(text)
+    except duckdb.Error as e:
+        raise GpoError(f"the views' SQL does not parse: {str(e).splitlines()[0]}") from None
+    if len(parsed) != expected or any(st.type.name != "CREATE" for st in parsed):
+        raise GpoError("refusing to print the views' SQL: a name in the run would change its statements")
 
 
 def check_read_only(con, query: str) -> None:
@@ -139,7 +168,8 @@ def describe_views(run: Path) -> dict[str, list[tuple[str, str]]]:
 
 
 def stage_status(run: Path) -> list[dict]:
-    """Per stage: shards done/total, rows, unfinished shard indices, success."""
+    """Per stage: shards done/total, rows, unfinished shard indices, success, stale, and `damaged` (what is
+    wrong with a damaged config.json or manifest of that stage, or of its inputs; the other stages still show)."""
     run = Path(run)
     if not run.is_dir():
         raise GpoError(f"run directory {run} does not exist")
@@ -149,17 +179,31 @@ def stage_status(run: Path) -> list[dict]:
     result = []
     for name in names:
         out = run / name
-        cfg_path = out / "config.json"
-        if not cfg_path.exists():
-            continue
-        cfg = artifacts.load_json(cfg_path)
-        total = int(cfg.get("num_shards", 1))
-        done = [i for i in artifacts.finished_shards(out, cfg.get("config_hash")) if i < total]
-        rows = sum(artifacts.load_json(out / "_shards" / f"{i:05d}.json").get("rows", 0) for i in done)
-        result.append({"stage": name, "num_shards": total, "done": len(done), "rows": rows,
-                       "unfinished": sorted(set(range(total)) - set(done)),
-                       "success": (out / "_SUCCESS").exists(), "stale": lineage.stale_reason(run, name)})
+        if (out / "config.json").exists():
+            result.append(_one_stage_status(run, name))
     return result
+
+
+def _one_stage_status(run: Path, name: str) -> dict:
+    out = run / name
+    row = {"stage": name, "num_shards": 0, "done": 0, "rows": 0, "unfinished": [],
+           "success": (out / "_SUCCESS").exists(), "stale": None, "damaged": None, "input_damaged": False}
+    damaged: list[str] = []
+    try:
+        cfg = artifacts.load_json(out / "config.json")
+        total = int(cfg.get("num_shards", 1))
+        done = artifacts.finished_manifests(out, {"num_shards": total, "config_hash": cfg.get("config_hash")},
+                                            damaged)
+    except (GpoError, TypeError, ValueError) as e:  # TypeError/ValueError: a config.json edited by hand
+        row["damaged"] = str(e) if isinstance(e, GpoError) else f"{out / 'config.json'} is damaged ({e})"
+        return row
+    row.update(num_shards=total, done=len(done), rows=sum(m.get("rows", 0) for m in done.values()),
+               unfinished=sorted(set(range(total)) - set(done)), damaged=damaged[0] if damaged else None)
+    try:
+        row["stale"] = lineage.stale_reason(run, name)
+    except GpoError:  # one of its inputs is damaged: that stage's own row names it
+        row["input_damaged"] = True
+    return row
 
 
 def array_spec(indices: list[int]) -> str:

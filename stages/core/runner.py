@@ -75,7 +75,8 @@ class Context:
     def checker(self, name: str):
         """One answer checker per kind for the whole shard (the math checker keeps a process pool).
 
-        GPO_CHECK_TIMEOUT_S (default 5) bounds one check; a check that runs over is judged wrong."""
+        GPO_CHECK_TIMEOUT_S (default 5) bounds one math check, in CPU seconds of its worker; a check that
+        runs over is judged wrong and counted (`check_timeouts` in the manifest's stats)."""
         if name not in self._checkers:
             from stages.core.answers import make_checker
 
@@ -91,6 +92,9 @@ class Context:
             for i, verdict in zip(rows, self.checker(name).check_many([responses[i] for i in rows],
                                                                        [golds[i] for i in rows])):
                 verdicts[i] = verdict
+        # Every stage that scores reports these in its manifest and summary line: a timeout is judged wrong.
+        self.stats["answer_checks"] += len(verdicts)
+        self.stats["check_timeouts"] += sum(v.error == "timeout" for v in verdicts)
         return verdicts
 
     def close(self) -> None:
@@ -217,6 +221,7 @@ def run_stage(stage: Stage, run: Path, settings: Any, *, input_table: pa.Table |
         settings = stage.resolve_settings(run, settings)
     config = resolve_config(stage, run, settings, num_shards, chunk_groups)
     out = prepare_stage_dir(stage, run, config, overwrite)
+    artifacts.remove_stale_temp_files(out)  # any kind, left by a writer on this host that was killed
     with shard_lock(out, index):
         artifacts.remove_temp_files(out, index)  # left by a writer of this shard that was killed
         done = finished_manifest(stage, out, config, index, log)
@@ -264,7 +269,7 @@ def finished_manifest(stage: Stage, out: Path, config: dict, index: int, log) ->
     path = out / "_shards" / f"{index:05d}.json"
     if not path.exists():
         return None
-    manifest = artifacts.load_json(path)
+    manifest = artifacts.load_manifest(path, out)
     if manifest.get("config_hash") == config["config_hash"]:
         bad = artifacts.verify_files(out, manifest)
         if not bad:
