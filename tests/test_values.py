@@ -82,7 +82,7 @@ def test_advantages():
 
 
 def test_rules_listed_and_default_is_the_paper():
-    assert RULES == ("abs-advantage", "advantage", "max-value", "random")
+    assert RULES == ("abs-advantage", "advantage", "max-value", "random", "changepoint", "oracle")
     assert DEFAULT_RULE == "abs-advantage"
     with pytest.raises(ValueError, match="unknown selection rule"):
         select_critical("biggest", [0.5, 0.0], reward=0)
@@ -90,8 +90,8 @@ def test_rules_listed_and_default_is_the_paper():
 
 @pytest.mark.parametrize("rule", RULES)
 def test_no_steps(rule):
-    assert select_critical(rule, [0.0], reward=0, rng_seed=1) == Critical(None, "no_steps")
-    assert select_critical(rule, [], reward=0, rng_seed=1) == Critical(None, "no_steps")
+    assert select_critical(rule, [0.0], reward=0, rng_seed=1, counts=[]) == Critical(None, "no_steps")
+    assert select_critical(rule, [], reward=0, rng_seed=1, counts=[]) == Critical(None, "no_steps")
 
 
 def test_last_value_must_be_the_reward():

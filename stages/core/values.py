@@ -10,7 +10,10 @@ Selection rules (``select_critical``), ties to the earliest step throughout:
 - ``advantage``: the most negative A_i, the step that hurts most; none when no A_i < 0;
 - ``max-value`` (authors' code): failed trajectories only; the state s_i with the highest V̂ among
   s_0 … s_{n-1}, if above 0; step i (the one starting there) is critical;
-- ``random`` (Satori-style baseline): a uniform step, drawn with ``random.Random(rng_seed)``.
+- ``random`` (Satori-style baseline): a uniform step, drawn with ``random.Random(rng_seed)``;
+- ``changepoint``: the maximum-likelihood single drop over every state's (correct, rollouts) counts, with a
+  confidence (core/changepoint.py defines it); reads counts, not means, so unscored states are no obstacle;
+- ``oracle``: the known first wrong line (toy tasks only), the upper bound of any locator.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-RULES = ("abs-advantage", "advantage", "max-value", "random")
+from stages.core.changepoint import change_point
+
+RULES = ("abs-advantage", "advantage", "max-value", "random", "changepoint", "oracle")
 DEFAULT_RULE = "abs-advantage"
 
 # Means of K rollouts differ by multiples of 1/K, but float subtraction does not give exact ties
@@ -87,6 +92,7 @@ def advantages(values: Sequence[float | None]) -> list[float]:
 class Critical:
     step: int | None  # index of the critical step, None when the trajectory is skipped
     reason: str | None = None  # why there is none: no_steps, all_advantages_zero, ...
+    confidence: float | None = None  # changepoint: posterior share of the chosen step; oracle: 1
 
 
 def select_critical(
@@ -95,8 +101,11 @@ def select_critical(
     *,
     reward: float,
     rng_seed: int | None = None,
+    counts: Sequence[tuple[int, int]] | None = None,
+    truth: int | None = None,
 ) -> Critical:
-    """Pick the critical step of one trajectory by ``rule`` (see the module docstring)."""
+    """Pick the critical step of one trajectory by ``rule`` (see the module docstring). ``counts``
+    ((correct, rollouts) per state s_0..s_{n-1}) feed changepoint; ``truth`` (the first wrong line) oracle."""
     if rule not in RULES:
         raise ValueError(f"unknown selection rule {rule!r}, expected one of {', '.join(RULES)}")
     if values and values[-1] is not None and not math.isclose(float(values[-1]), float(reward)):
@@ -109,6 +118,15 @@ def select_critical(
         return _largest_drop(values)
     if rule == "max-value":
         return _max_value(values, reward)
+    if rule == "changepoint":
+        if counts is None or len(counts) != len(values) - 1:
+            raise ValueError("the changepoint rule needs the (correct, rollouts) counts of every state s_0..s_{n-1}")
+        cp = change_point(counts, int(reward))
+        return Critical(cp.step, cp.reason, cp.confidence)
+    if rule == "oracle":
+        if truth is None:
+            return Critical(None, "no_truth")
+        return Critical(truth, None, 1.0) if 0 <= truth < len(values) - 1 else Critical(None, "truth_out_of_range")
     return _random_step(len(values) - 1, rng_seed)
 
 

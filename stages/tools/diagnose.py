@@ -51,7 +51,7 @@ import pyarrow.parquet as pq
 
 from stages.core import artifacts
 from stages.core.errors import GpoError
-from stages.locate import ground_truth
+from stages.core.toy_tasks import ground_truth
 
 MIN_PAIRS = 10
 REPEAT_RATIO = 1.5
