@@ -170,3 +170,22 @@ def _first_argmax(scores: Sequence[float]) -> int | None:
         if score > floor:
             best = i
     return best
+
+
+TRUTH_RULES = ("abs-advantage", "advantage", "max-value", "changepoint")  # oracle agrees by definition
+
+
+def agreement_by_rule(steps: dict, truths: dict) -> dict:
+    """Each rule's hits on trajectories whose first wrong line is known: ``steps`` maps a trajectory to its
+    estimate rows, ``truths`` to its first wrong line; an unestimated or unlocated trajectory is a miss.
+    Returns {rule: (hits, trajectories)}; `gpo diagnose` reports it, bench/locator_frontier.py the frontier."""
+    hits = dict.fromkeys(TRUTH_RULES, 0)
+    for key, line in truths.items():
+        rows = sorted(steps.get(key, []), key=lambda r: r["step_idx"])
+        if not rows:
+            continue
+        values = [r["value"] for r in rows] + [rows[-1]["value_next"]]
+        counts = [(r["n_correct"], r["n_rollouts"]) for r in rows]
+        for rule in TRUTH_RULES:
+            hits[rule] += select_critical(rule, values, reward=0, counts=counts).step == line
+    return {rule: (n, len(truths)) for rule, n in hits.items()}
