@@ -127,7 +127,7 @@ def evaluate(trajectories: list[dict], config: dict) -> dict:
     n = len(trajectories)
     return {"label": label(config), **{k: v for k, v in config.items() if k != "plan"}, **config["plan"],
             "failed": n, "agreement": sum(hits.values()) / n, "within_one": near / n, "located": located / n,
-            "tokens_per_failed": sum(tok for _, tok in tokens) / n, "rollouts_per_failed": rollouts / n,
+            "tokens_per_failed": sum(tokens.values()) / n, "rollouts_per_failed": rollouts / n,
             "source": "replayed"}, hits
 
 

@@ -20,7 +20,7 @@ from stages.core.runner import Context, Stage
 from stages.core.sampling import sampled_with
 from stages.core.settings import setting
 from stages.core.toy_tasks import ground_truth, require_truth
-from stages.core.values import RULES, select_critical, stable_seed
+from stages.core.values import DEFAULT_RULE, RULES, select_critical, stable_seed
 
 LOCATE_SCHEMA = pa.schema([
     ("problem_id", pa.string()), ("sample_idx", pa.int32()), ("rule", pa.string()),
@@ -34,9 +34,10 @@ LOCATE_SCHEMA = pa.schema([
 
 @dataclass(frozen=True)
 class LocateSettings:
-    rule: str = setting("abs-advantage", "abs-advantage (paper), advantage, max-value (authors' code), random "
-                                         "(Satori-style baseline), changepoint (maximum-likelihood drop over all "
-                                         "rollout counts) or oracle (the known first wrong line; toy tasks only).")
+    rule: str = setting(DEFAULT_RULE, "changepoint (default: the maximum-likelihood drop over all rollout "
+                                      "counts, with a confidence), abs-advantage (the paper's), advantage, "
+                                      "max-value (authors' code), random (Satori-style baseline) or oracle (the "
+                                      "known first wrong line; toy tasks only).")
     scope: str = setting("failed", "failed or all trajectories.")
     seed: int = setting(0, "Seed of the random rule.")
     min_confidence: float = setting(0.0, "changepoint: leave a trajectory unlocated (reason low_confidence) when "

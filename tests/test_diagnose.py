@@ -176,10 +176,10 @@ def test_real_chain_with_problem_specific_traps_is_repeatable_and_pairs_diverge_
     cs = s["critical_steps"]
     assert (cs["agrees"], cs["with_truth"]) == (sum(bool(r["agrees"]) for r in located), len(located))
     assert cs["positive_advantage_share"] == 0.0  # the slip only ever lowers the value
-    # every rule on the run's own estimate: abs-advantage reproduces what locate found (another code path)
+    # every rule on the run's own estimate: the default rule reproduces what locate found (another code path)
     rules = s["rules"]
     assert set(rules) == {"abs-advantage", "advantage", "max-value", "changepoint"}
-    assert (rules["abs-advantage"]["agrees"], rules["abs-advantage"]["with_truth"]) == (cs["agrees"], len(located))
+    assert (rules["changepoint"]["agrees"], rules["changepoint"]["with_truth"]) == (cs["agrees"], len(located))
     assert rules["changepoint"]["agreement_all"] >= rules["abs-advantage"]["agreement_all"] > 0.5
     assert {r["group"] for r in diagnose.rows(s) if r["section"] == "rules"} == set(rules)
     pairs = {p["data"]: p for p in s["pairs"]}

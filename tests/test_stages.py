@@ -99,7 +99,7 @@ def test_no_pair_when_outcomes_do_not_mix(tmp_path, fake_generator):
     run_stage(locate.STAGE, tmp_path, locate.LocateSettings())
     manifest = run_stage(branch.STAGE, tmp_path, branch.BranchSettings(m=4), make_generator=lambda: gen)
     located = artifacts.read_table(tmp_path, "locate").to_pylist()
-    assert all(r["critical_step"] is None and r["reason"] == "all_advantages_zero" for r in located)
+    assert all(r["critical_step"] is None and r["reason"] == "all_zero" for r in located)  # changepoint's
     assert manifest["rows"] == 0 and manifest["stats"]["no_critical_step"] == len(located)
 
 

@@ -79,9 +79,6 @@ def posterior(counts: Sequence[tuple[int, int]]) -> list[float]:
     s_0..s_{n-1} plus the end observation last."""
     logs = []
     for kh, nh, kl, nl in _segments(counts):
-        if nh == 0:
-            logs.append(-math.inf)
-            continue
         a_h, b_h, a_l, b_l = kh + 1, nh - kh + 1, kl + 1, nl - kl + 1
         logs.append(math.log(2) + _log_beta(a_h, b_h) + _log_beta(a_l, b_l) + log_prob_greater(a_h, b_h, a_l, b_l))
     z = _logsumexp(logs) if logs else -math.inf

@@ -6,9 +6,9 @@ All trajectories of a chunk advance together so every round is one large batch.
     full         every state, K rollouts (the paper)
     adaptive     2 rollouts per state, K only where the first ones disagree
     bisect       binary search for the state where the value reaches the trajectory's reward (OmegaPRM-style)
-    changepoint  K at s_0 and the middle state, then K at the two states that bracket the posterior median of
-                 the change point (core/changepoint.py), until the chosen split's posterior share reaches
-                 `target` or `budget` rollouts are spent: a noisy bisection that reuses every count
+    changepoint  bisect first, then K more at the states whose side of the drop is least certain under the
+                 change-point posterior (core/changepoint.py), until the chosen split's posterior share
+                 reaches `target` or `budget` rollouts are spent; every count is reused
     oracle       K at the known first wrong line only (toy tasks): the cost of a perfect locator
 """
 
@@ -34,6 +34,8 @@ class Plan:
     truth: int | None = None  # oracle: the first wrong line
     target: float = 0.9  # changepoint: stop once the chosen split's posterior share reaches this
     budget: int = 24  # changepoint: at most this many rollouts per trajectory
+    cap: int = 0  # changepoint: most rollouts at one state (0: 2K); a replay of stored rollouts sets its K
+    width: int = 2  # changepoint: states probed per round
 
     def __post_init__(self):
         self.n = [0] * self.num_states
@@ -69,39 +71,38 @@ class Plan:
         left = self.budget - sum(self.n)
         if left <= 0 or self.num_states == 0:
             return []
-        if not any(self.n):  # probes: the start and the middle (the end is the trajectory's own reward)
-            picks = sorted({0, self.num_states // 2})
-        else:
+        if self.hi - self.lo > 1:  # phase 1: bisection, K per probe (the cheapest way to get near the drop)
+            picks = [(self.lo + self.hi) // 2]
+        else:  # phase 2: refine where the posterior is least sure, until the confidence target
             cp = change_point(list(zip(self.correct, self.n)), self.reward)
             if cp.step is not None and cp.confidence >= self.target:
                 return []
-            picks = self._bracket(cp.posterior)
-        wants = []
-        for i in picks:
-            extra = min(self.k, left)
-            if extra > 0:
-                wants.append((i, extra))
-                left -= extra
-        return wants
+            picks = self._least_certain(cp.posterior)
+        return [(i, extra) for i, extra in zip(picks, self._shares(left, len(picks))) if extra > 0]
 
-    def _bracket(self, posterior) -> list[int]:
-        """The two states whose side of the drop is least certain (P(s_i before the drop) = P(split >= i)
-        nearest 1/2: the states around the posterior median split); a state with 2K rollouts is settled, so
-        the next least certain ones stand in."""
-        high, above = [], 0.0
+    def _shares(self, left: int, states: int) -> list[int]:
+        """K per state, the last ones trimmed so the round stays within the budget."""
+        out = []
+        for _ in range(states):
+            out.append(min(self.k, left))
+            left -= out[-1]
+        return out
+
+    def _least_certain(self, posterior) -> list[int]:
+        """The `width` states whose side of the drop is least certain (P(s_i before the drop) =
+        P(split >= i) nearest 1/2: the states around the posterior median); a state holding `cap` (default
+        2K) rollouts is settled, so the next least certain ones stand in."""
+        sides, above = [], 0.0
         for m in range(self.num_states - 1, -1, -1):
-            above += posterior[m] if posterior else 0.0
-            high.append((abs(above - 0.5), m))
-        order = [m for _, m in sorted(high)]
-        if self.correct[0] == 0:  # s_0 carries the evidence for "high": an unlucky start is probed again first
-            order.insert(0, order.pop(order.index(0)))
-        open_states = [i for i in order if self.n[i] < 2 * self.k]
-        return sorted(open_states[:2])
+            above += posterior[m]
+            sides.append((abs(above - 0.5), m))
+        open_states = [m for _, m in sorted(sides) if self.n[m] < (self.cap or 2 * self.k)]
+        return sorted(open_states[:self.width])
 
     def record(self, state: int, outcomes: list[int]) -> None:
         self.n[state] += len(outcomes)
         self.correct[state] += sum(outcomes)
-        if self.estimator == "bisect":
+        if self.estimator == "bisect" or (self.estimator == "changepoint" and self.hi - self.lo > 1):
             # A state whose estimate equals the final reward sits on the reward side of the change.
             if self.correct[state] == self.reward * self.n[state]:
                 self.hi = state

@@ -6,12 +6,12 @@ own 0/1 reward. ``None`` marks a state an early-stopping estimator did not score
 accepts gaps. The advantage of step i is ``A_i = V̂(s_{i+1}) − V̂(s_i)``.
 
 Selection rules (``select_critical``), ties to the earliest step throughout:
-- ``abs-advantage`` (paper, default): argmax |A_i|; none when every A_i is 0;
+- ``abs-advantage`` (the paper's): argmax |A_i|; none when every A_i is 0;
 - ``advantage``: the most negative A_i, the step that hurts most; none when no A_i < 0;
 - ``max-value`` (authors' code): failed trajectories only; the state s_i with the highest V̂ among
   s_0 … s_{n-1}, if above 0; step i (the one starting there) is critical;
 - ``random`` (Satori-style baseline): a uniform step, drawn with ``random.Random(rng_seed)``;
-- ``changepoint``: the maximum-likelihood single drop over every state's (correct, rollouts) counts, with a
+- ``changepoint`` (default): the maximum-likelihood single drop over every state's (correct, rollouts) counts, with a
   confidence (core/changepoint.py defines it); reads counts, not means, so unscored states are no obstacle;
 - ``oracle``: the known first wrong line (toy tasks only), the upper bound of any locator.
 """
@@ -27,7 +27,10 @@ from dataclasses import dataclass
 from stages.core.changepoint import change_point
 
 RULES = ("abs-advantage", "advantage", "max-value", "random", "changepoint", "oracle")
-DEFAULT_RULE = "abs-advantage"
+# changepoint by default: on toy:borrow it finds the first wrong line far more often than argmax |A| on the
+# same counts (bench/locator_frontier.py, README "Benchmarks"); --rule abs-advantage is the paper's.
+DEFAULT_RULE = "changepoint"
+PAPER_RULE = "abs-advantage"
 
 # Means of K rollouts differ by multiples of 1/K, but float subtraction does not give exact ties
 # (2/3 - 1/3 != 1/3 - 0); differences within EPS count as equal.
