@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 
 FULL_RULES = ("abs-advantage", "advantage", "max-value", "changepoint")
 SPARSE_RULES = ("abs-advantage", "changepoint")
-CP_GRID = [(k, budget, target) for k in (1, 2) for budget in (8, 12, 16, 24, 32) for target in (0.8, 0.9, 0.95)]
+CP_GRID = [(k, budget, target) for k in (2, 4) for budget in (8, 12, 16, 24, 32) for target in (0.8, 0.9)]
 
 
 def load(run: Path) -> tuple[list[dict], dict]:
@@ -95,10 +95,10 @@ def configurations(k_max: int) -> list[dict]:
     for rule in SPARSE_RULES:
         out.append({"estimator": "adaptive", "k": k_max, "rule": rule, "plan": {}})
     for k, budget, target in CP_GRID:
-        if 2 * k <= k_max:  # the plan may visit a state twice: the stored K must cover it
+        if k <= k_max:  # a state is refined up to the stored K (the stage's own cap is 2K)
             for rule in SPARSE_RULES:
                 out.append({"estimator": "changepoint", "k": k, "rule": rule,
-                            "plan": {"budget": budget, "target": target}})
+                            "plan": {"budget": budget, "target": target, "cap": k_max}})
     out.append({"estimator": "full", "k": k_max, "rule": "changepoint", "plan": {}, "min_confidence": 0.5})
     out.append({"estimator": "oracle", "k": k_max, "rule": "oracle", "plan": {}})
     return out
