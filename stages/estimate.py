@@ -56,9 +56,9 @@ class EstimateSettings:
     # bisect by default: on the demo its trained models match full K=4's (paired CIs, 3 seeds) at ~3.4x fewer
     # generated tokens (README "The cost of GPO"); --estimator full is the paper's.
     estimator: str = setting("bisect", "bisect (binary search for the drop; default), full (the paper's: K "
-                                       "rollouts at every state), adaptive, changepoint (K per visit where the "
-                                       "change point is least certain, until --target or --budget) or oracle "
-                                       "(K at the known first wrong line only; toy tasks).")
+                                       "rollouts at every state), adaptive, changepoint (bisect, then K more where "
+                                       "the change point is least certain, until --target or --budget) or "
+                                       "oracle (K at the known first wrong line only; toy tasks).")
     target: float = setting(0.9, "changepoint estimator: stop once the chosen step's confidence reaches this.")
     budget: int = setting(24, "changepoint estimator: most rollouts per trajectory.")
     temperature: float | None = setting(None, "Default: the sample stage's.")
