@@ -141,3 +141,18 @@ def test_oracle_estimator_rolls_out_only_at_the_truth():
     values = [v for v, _ in plan.values()]
     assert values[6:] == [0.0, 0.0, 0.0] and values[:5] == [values[5]] * 5  # filled on both sides
     assert drive(Plan("oracle", 8, 0, 4, truth=None), lambda i: 0.5).n == [0] * 8
+
+
+def test_settings_refuse_what_would_be_ignored_or_meaningless():
+    from stages.core.errors import GpoError
+    from stages.estimate import EstimateSettings
+    from stages.locate import LocateSettings
+
+    with pytest.raises(GpoError, match="--min-confidence applies to --rule changepoint"):
+        LocateSettings(rule="abs-advantage", min_confidence=0.5)
+    with pytest.raises(GpoError, match=r"--min-confidence must be in \[0, 1\]"):
+        LocateSettings(min_confidence=1.5)
+    with pytest.raises(GpoError, match="--target"):
+        EstimateSettings(estimator="changepoint", target=0.0)
+    with pytest.raises(GpoError, match="--budget"):
+        EstimateSettings(estimator="changepoint", budget=0)
