@@ -14,32 +14,23 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-RULES = ("abs-advantage", "advantage", "max-value")
-
 
 def rule_agreement(run: Path) -> dict:
     from stages.core import artifacts
-    from stages.core.values import select_critical
+    from stages.core.values import agreement_by_rule
 
     truth = {(r["problem_id"], r["sample_idx"]): r["first_wrong_line"]
              for r in artifacts.read_table(run, "locate").to_pylist() if r["first_wrong_line"] is not None}
     steps: dict = {}
     for r in artifacts.read_table(run, "estimate").to_pylist():
         steps.setdefault((r["problem_id"], r["sample_idx"]), []).append(r)
-    agree = dict.fromkeys(RULES, 0)
     by_offset: dict = {}
     for key, line in truth.items():
-        rows = sorted(steps.get(key, []), key=lambda r: r["step_idx"])
-        if not rows:
-            continue
-        values = [r["value"] for r in rows] + [rows[-1]["value_next"]]
-        for rule in RULES:
-            critical = select_critical(rule, values, reward=0, rng_seed=0)
-            agree[rule] += critical is not None and critical.step == line
-        for r in rows:
+        for r in steps.get(key, []):
             by_offset.setdefault(max(-4, min(2, r["step_idx"] - line)), []).append(r["value"])
     n = len(truth)
-    return {"trajectories": n, "agreement": {rule: agree[rule] / n for rule in RULES},
+    return {"trajectories": n, "agreement": {rule: hits / n for rule, (hits, _) in
+                                             agreement_by_rule(steps, truth).items()},
             "mean_value_by_offset": {d: sum(v) / len(v) for d, v in sorted(by_offset.items())}}
 
 

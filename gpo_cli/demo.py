@@ -117,7 +117,7 @@ def generate_data(root: Path, plan: DemoPlan, model: Path, seed: int, gpo: Runne
     gpo("sample", "sample", "--problems", train_src, "--model", model, "--run", runs["gpo"], "--n", plan.n,
         "--max-new-tokens", tokens, *gen)
     gpo("estimate", "estimate", "--run", runs["gpo"], "--k", plan.k, "--estimator", "full", "--seed", seed)
-    gpo("locate", "locate", "--run", runs["gpo"])
+    gpo("locate", "locate", "--run", runs["gpo"], "--rule", "abs-advantage")  # the paper's rule, as labelled
     budget = matched_budget(runs["gpo"], plan)
     gpo("branch", "branch", "--run", runs["gpo"], "--m", plan.m, "--baseline", "--random-m", budget["random_m"],
         "--seed", seed)
@@ -125,7 +125,7 @@ def generate_data(root: Path, plan: DemoPlan, model: Path, seed: int, gpo: Runne
     copy_stage(runs["gpo"], runs["gpo-bisect"], "sample")
     gpo("estimate (bisect)", "estimate", "--run", runs["gpo-bisect"], "--k", plan.bisect_k, "--estimator", "bisect",
         "--seed", seed)
-    gpo("locate (bisect)", "locate", "--run", runs["gpo-bisect"])
+    gpo("locate (bisect)", "locate", "--run", runs["gpo-bisect"], "--rule", "abs-advantage")
     gpo("branch (bisect)", "branch", "--run", runs["gpo-bisect"], "--m", plan.m, "--seed", seed)
     # Same seed: the first n samples of each problem are the GPO run's own; the rest are the extra budget.
     gpo("sample (tokens-matched)", "sample", "--problems", train_src, "--model", model, "--run",

@@ -40,6 +40,9 @@ def headline(summary: dict) -> list[str]:
                      f"{fmt(cs['positive_advantage_share'])}, median relative position "
                      f"{fmt(cs['relative_position'].get('q50'))}, agree with the first wrong line "
                      f"{fmt(cs['agreement_all'])} ({cs['agrees']}/{cs['with_truth']})")
+    if summary.get("rules"):
+        lines.append("every rule on this estimate, agreement with the first wrong line: " + ", ".join(
+            f"{rule} {fmt(r['agreement_all'])}" for rule, r in summary["rules"].items()))
     tr = summary["truncation"]
     lines.append("truncated: " + ", ".join(f"{k} {v['share']:.3f} ({v['length']}/{v['rows']})"
                                            for k, v in tr.items() if v and v["rows"]))

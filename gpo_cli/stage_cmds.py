@@ -106,7 +106,9 @@ def register(app: typer.Typer) -> None:
                              overwrite=runtime.overwrite, log=log)
         report(manifest)
         stats = manifest["stats"]
-        err.print(f"critical step found in {stats.get('located', 0)}/{stats.get('trajectories', 0)} trajectories")
+        low = stats.get("low_confidence", 0)
+        err.print(f"critical step found in {stats.get('located', 0)}/{stats.get('trajectories', 0)} trajectories"
+                  + (f"; {low} left unlocated below --min-confidence" if low else ""))
 
     @stage_command(app, "branch", branch.BranchSettings, runtime=GENERATING, extra={
         "baseline_only": Extra(bool, False, "Only the baseline pairs, straight from `sample` "

@@ -27,6 +27,7 @@ from stages.core.sampling import (
 )
 from stages.core.settings import setting
 from stages.core.steps import make_splitter, split_response
+from stages.core.toy_tasks import ground_truth, require_truth
 from stages.core.values import advantages, stable_seed, wilson_interval
 
 STEP_SCHEMA = pa.schema([
@@ -55,7 +56,11 @@ class EstimateSettings:
     # bisect by default: on the demo its trained models match full K=4's (paired CIs, 3 seeds) at ~3.4x fewer
     # generated tokens (README "The cost of GPO"); --estimator full is the paper's.
     estimator: str = setting("bisect", "bisect (binary search for the drop; default), full (the paper's: K "
-                                       "rollouts at every state) or adaptive.")
+                                       "rollouts at every state), adaptive, changepoint (bisect, then K more where "
+                                       "the change point is least certain, until --target or --budget) or "
+                                       "oracle (K at the known first wrong line only; toy tasks).")
+    target: float = setting(0.9, "changepoint estimator: stop once the chosen step's confidence reaches this.")
+    budget: int = setting(24, "changepoint estimator: most rollouts per trajectory.")
     temperature: float | None = setting(None, "Default: the sample stage's.")
     top_p: float | None = setting(None, "Default: the sample stage's.")
     max_new_tokens: int | None = setting(None, "Response budget incl. the kept prefix (default: sample's).")
@@ -93,7 +98,9 @@ def prepare(rows: list[dict], ctx: Context) -> list[Trajectory]:
             ctx.stats["skipped_correct"] += 1
             continue
         spec, steps, pieces = split_response(row, s.split, tok, splitters)
-        plan = Plan(s.estimator, len(steps), int(row["reward"]), s.k)
+        truth = ground_truth(row) if s.estimator == "oracle" else None
+        plan = Plan(s.estimator, len(steps), int(row["reward"]), s.k, truth=truth, target=s.target,
+                    budget=s.budget)
         trajectories.append(Trajectory({**row, "splitter": spec}, steps, pieces, plan, []))
     return trajectories
 
@@ -195,6 +202,9 @@ def validate(s: EstimateSettings) -> None:
     if s.scope not in ("failed", "all"):
         raise GpoError(f"--scope must be failed or all, not {s.scope!r}")
     check_count("k", s.k)
+    check_count("budget", s.budget)
+    if not 0.0 < s.target <= 1.0:
+        raise GpoError(f"--target must be in (0, 1], not {s.target}")
     check_policy(s)
     if s.split != "auto":
         try:
@@ -203,5 +213,13 @@ def validate(s: EstimateSettings) -> None:
             raise GpoError(f"--split: {e}") from None
 
 
+def resolve(run, s: EstimateSettings) -> EstimateSettings:
+    """The policy inherited from `sample`; the oracle estimator only where the task knows its first wrong line."""
+    if s.estimator == "oracle":
+        require_truth(sampled_with(run)["problems"], "--estimator oracle")
+    return with_policy(run, s)
+
+
 STAGE = Stage(name="estimate", input="sample", outputs={"estimate": STEP_SCHEMA, "rollouts": ROLLOUT_SCHEMA},
-              key=("problem_id", "sample_idx", "step_idx"), process=process, resolve_settings=with_policy)
+              key=("problem_id", "sample_idx", "step_idx"), process=process, resolve_settings=resolve)
+

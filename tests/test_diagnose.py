@@ -176,11 +176,18 @@ def test_real_chain_with_problem_specific_traps_is_repeatable_and_pairs_diverge_
     cs = s["critical_steps"]
     assert (cs["agrees"], cs["with_truth"]) == (sum(bool(r["agrees"]) for r in located), len(located))
     assert cs["positive_advantage_share"] == 0.0  # the slip only ever lowers the value
+    # every rule on the run's own estimate: the default rule reproduces what locate found (another code path)
+    rules = s["rules"]
+    assert set(rules) == {"abs-advantage", "advantage", "max-value", "changepoint"}
+    assert (rules["changepoint"]["agrees"], rules["changepoint"]["with_truth"]) == (cs["agrees"], len(located))
+    assert rules["changepoint"]["agreement_all"] >= rules["abs-advantage"]["agreement_all"] > 0.5
+    assert {r["group"] for r in diagnose.rows(s) if r["section"] == "rules"} == set(rules)
     pairs = {p["data"]: p for p in s["pairs"]}
     assert set(pairs) == {"gpo", "baseline", "random-reset"}
     assert pairs["gpo"]["vs_first_wrong_line"]["at"] == 1.0 == pairs["baseline"]["vs_first_wrong_line"]["at"]
     lines = headline(s)
     assert lines[0] == f"verdict: {s['verdict']}"
+    assert any(line.startswith("every rule on this estimate") and "changepoint" in line for line in lines)
     gpo_line = next(line for line in lines if line.startswith("pairs gpo: "))
     assert gpo_line.endswith(f"before/at/after its first wrong line 0.00/1.00/0.00 of {pairs['gpo']['pairs']}")
 

@@ -11,13 +11,14 @@ from tests.conftest import hard_line, parse_question
 
 
 def run_chain(run, make, *, n_problems=6, n=4, k=16, estimator="full", baseline=False, prefix="in-response",
-              shards=1):
-    problems = load_problems(f"toy:arith?n={n_problems}&seed=0&split=train").table
+              shards=1, rule="abs-advantage", budget=24):
+    source = f"toy:arith?n={n_problems}&seed=0&split=train"
+    problems = load_problems(source).table
     gen = make()
     for stage, settings in [
-        (sample.STAGE, sample.SampleSettings(problems="toy", model="fake", n=n, max_new_tokens=64)),
-        (estimate.STAGE, estimate.EstimateSettings(k=k, estimator=estimator)),
-        (locate.STAGE, locate.LocateSettings()),
+        (sample.STAGE, sample.SampleSettings(problems=source, model="fake", n=n, max_new_tokens=64)),
+        (estimate.STAGE, estimate.EstimateSettings(k=k, estimator=estimator, budget=budget)),
+        (locate.STAGE, locate.LocateSettings(rule=rule)),
         (branch.STAGE, branch.BranchSettings(m=8, baseline=baseline, prefix=prefix)),
     ]:
         for i in range(shards):
@@ -98,14 +99,16 @@ def test_no_pair_when_outcomes_do_not_mix(tmp_path, fake_generator):
     run_stage(locate.STAGE, tmp_path, locate.LocateSettings())
     manifest = run_stage(branch.STAGE, tmp_path, branch.BranchSettings(m=4), make_generator=lambda: gen)
     located = artifacts.read_table(tmp_path, "locate").to_pylist()
-    assert all(r["critical_step"] is None and r["reason"] == "all_advantages_zero" for r in located)
+    assert all(r["critical_step"] is None and r["reason"] == "all_zero" for r in located)  # changepoint's
     assert manifest["rows"] == 0 and manifest["stats"]["no_critical_step"] == len(located)
 
 
-@pytest.mark.parametrize("estimator", ["adaptive", "bisect"])
-def test_cheaper_estimators_find_the_same_step_with_fewer_rollouts(tmp_path, fake_generator, estimator):
+@pytest.mark.parametrize("estimator,rule", [("adaptive", "abs-advantage"), ("bisect", "abs-advantage"),
+                                            ("changepoint", "changepoint"), ("oracle", "oracle")])
+def test_cheaper_estimators_find_the_same_step_with_fewer_rollouts(tmp_path, fake_generator, estimator, rule):
     run_chain(tmp_path / "full", fake_generator, k=8)
-    run_chain(tmp_path / estimator, fake_generator, k=8, estimator=estimator)
+    run_chain(tmp_path / estimator, fake_generator, k=8 if estimator != "changepoint" else 2,
+              estimator=estimator, rule=rule, budget=12)
     full = artifacts.load_json(tmp_path / "full" / "estimate" / "_shards" / "00000.json")["stats"]
     cheap = artifacts.load_json(tmp_path / estimator / "estimate" / "_shards" / "00000.json")["stats"]
     assert cheap["rollouts"] < full["rollouts"]
@@ -113,9 +116,11 @@ def test_cheaper_estimators_find_the_same_step_with_fewer_rollouts(tmp_path, fak
     assert sum(bool(a) for a in agree) >= 0.8 * len(agree)
 
 
-def test_sharded_chain_equals_unsharded(tmp_path, fake_generator):
-    run_chain(tmp_path / "one", fake_generator, n_problems=8, baseline=True)
-    run_chain(tmp_path / "three", fake_generator, n_problems=8, baseline=True, shards=3)
+@pytest.mark.parametrize("estimator,rule", [("full", "abs-advantage"), ("changepoint", "changepoint")])
+def test_sharded_chain_equals_unsharded(tmp_path, fake_generator, estimator, rule):
+    run_chain(tmp_path / "one", fake_generator, n_problems=8, baseline=True, estimator=estimator, rule=rule, k=2)
+    run_chain(tmp_path / "three", fake_generator, n_problems=8, baseline=True, shards=3, estimator=estimator,
+              rule=rule, k=2)
     for table in ("sample", "estimate", "rollouts", "locate", "branch", "unpaired", "reset_prompts"):
         one = artifacts.read_table(tmp_path / "one", table).to_pylist()
         three = artifacts.read_table(tmp_path / "three", table).to_pylist()
@@ -140,3 +145,43 @@ def test_baseline_only_needs_no_estimate_and_honours_random_m(tmp_path, fake_gen
     failed = sum(r["reward"] == 0 for r in artifacts.read_table(tmp_path, "sample").to_pylist())
     assert manifest["stats"]["random_reset_branches_sampled"] == 3 * failed
     assert not (tmp_path / "estimate").exists()
+
+
+def test_changepoint_locate_writes_confidence_and_min_confidence_leaves_doubtful_ones_unlocated(tmp_path,
+                                                                                               fake_generator):
+    run_chain(tmp_path, fake_generator, k=2, estimator="full", rule="changepoint")
+    rows = artifacts.read_table(tmp_path, "locate").to_pylist()
+    assert all(r["rule"] == "changepoint" and 0 < r["confidence"] <= 1 for r in rows)
+    cut = sorted(r["confidence"] for r in rows)[len(rows) // 2]
+    manifest = run_stage(locate.STAGE, tmp_path, locate.LocateSettings(rule="changepoint", min_confidence=cut),
+                         overwrite=True)
+    again = {(r["problem_id"], r["sample_idx"]): r for r in artifacts.read_table(tmp_path, "locate").to_pylist()}
+    for r in rows:
+        b = again[(r["problem_id"], r["sample_idx"])]
+        assert b["confidence"] == r["confidence"]
+        if r["confidence"] < cut:
+            assert b["critical_step"] is None and b["reason"] == "low_confidence"
+        else:
+            assert b["critical_step"] == r["critical_step"]
+    assert manifest["stats"]["low_confidence"] == sum(r["confidence"] < cut for r in rows) > 0
+
+
+def test_oracle_is_refused_on_a_task_without_known_first_wrong_lines(tmp_path, fake_generator):
+    import json
+    from pathlib import Path
+
+    from tests.test_cli_errors import fails_cleanly
+
+    toy = load_problems("toy:arith?n=3&seed=0&split=train").table.to_pylist()
+    f = tmp_path / "p.jsonl"
+    f.write_text("".join(json.dumps({"question": r["question"], "answer": r["gold_answer"]}) + "\n" for r in toy))
+    run = tmp_path / "r"
+    gen = fake_generator()
+    model = str(Path(__file__).resolve().parent.parent / "data" / "toy-model")  # the CLI checks it exists first
+    run_stage(sample.STAGE, run, sample.SampleSettings(problems=str(f), model=model, n=2, max_new_tokens=64),
+              input_table=load_problems(str(f)).table, make_generator=lambda: gen)
+    fails_cleanly(["estimate", "--run", run, "--estimator", "oracle"], "first wrong line")
+    assert not (run / "estimate").exists()
+    run_stage(estimate.STAGE, run, estimate.EstimateSettings(k=2, estimator="full"), make_generator=lambda: gen)
+    fails_cleanly(["locate", "--run", run, "--rule", "oracle"], "first wrong line")
+    assert not (run / "locate").exists()

@@ -70,3 +70,21 @@ def for_source(source: str) -> ToyTask | None:
     kind, _, name = source.partition(":")
     return TASKS.get(name) if kind == "toy" else None
 
+
+
+def ground_truth(sample: dict) -> int | None:
+    """The first wrong line of a failed toy trajectory (a `sample` row); None for real tasks and successes.
+    With the toy tasks' line splitter (`--split auto`) a line index is a step index."""
+    task = for_source(sample["source"])
+    if task is None or sample["reward"] == 1:
+        return None
+    return task.first_wrong_line(sample["meta"], sample["response_text"])
+
+
+def require_truth(problems: str, what: str) -> None:
+    """Refuse `what` (e.g. `--rule oracle`) unless the run's problems come from a toy task, which knows its
+    first wrong line; `problems` is the source the sample stage read (`toy:borrow?n=40`)."""
+    if for_source(problems.partition("?")[0]) is None:
+        known = ", ".join(t.source for t in TASKS.values())
+        raise GpoError(f"{what} needs a task that knows its first wrong line ({known}); "
+                       f"this run's problems are {problems!r}")

@@ -32,7 +32,8 @@ behind it) and RUN/diagnose/summary.json. Definitions:
    and the line where their texts first differ compared with its first wrong line.
 3. Critical steps: share of locate rows located, share of located with a positive advantage, step index
    histogram, relative_position quantiles, agreement with the first wrong line over all rows with a ground
-   truth (an unlocated row counts as a miss).
+   truth (an unlocated row counts as a miss); and every selection rule's agreement on the run's own
+   estimate, over all failed samples with a ground truth (section `rules`; core/values.agreement_by_rule).
 4. Truncation: share of samples (and Monte Carlo rollouts) with finish_reason = 'length'.
 5. Preference pairs (`pair_divergence`): per `data` of the branch table, where chosen and rejected first
    differ (tokens into the full response, prefix included, and as a share of the rejected length), the
@@ -51,7 +52,8 @@ import pyarrow.parquet as pq
 
 from stages.core import artifacts
 from stages.core.errors import GpoError, UsageError
-from stages.locate import ground_truth
+from stages.core.toy_tasks import ground_truth
+from stages.core.values import agreement_by_rule
 
 MIN_PAIRS = 10
 REPEAT_RATIO = 1.5
@@ -66,7 +68,8 @@ DIAGNOSE_SCHEMA = pa.schema([
 
 
 # Only the columns used: rollouts and estimate are the big tables of a run.
-COLUMNS = {"estimate": ["problem_id", "sample_idx", "step_idx", "token_start", "token_end"],
+COLUMNS = {"estimate": ["problem_id", "sample_idx", "step_idx", "token_start", "token_end", "value", "value_next",
+                        "n_correct", "n_rollouts"],
            "rollouts": ["finish_reason"]}
 
 
@@ -252,6 +255,16 @@ def critical_steps(locate: list[dict]) -> dict:
             "with_truth": len(with_truth), "agrees": agree, "agreement_all": _share(agree, len(with_truth))}
 
 
+def _rules(estimate: list[dict] | None, truths: dict) -> dict | None:
+    if not estimate or not truths:
+        return None
+    steps: dict = {}
+    for r in estimate:
+        steps.setdefault((r["problem_id"], r["sample_idx"]), []).append(r)
+    return {rule: {"agrees": n, "with_truth": total, "agreement_all": _share(n, total)}
+            for rule, (n, total) in agreement_by_rule(steps, truths).items()}
+
+
 def truncation(rows: list[dict] | None) -> dict | None:
     if rows is None:
         return None
@@ -331,6 +344,7 @@ def diagnose(run: Path, permutations: int = PERMUTATIONS, seed: int = 0) -> dict
             "repeatability_critical_step": rep_critical, "repeatability_first_wrong_line": rep_truth,
             "diversity": diversity(samples, _spans(t["estimate"], locate), truths),
             "critical_steps": critical_steps(locate) if locate is not None else None,
+            "rules": _rules(t["estimate"], truths),
             "truncation": {"sample": truncation(samples), "rollouts": truncation(t["rollouts"])},
             "pairs": pair_divergence(run, t) if t["branch"] is not None else None}
 
@@ -372,6 +386,8 @@ def rows(summary: dict) -> list[dict]:
             add("critical_steps", "step_share", n / cs["located"], n, cs["located"], step)
         for q, v in cs["relative_position"].items():
             add("critical_steps", f"relative_position_{q}", v, None, cs["located"])
+    for rule, r in (summary["rules"] or {}).items():
+        add("rules", "agreement_all", r["agreement_all"], r["agrees"], r["with_truth"], rule)
     for table, tr in summary["truncation"].items():
         if tr:
             add("truncation", f"{table}_length_share", tr["share"], tr["length"], tr["rows"])
