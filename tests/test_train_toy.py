@@ -70,7 +70,7 @@ def test_sigkill_during_train_resumes_from_the_latest_checkpoint(gold_pairs, tmp
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     gpo(*args, "--out", reference)
     # stall right after the second `latest` pointer (step 4 of 12) is renamed into place, then SIGKILL there
-    env, marker = stall_env(tmp_path, f"after:{killed}/checkpoints/latest", nth=2,
+    env, marker = stall_env(tmp_path, "after:*/killed/checkpoints/latest", nth=2,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     proc = subprocess.Popen([sys.executable, "-m", "gpo_cli.main", *args, "--out", str(killed)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
