@@ -21,3 +21,5 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
   echo "$want" > "$stamp"
 fi
+# Outside the stamp: a cheap `command -v slurmctld` on every run, so a machine that lost Slurm gets it back.
+case ",$EXTRAS," in *,dev,*) bash scripts/setup-slurm.sh ;; esac

@@ -20,7 +20,7 @@ Where to change ...
     the value estimator         core/estimators.py (full, adaptive, bisect plans), used by estimate.py
     the selection rule          core/values.py (RULES, select_critical), used by locate.py
     the pair construction       branch.py (pairs_for, whole_trajectory_pairs, random_resets)
-    a generation backend        core/backends.py (IMPLEMENTATIONS, make_generator) + a module beside it
+    a generation backend        core/backends.py (make_generator) + a module beside it, on core/generation.py
     an option's default or help the settings dataclass field (`setting(...)`); the CLI derives the flag
     a TRL argument              train/trl_adapter.py (trl_args, method_args)
 """

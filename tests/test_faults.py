@@ -1,16 +1,15 @@
-"""Fault injection on the real CLI and the toy model: SIGKILL at random moments, then rerun the same command.
+"""Fault injection on the real CLI and the toy model: SIGKILL at every window between a stage's durable
+writes, SIGTERM mid-run and during start-up, then rerun the same command.
 
 The final tables must equal an uninterrupted reference run row for row, and no partial file may ever be
-visible to DuckDB. Marked slow; .ci/run runs it.
+visible to DuckDB. The kills land at named points (tests/helpers.py's stall hook: the process waits there
+until signalled), never after a sleep: a test that would miss its window fails instead. Marked slow.
 """
 
 import os
-import random
-import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -19,6 +18,7 @@ import pytest
 from stages.core import artifacts
 from stages.core.query import run_query
 from tests.conftest import TOY_MODEL
+from tests.helpers import stall_env, wait_for_stall
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not (TOY_MODEL / "config.json").exists(), reason="data/toy-model not built")]
@@ -35,18 +35,28 @@ TABLES = {"sample": ["sample"], "estimate": ["estimate", "rollouts"], "locate": 
           "branch": ["branch", "unpaired", "reset_prompts", "continuations"]}
 
 
-def gpo(run: Path, stage: str) -> subprocess.Popen:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+def gpo(run: Path, stage: str, env: dict | None = None) -> subprocess.Popen:
+    env = {**(os.environ if env is None else env), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     return subprocess.Popen([*GPO, *COMMANDS[stage], "--run", str(run)], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
 
 
-def finish(run: Path, stage: str) -> float:
-    t0 = time.time()
+def finish(run: Path, stage: str) -> None:
     proc = gpo(run, stage)
     _, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr
-    return time.time() - t0
+
+
+def windows(stage: str) -> list[str]:
+    """Moments between durable writes (each a temp file renamed into place) where a kill can land: before
+    chunk 1's primary file is renamed (chunk 0 done, chunk 1's other tables done: the primary, renamed last,
+    marks a chunk done); before its first other table (estimate: nothing of chunk 1; branch: half of its
+    tables); every chunk written but no shard manifest; the manifest written but no _SUCCESS."""
+    chunk = "shard-00000.chunk-00001.parquet"
+    points = [f"before:*/{stage}/{chunk}"]
+    if len(TABLES[stage]) > 1:  # the other tables are renamed last to first
+        points.append(f"before:*/{stage}/{TABLES[stage][1]}/{chunk}")
+    return [*points, f"before:*/{stage}/_shards/00000.json", f"before:*/{stage}/_SUCCESS"]
 
 
 def rows(run: Path, table: str) -> list:
@@ -64,49 +74,46 @@ def assert_no_partial_files(run: Path) -> None:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     run = tmp_path_factory.mktemp("reference")
-    durations = {stage: finish(run, stage) for stage in COMMANDS}
-    return run, durations
-
-
-def test_sigkill_at_random_moments_then_rerun_gives_the_reference_tables(reference, tmp_path):
-    """4 independent trials per stage, each from the finished upstream stages: kill, check, rerun, compare."""
-    ref, durations = reference
-    rng = random.Random(1234)
-    trials = 0
-    upstream = None  # a run holding the finished stages before this one
     for stage in COMMANDS:
-        for j in range(4):
-            run = tmp_path / f"{stage}-{j}"
-            if upstream is not None:
-                shutil.copytree(upstream, run)
-            proc = gpo(run, stage)
-            time.sleep(rng.uniform(0.2, 0.9 * durations[stage]))
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-                trials += 1
+        finish(run, stage)
+    return run
+
+
+def test_sigkill_at_every_window_then_rerun_gives_the_reference_tables(reference, tmp_path):
+    """One run folder; each stage is killed at each of its windows in turn (every rerun resumes from the
+    last kill and runs on to the next window), then finished: its tables equal the uninterrupted run's."""
+    run = tmp_path / "run"
+    for stage in COMMANDS:
+        for point in windows(stage):
+            env, marker = stall_env(tmp_path, point)
+            proc = gpo(run, stage, env)
+            wait_for_stall(proc, marker)  # fails if the stage finished or died before the window
+            proc.send_signal(signal.SIGKILL)
             proc.wait()
+            assert not (run / stage / "_SUCCESS").exists(), point
             assert_no_partial_files(run)
-            finish(run, stage)
-            for table in TABLES[stage]:
-                got, want = rows(run, table), rows(ref, table)
-                assert len(got) == len(want), (stage, table)
-                assert got == want, (stage, table)
-        upstream = run
-    assert trials >= 10
+        finish(run, stage)
+        for table in TABLES[stage]:
+            got, want = rows(run, table), rows(reference, table)
+            assert len(got) == len(want), table
+            assert got == want, table
 
 
-def test_sigterm_stops_a_stage_cleanly_and_rerun_completes(reference, tmp_path):
-    ref, durations = reference
+def test_sigterm_stops_a_stage_mid_run_cleanly_and_rerun_completes(reference, tmp_path):
     run = tmp_path / "preempted"
-    proc = gpo(run, "sample")
-    time.sleep(max(0.5, durations["sample"] * 0.6))
+    # chunk 0 written; chunk 1's file complete in its temp name, not yet renamed into place
+    env, marker = stall_env(tmp_path, "before:*/sample/shard-00000.chunk-00001.parquet")
+    proc = gpo(run, "sample", env)
+    wait_for_stall(proc, marker)  # fails if the stage finished (or died) before reaching chunk 1
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
-    if proc.returncode != 0:  # it may have finished before the signal arrived
-        assert proc.returncode == 143 and "SIGTERM" in stderr and "Traceback" not in stderr
-    assert not list(run.rglob(".tmp-*"))
+    assert proc.returncode == 143 and "SIGTERM" in stderr and "Traceback" not in stderr, stderr
+    out = run / "sample"
+    assert (out / "shard-00000.chunk-00000.parquet").exists()  # the finished chunk is kept
+    assert not (out / "shard-00000.chunk-00001.parquet").exists() and not (out / "_SUCCESS").exists()
+    assert not list(run.rglob(".tmp-*"))  # the abandoned chunk's temp file is removed
     finish(run, "sample")
-    assert rows(run, "sample") == rows(ref, "sample")
+    assert rows(run, "sample") == rows(reference, "sample")
 
 
 def test_gpo_run_as_a_program_handles_sigterm_before_its_imports_and_a_library_import_does_not():
@@ -123,9 +130,10 @@ def test_gpo_run_as_a_program_handles_sigterm_before_its_imports_and_a_library_i
 def test_sigterm_while_starting_exits_143_with_one_line(how, tmp_path):
     """A preemption that lands while gpo is still importing exits 143 like one during a stage (not -15)."""
     argv = [str(Path(sys.executable).parent / "gpo")] if how == "script" else GPO
-    proc = subprocess.Popen([*argv, "sample", "--help"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
-    time.sleep(0.3)  # past the interpreter's own start-up (no handler can run there), inside the imports
+    env, marker = stall_env(tmp_path, "import:typer")  # the first import after the handler is installed
+    proc = subprocess.Popen([*argv, "sample", "--help"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    wait_for_stall(proc, marker, timeout=120)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 143, stderr

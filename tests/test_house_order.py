@@ -28,15 +28,21 @@ def modules() -> dict[str, Path]:
 
 
 def imports(path: Path, known: dict) -> set[str]:
-    """Every project module a file imports, at the top or inside a function."""
-    out = set()
+    """Every project module a file imports, at the top or inside a function; a file that loads modules by name
+    (importlib.import_module) imports every project module its strings name (a literal, a table of names)."""
+    out, named, by_name = set(), set(), False
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             out.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
             out.add(node.module)
             out.update(f"{node.module}.{a.name}" for a in node.names)
-    return {m for m in out if m in known}
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            named.add(node.value)
+        elif isinstance(node, ast.Attribute) and node.attr == "import_module" or \
+                isinstance(node, ast.Name) and node.id in ("import_module", "__import__"):
+            by_name = True
+    return {m for m in out | (named if by_name else set()) if m in known}
 
 
 def test_ls_stages_shows_the_six_stages_and_two_named_rooms():

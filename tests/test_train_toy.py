@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pyarrow as pa
 import pytest
@@ -14,6 +13,7 @@ from stages.core import artifacts
 from stages.core.query import run_query
 from stages.core.toy import toy_problems
 from tests.conftest import TOY_MODEL, gpo
+from tests.helpers import stall_env, wait_for_stall
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not (TOY_MODEL / "config.json").exists(), reason="data/toy-model not built")]
@@ -69,17 +69,17 @@ def test_sigkill_during_train_resumes_from_the_latest_checkpoint(gold_pairs, tmp
             "--batch-size", "4", "--save-steps", "2", "--learning-rate", "3e-5", "--max-length", "128"]
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     gpo(*args, "--out", reference)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    # stall right after the second `latest` pointer (step 4 of 12) is renamed into place, then SIGKILL there
+    env, marker = stall_env(tmp_path, "after:*/killed/checkpoints/latest", nth=2,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
     proc = subprocess.Popen([sys.executable, "-m", "gpo_cli.main", *args, "--out", str(killed)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and not (killed / "checkpoints" / "latest").exists():
-        time.sleep(0.05)
-    time.sleep(0.3)
+    wait_for_stall(proc, marker)  # fails if training finished or died before its second checkpoint
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (killed / "_SUCCESS").exists(), "finished before the kill: nothing was tested"
+    assert not (killed / "_SUCCESS").exists() and not (killed / "model").exists()
     latest = artifacts.load_json(killed / "checkpoints" / "latest")["checkpoint"]
+    assert latest == "checkpoint-4", latest
     out = gpo(*args, "--out", killed)
     assert f"resuming from {latest}" in out
     done, ref = (artifacts.load_json(p / "summary.json") for p in (killed, reference))

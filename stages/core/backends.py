@@ -8,57 +8,23 @@ FakeGenerator (tests). Heavy packages are imported lazily so `gpo --help` needs 
 
 from __future__ import annotations
 
-import importlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable
 
 from stages.core.errors import GpoError, UsageError
+from stages.core.generation import (  # noqa: F401  (part of this module's interface: re-exported)
+    Completion,
+    Generator,
+    Request,
+    Sampling,
+    eos_ids,
+    load_tokenizer,
+    resolve_device,
+    resolve_dtype,
+)
 from stages.core.values import stable_seed
-
-
-@dataclass(frozen=True)
-class Request:
-    prompt_ids: tuple[int, ...]
-    n: int
-    seed: int  # stable per request; sample j uses stable_seed(seed, j)
-    max_new_tokens: int | None = None  # overrides Sampling.max_new_tokens (rollouts from deep states)
-
-
-@dataclass(frozen=True)
-class Completion:
-    token_ids: tuple[int, ...]  # generated ids, without the final EOS
-    text: str
-    finish_reason: str  # "stop" (EOS) or "length" (max_new_tokens)
-    logprobs: tuple[float, ...] | None = None
-
-
-@dataclass(frozen=True)
-class Sampling:
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 256
-    logprobs: bool = False
-
-
-class Generator(Protocol):
-    tokenizer: object
-    stats: dict
-
-    def generate(self, requests: list[Request], sampling: Sampling) -> list[list[Completion]]: ...
-
-    def describe(self) -> dict: ...
-
-
-def eos_ids(tokenizer, model_config=None) -> set[int]:
-    ids = set()
-    if getattr(tokenizer, "eos_token_id", None) is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    gen_eos = getattr(getattr(model_config, "generation_config", None), "eos_token_id", None)
-    if gen_eos is not None:
-        ids.update([gen_eos] if isinstance(gen_eos, int) else gen_eos)
-    return ids
 
 
 def check_model_dir(model: str) -> Path:
@@ -189,40 +155,6 @@ def _preflight_gguf(ref, base):
     return config, load_tokenizer(ref.given)
 
 
-def load_tokenizer(model: str, trust_remote_code: bool = False):
-    from stages.core import models
-
-    ref = models.resolve_model(model)
-    own = models.tokenizer_ref(ref)
-    if own.kind != "gguf" and not any((Path(own.path) / f).exists() for f in models.TOKENIZER_FILES):
-        raise GpoError(f"{model} has no tokenizer files (tokenizer.json / tokenizer_config.json)")
-    try:
-        return models.load_tokenizer(ref, trust_remote_code=trust_remote_code)
-    except GpoError:
-        raise
-    except (OSError, ValueError, KeyError) as e:
-        raise GpoError(f"cannot load the tokenizer of {model}: {str(e).splitlines()[0]}") from None
-
-
-def resolve_dtype(dtype: str, device: str):
-    import torch
-
-    if dtype == "auto":
-        if device.startswith("cuda") and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    return {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
-            "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}[dtype]
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 @dataclass
 class FakeGenerator:
     """A scripted generator for tests: respond(prompt_ids, seed) -> text, tokenized by the real tokenizer."""
@@ -253,15 +185,6 @@ class FakeGenerator:
         return {"backend": "fake"}
 
 
-# The implementations, by name, imported only when chosen: they build on this module's types, and neither
-# transformers nor vLLM is loaded for `gpo --help`.
-IMPLEMENTATIONS = {"hf": "stages.core.hf_backend", "vllm": "stages.core.vllm_backend"}
-
-
-def _module(backend: str):
-    return importlib.import_module(IMPLEMENTATIONS[backend])
-
-
 def make_generator(backend: str, model: str, *, dtype: str = "auto", device: str = "auto",
                    batch_size: int = 64, trust_remote_code: bool = False, vllm_options: dict | None = None):
     """Build the generator a stage uses. `auto` takes vLLM where it can run, else transformers."""
@@ -270,13 +193,18 @@ def make_generator(backend: str, model: str, *, dtype: str = "auto", device: str
     from stages.core.models import resolve_model
 
     resolve_model(model)  # refuses a name that resolves to nothing before any engine starts
+    # The implementations are imported only when chosen: neither transformers nor vLLM loads for `gpo --help`.
     if backend == "auto":
-        backend = "vllm" if _module("vllm").vllm_available() else "hf"
+        from stages.core.vllm_backend import vllm_available
+
+        backend = "vllm" if vllm_available() else "hf"
     if backend == "vllm":
-        return _module("vllm").VLLMGenerator(model, dtype=dtype, trust_remote_code=trust_remote_code,
-                                             **(vllm_options or {}))
-    return _module("hf").HFGenerator(model, dtype=dtype, device=device, batch_size=batch_size,
-                                     trust_remote_code=trust_remote_code)
+        from stages.core.vllm_backend import VLLMGenerator
+
+        return VLLMGenerator(model, dtype=dtype, trust_remote_code=trust_remote_code, **(vllm_options or {}))
+    from stages.core.hf_backend import HFGenerator
+
+    return HFGenerator(model, dtype=dtype, device=device, batch_size=batch_size, trust_remote_code=trust_remote_code)
 
 
 # vLLM engine settings `--vllm KEY=VALUE` may set, with their types.

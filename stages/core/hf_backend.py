@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from stages.core.backends import (
+from stages.core.generation import (
     Completion,
     Request,
     Sampling,

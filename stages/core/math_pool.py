@@ -24,7 +24,7 @@ from collections import deque
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
-from stages.core.answers import (
+from stages.core.verdicts import (
     Verdict,
     _bad_row,
     _check_lengths,

@@ -20,7 +20,7 @@ import os
 from collections import Counter
 from types import SimpleNamespace
 
-from stages.core.backends import Completion, Request, Sampling, eos_ids, load_tokenizer
+from stages.core.generation import Completion, Request, Sampling, eos_ids, load_tokenizer
 
 _DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16",
            "fp32": "float32", "float32": "float32"}
