@@ -37,6 +37,12 @@ def log(message: str) -> None:
     err.print(f"[dim]{message}[/dim]")
 
 
+def one_line(text: str) -> str:
+    """An error names user-made things (paths, run folders, values): newlines in them are shown escaped so
+    the error stays one line, and brackets are escaped so rich prints them instead of reading markup."""
+    return escape(text.replace("\r", "\\r").replace("\n", "\\n"))
+
+
 def handle_errors(fn: Callable) -> Callable:
     """Turn user errors into one line on stderr and a non-zero exit; GPO_DEBUG=1 shows tracebacks."""
     @functools.wraps(fn)
@@ -47,7 +53,7 @@ def handle_errors(fn: Callable) -> Callable:
             with sigterm_stops_work():  # from the start: a preemption during the checks exits 143 too
                 return fn(*args, **kwargs)
         except GpoError as e:
-            err.print(f"[bold red]error:[/bold red] {e}")
+            err.print(f"[bold red]error:[/bold red] {one_line(str(e))}")
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             err.print("[bold red]interrupted[/bold red]: finished chunks are kept; rerun the same command")
@@ -55,7 +61,8 @@ def handle_errors(fn: Callable) -> Callable:
         except OSError as e:
             if os.environ.get("GPO_DEBUG"):
                 raise
-            err.print(f"[bold red]error:[/bold red] {e.strerror or e} ({e.filename or 'I/O'})")
+            where = e.filename or "I/O"
+            err.print(f"[bold red]error:[/bold red] {one_line(f'{e.strerror or e} ({where})')}")
             raise typer.Exit(1) from None
     return wrapper
 

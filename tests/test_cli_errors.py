@@ -280,3 +280,11 @@ def test_compare_of_evaluations_with_other_questions_under_the_same_ids_is_refus
     fails_cleanly(["eval", "--compare", tmp_path / "eval_a", tmp_path / "eval_b"], "different questions")
     fails_cleanly(["eval", "--compare", tmp_path / "eval_a", tmp_path / "eval_old"], "no question hashes")
     assert runner.invoke(app, ["eval", "--compare", str(tmp_path / "eval_a"), str(tmp_path / "eval_a")]).exit_code == 0
+
+
+def test_an_error_naming_a_hostile_run_folder_stays_one_line(tmp_path):
+    """A run folder whose name holds a newline and rich markup: the error is still one line, shown whole."""
+    run = tmp_path / "X\nCOPY (SELECT 42) TO 'x.csv';\n[/bold] [red]"
+    result = fails_cleanly(["estimate", "--run", run], "sample")
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert "X\\nCOPY" in result.output and "[/bold] [red]" in result.output
