@@ -58,6 +58,17 @@ def problem_mean_ci(per_problem: Sequence[float], z: float = 1.96) -> tuple[floa
     return mean, max(0.0, mean - half), min(1.0, mean + half)
 
 
+def paired_difference_ci(diffs: Sequence[float], z: float = 1.96) -> tuple[float, float, float]:
+    """Mean of per-problem paired differences (model B minus model A on the same problem) and its interval:
+    mean +- z sd / sqrt(problems), the problem being the unit as in problem_mean_ci (no clamping: a
+    difference may be negative)."""
+    n = len(diffs)
+    mean = sum(diffs) / n
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / max(1, n - 1))
+    half = z * sd / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
 def decided(n_correct: int, n: int, threshold: float = 0.5, z: float = 1.96) -> bool:
     """True once the Wilson interval excludes ``threshold``: an adaptive-K estimator may stop."""
     lo, hi = wilson_interval(n_correct, n, z)
