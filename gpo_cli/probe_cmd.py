@@ -42,7 +42,7 @@ def print_probe_summary(summary: dict) -> None:
         t.add_row(kind, str(e["problems"]), str(e["lines"]), f"{e['p_gold']:.3f}",
                   f"[{e['p_ci_low']:.3f}, {e['p_ci_high']:.3f}]", f"{e['top_share']:.3f}",
                   f"[{e['top_ci_low']:.3f}, {e['top_ci_high']:.3f}]")
-    out.print(t)
+    out.print(t, width=max(out.width, 120))
 
 
 def compare_probes(folders: list[Path]) -> None:
@@ -63,4 +63,4 @@ def compare_probes(folders: list[Path]) -> None:
         t.add_row(r["label"], r["kind"], str(r["problems"]), f"{r['p']:.3f}", f"{r['p_diff']:+.3f}",
                   f"[{r['p_diff_low']:+.3f}, {r['p_diff_high']:+.3f}]", f"{r['top']:.3f}", f"{r['top_diff']:+.3f}",
                   f"[{r['top_diff_low']:+.3f}, {r['top_diff_high']:+.3f}]")
-    out.print(t)
+    out.print(t, width=max(out.width, 120))
