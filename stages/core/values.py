@@ -69,6 +69,24 @@ def paired_difference_ci(diffs: Sequence[float], z: float = 1.96) -> tuple[float
     return mean, mean - half, mean + half
 
 
+def interval_p_value(mean: float, low: float, high: float, z: float = 1.96) -> float:
+    """Two-sided normal p-value of a difference from its symmetric 95% interval (se = half-width / z)."""
+    se = (high - low) / (2 * z)
+    if se <= 0:
+        return 1.0 if mean == 0 else 0.0
+    return math.erfc(abs(mean) / se / math.sqrt(2))
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment (family-wise error over the family): sorted ascending, the i-th smallest
+    is multiplied by (m - i), kept monotone and capped at 1; returned in the input's order."""
+    m, adjusted, running = len(p_values), [0.0] * len(p_values), 0.0
+    for rank, i in enumerate(sorted(range(m), key=lambda j: p_values[j])):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
 def decided(n_correct: int, n: int, threshold: float = 0.5, z: float = 1.96) -> bool:
     """True once the Wilson interval excludes ``threshold``: an adaptive-K estimator may stop."""
     lo, hi = wilson_interval(n_correct, n, z)
