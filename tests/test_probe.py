@@ -123,3 +123,28 @@ def test_toy_kinds_come_from_the_task_and_sources_without_gold_are_skipped(tmp_p
         "generator": lambda self: StubGenerator(toy_tokenizer, KnownLogits(len(toy_tokenizer), {})),
         "stats": __import__("collections").Counter(), "stage": probe.make_stage("x")})())
     assert ctx_rows["probe_x"].num_rows == 0 and isinstance(ctx_rows["probe_x"], pa.Table)
+
+
+@pytest.mark.slow  # ~27 CPU-seconds: two greedy evaluations of the toy model
+def test_gpo_eval_probe_writes_a_table_sql_reads_and_compare_pairs_it(tmp_path):
+    """The CLI on the tiny toy model: eval --probe twice (the same model, so every paired difference is 0)."""
+    from typer.testing import CliRunner
+
+    from gpo_cli.main import app
+    from stages.core.query import run_query
+    from stages.core.toy_tasks import TASKS
+
+    run, src = tmp_path / "run", "toy:arith?n=3&split=test"
+    for label in ("a", "b"):
+        result = CliRunner().invoke(app, ["eval", "--model", str(TASKS["arith"].model_dir), "--problems", src,
+                                          "--run", str(run), "--label", label, "--temperature", "0", "--backend",
+                                          "hf", "--max-new-tokens", "48", "--probe"])
+        assert result.exit_code == 0, result.output
+        assert "probe " + label in result.output and "operation" in result.output
+    (lines, labels), = run_query(run, "select count(*), count(distinct label) from probes")[1]
+    problems = load_problems(src).table.to_pylist()
+    expected_lines = sum(len(json.loads(p["meta"])["ops"]) + 1 for p in problems)  # operations + answer
+    assert (lines, labels) == (2 * expected_lines, 2)
+    compared = CliRunner().invoke(app, ["eval", "--compare", str(run / "eval_a"), str(run / "eval_b")])
+    assert compared.exit_code == 0, compared.output
+    assert "probes against the first" in compared.output and "+0.000" in compared.output
