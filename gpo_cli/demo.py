@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from gpo_cli.common import err
-from gpo_cli.demo_arms import ARMS, NAMES, PAPER, arm_data
+from gpo_cli.demo_arms import ARMS, NAMES, PAPER, arm_data, sampled_label
 from gpo_cli.demo_summary import query, scalar
 from stages.core.errors import GpoError
 
@@ -184,10 +184,6 @@ def evaluate(run: Path, plan: DemoPlan, models: dict, split: str, seed: int, gpo
             "--problems", source(plan, split, plan.test_problems, seed), "--n", plan.eval_n, "--temperature", 1.0,
             "--no-greedy", "--seed", seed, *tokens)
     return list(models)
-
-
-def sampled_label(label: str) -> str:
-    return f"{label}.sampled"
 
 
 def run_demo(root: Path, quick: bool, task: str = "borrow", seed: int = 0, model: Path | None = None, *,

@@ -60,3 +60,8 @@ def by_name(name: str) -> Arm:
 def arm_data(root: Path) -> dict[str, tuple[Path, str]]:
     """arm -> (run folder, `--data` rows of its branch table)."""
     return {a.name: (root / a.run, a.data) for a in ARMS}
+
+
+def sampled_label(label: str) -> str:
+    """The eval label of a model's sampled pass (its greedy pass and probe carry the plain label)."""
+    return f"{label}.sampled"

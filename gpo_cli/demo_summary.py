@@ -8,7 +8,7 @@ import json
 import math
 from pathlib import Path
 
-from gpo_cli.demo_arms import ARMS, BASELINE, GPO_ARMS, PAPER, arm_data, by_name
+from gpo_cli.demo_arms import ARMS, BASELINE, GPO_ARMS, PAPER, arm_data, by_name, sampled_label
 
 PRIMARY_KIND = "trap-hard"  # the probe's kind in the primary comparison (toy:borrow's decisive line)
 RESOLVE = 0.02  # the 95% half-width the test set should reach on a paired difference
@@ -79,7 +79,8 @@ def needed_problems(low: float, high: float, problems: int, resolve: float = RES
 def differences(labels: list[str], greedy: dict, sampled: dict, probes: dict) -> list[dict]:
     """Every model minus same-samples: greedy accuracy, sampled pass@1, the probe per kind (probability of the
     gold token and top share). The primary family is Holm-adjusted; the rest is exploratory (unadjusted)."""
-    from stages import eval as evaluation, probe
+    from stages import eval as evaluation
+    from stages.core import probe
     from stages.core.values import holm, interval_p_value
 
     rows = []
@@ -109,8 +110,8 @@ def differences(labels: list[str], greedy: dict, sampled: dict, probes: dict) ->
 
 
 def collect(plan, data: dict, labels: list[str], root: Path, timings, wall: float) -> dict:
-    from gpo_cli.demo import sampled_label
-    from stages import eval as evaluation, probe
+    from stages import eval as evaluation
+    from stages.core import probe
 
     run = root / PAPER  # every evaluation lives in the paper arm's run
     greedy = {label: evaluation.write_summary(run, label, (1,)) for label in labels}

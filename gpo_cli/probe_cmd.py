@@ -1,4 +1,4 @@
-"""`gpo eval --probe` and the probes' part of `gpo eval --compare` (stages/probe.py does the work)."""
+"""`gpo eval --probe` and the probes' part of `gpo eval --compare` (stages/core/probe.py does the work)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 from rich.table import Table
 
 from gpo_cli.common import err, log, out
-from stages import probe
+from stages.core import probe
 from stages.core.settings import Runtime
 
 

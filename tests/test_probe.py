@@ -6,7 +6,7 @@ import math
 import pyarrow as pa
 import pytest
 
-from stages import probe
+from stages.core import probe
 from stages.core.runner import run_stage
 from stages.core.sources import load_problems
 

@@ -1,5 +1,5 @@
 """Teacher forcing along a gold solution: where each line's result token sits, and the model's probability
-of it given everything before it (what `gpo eval --probe` measures; stages/probe.py is the stage).
+of it given everything before it (what `gpo eval --probe` measures; stages/core/probe.py is the stage).
 
 A gold line's *result* is its last number (`a: 23 + 5 = 28` -> `28`, `answer: 31` -> `31`); its *result
 token* is the first token that holds a character of that number (the whole number in the toy tasks'

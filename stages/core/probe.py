@@ -1,4 +1,5 @@
-"""Stage `probe_<label>` (run by `gpo eval --probe`): teacher-forced along each problem's gold solution.
+"""The stage `probe_<label>`, run by `gpo eval --probe`: teacher-forced along each problem's gold solution.
+(Part of eval, so it lives in core: stages/ holds the six stages.)
 
     gpo eval --model runs/demo/train/dpo-gpo/model --problems 'toy:borrow?n=600&split=test' --run runs/demo \\
         --label gpo --temperature 0 --probe
