@@ -137,6 +137,7 @@ def register(app: typer.Typer) -> None:
     def eval_cmd(run, settings, runtime, k, compare, folders, probe):
         """Score a model: greedy accuracy, sampled pass@1 with a 95% interval, pass@k and maj@k."""
         from gpo_cli.probe_cmd import compare_probes, run_probe
+        from stages.core.probe import check_has_gold
         from gpo_cli.report_cmds import print_comparison, print_eval_summary
 
         if compare:
@@ -158,6 +159,8 @@ def register(app: typer.Typer) -> None:
         n = settings["n"] if settings["temperature"] > 0 else 1
         s = evaluation.EvalSettings(**{**settings, "n": n})
         problems = load(s.problems, s.checker)
+        if probe:
+            check_has_gold(problems)
         run_generating(stage, run, s, runtime, problems)
         summary = evaluation.write_summary(run, s.label, ks)
         if summary is not None:

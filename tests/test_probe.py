@@ -7,6 +7,7 @@ import pyarrow as pa
 import pytest
 
 from stages.core import probe
+from stages.core.errors import GpoError
 from stages.core.runner import run_stage
 from stages.core.sources import load_problems
 
@@ -123,6 +124,21 @@ def test_toy_kinds_come_from_the_task_and_sources_without_gold_are_skipped(tmp_p
         "generator": lambda self: StubGenerator(toy_tokenizer, KnownLogits(len(toy_tokenizer), {})),
         "stats": __import__("collections").Counter(), "stage": probe.make_stage("x")})())
     assert ctx_rows["probe_x"].num_rows == 0 and isinstance(ctx_rows["probe_x"], pa.Table)
+    with pytest.raises(GpoError, match="--probe needs gold solutions"):
+        probe.check_has_gold(table)
+
+
+def test_eval_probe_on_a_source_without_gold_is_one_error_line_before_anything_runs(tmp_path):
+    from typer.testing import CliRunner
+
+    from gpo_cli.main import app
+
+    path = tmp_path / "plain.jsonl"
+    path.write_text(json.dumps({"question": "start: 3", "answer": "3"}) + "\n")
+    result = CliRunner().invoke(app, ["eval", "--model", "data/toy-model", "--problems", str(path), "--run",
+                                      str(tmp_path / "run"), "--probe"])
+    assert result.exit_code != 0 and "error: --probe needs gold solutions" in result.output
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow  # ~27 CPU-seconds: two greedy evaluations of the toy model

@@ -81,6 +81,14 @@ def process(problems: pa.Table, ctx: Context) -> dict[str, pa.Table]:
     return {ctx.stage.name: pa.Table.from_pylist(records, schema=PROBE_SCHEMA)}
 
 
+def check_has_gold(problems: pa.Table) -> None:
+    """Refuse a source without gold solutions before anything runs (the probe would have nothing to read)."""
+    rows = problems.slice(0, 64).to_pylist()  # a source has them on every row or on none
+    if not any(gold_lines(r) is not None for r in rows):
+        raise GpoError("--probe needs gold solutions: the toy tasks have them; a problem file needs a "
+                       "gold_solution field (one result per line)")
+
+
 def make_stage(label: str) -> Stage:
     name = stage_name(label)
     return Stage(name=name, input=None, outputs={name: PROBE_SCHEMA}, key=("problem_id", "line_idx"),
