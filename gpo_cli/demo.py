@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from gpo_cli.common import err
-from gpo_cli.demo_arms import ARMS, NAMES, PAPER, arm_data, sampled_label
+from gpo_cli.demo_arms import ARMS, NAMES, PAPER, arm_data, by_name, sampled_label
 from gpo_cli.demo_summary import query, scalar
 from stages.core.errors import GpoError
 
@@ -122,8 +122,9 @@ def generate_data(root: Path, plan: DemoPlan, model: Path, seed: int, gpo: Runne
     gen = ("--backend", "hf", "--seed", seed)
     gpo("sample", "sample", "--problems", train_src, "--model", model, "--run", paper, "--n", plan.n,
         "--max-new-tokens", tokens, *gen)
-    gpo("estimate", "estimate", "--run", paper, "--k", plan.k, "--estimator", "full", "--seed", seed)
-    gpo("locate", "locate", "--run", paper)
+    first = by_name(PAPER)
+    gpo("estimate", "estimate", "--run", paper, "--k", plan.k, "--estimator", first.estimator, "--seed", seed)
+    gpo("locate", "locate", "--run", paper, "--rule", first.rule)
     budget = matched_budget(paper, plan)
     gpo("branch", "branch", "--run", paper, "--m", plan.m, "--baseline", "--random-m", budget["random_m"],
         "--seed", seed)
