@@ -38,12 +38,10 @@ def trl_args(s: TrainSettings, extra: dict, out: Path) -> dict:
 
 def check_full_batch(s: TrainSettings, rows: int) -> None:
     """With the short last batch dropped, fewer rows than one batch would leave nothing to train on."""
-    import torch
-
-    per_step = s.batch_size * s.grad_accum * max(1, torch.cuda.device_count() if torch.cuda.is_available() else 1)
+    per_step = s.batch_size * s.grad_accum * int(os.environ.get("WORLD_SIZE", "1"))
     if s.method not in ONLINE and rows < per_step:
         raise GpoError(f"{rows} training rows, fewer than one full batch ({per_step}: --batch-size x --grad-accum "
-                       "x devices); lower --batch-size")
+                       "x processes); lower --batch-size")
 
 
 # TRL module and class stem per method: <stem>Config, <stem>Trainer. SimPO is CPO with loss_type="simpo".
