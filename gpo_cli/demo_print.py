@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gpo_cli.common import out
+from gpo_cli.common import out, wide
 from gpo_cli.demo_arms import BASELINE
 from gpo_cli.demo_summary import PRIMARY_KIND, RESOLVE
 
@@ -18,9 +18,8 @@ def print_models(r: dict) -> None:
 
     t = Table(title=f"toy:{r['task']} test split (DPO, each arm's validation-chosen lr/beta, equal steps; "
                     "95% intervals clustered by problem)")
-    for col in ("model", "greedy", "95% CI", f"probe {PRIMARY_KIND} P(gold)", "top share", "sampled pass@1",
-                "95% CI", "steps x pairs/step", "pairs presented", "lr / beta", "distinct pairs (dups)",
-                "generated tokens"):
+    for col in ("model", "greedy [95% CI]", f"{PRIMARY_KIND} P(gold) / top", "sampled pass@1 [95% CI]",
+                "steps x pairs (presented)", "lr / beta", "pairs (dups)", "generated tokens"):
         t.add_column(col)
     for label, modes in r["accuracy"].items():
         g, s = modes["greedy"], modes["sampled"]
@@ -29,14 +28,14 @@ def print_models(r: dict) -> None:
         steps = "-"
         if tr:
             per_step = "/".join(str(x) for x in tr["pairs_per_step"] or []) or "?"
-            steps = f"{tr['optimizer_steps']} x {per_step}"
-        t.add_row(label, _f(g["pass@1"]), f"[{_f(g['ci_low'])}, {_f(g['ci_high'])}]", _f(trap.get("p_gold")),
-                  _f(trap.get("top_share")), _f(s["pass@1"]), f"[{_f(s['ci_low'])}, {_f(s['ci_high'])}]", steps,
-                  _f(tr and tr["pairs_presented"], "d") if tr else "-",
+            steps = f"{tr['optimizer_steps']} x {per_step} ({_f(tr['pairs_presented'], 'd')})"
+        t.add_row(label, f"{_f(g['pass@1'])} [{_f(g['ci_low'])}, {_f(g['ci_high'])}]",
+                  f"{_f(trap.get('p_gold'))} / {_f(trap.get('top_share'))}",
+                  f"{_f(s['pass@1'])} [{_f(s['ci_low'])}, {_f(s['ci_high'])}]", steps,
                   f"{tr['learning_rate']:g} / {tr['beta']:g}" if tr else "-",
                   f"{tr['distinct_pairs']} ({tr['duplicates_dropped']})" if tr else "-",
                   f"{tr['generated_tokens']:,}" if tr else "-")
-    out.print(t, width=max(out.width, WIDE))
+    wide(WIDE).print(t)
 
 
 def print_differences(r: dict, primary: bool) -> None:
@@ -56,7 +55,7 @@ def print_differences(r: dict, primary: bool) -> None:
         t.add_row(row["arm"], row["metric"], str(row["problems"]), f"{row['diff']:+.3f}",
                   f"[{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]", f"{row['p']:.3f}",
                   *([f"{row['p_holm']:.3f}"] if primary else []), row["verdict"])
-    out.print(t, width=max(out.width, WIDE))
+    wide(WIDE).print(t)
 
 
 def print_demo_summary(r: dict) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from gpo_cli.common import err, log, out
+from gpo_cli.common import err, log, wide
 from stages.core import probe
 from stages.core.settings import Runtime
 
@@ -42,7 +42,7 @@ def print_probe_summary(summary: dict) -> None:
         t.add_row(kind, str(e["problems"]), str(e["lines"]), f"{e['p_gold']:.3f}",
                   f"[{e['p_ci_low']:.3f}, {e['p_ci_high']:.3f}]", f"{e['top_share']:.3f}",
                   f"[{e['top_ci_low']:.3f}, {e['top_ci_high']:.3f}]")
-    out.print(t, width=max(out.width, 120))
+    wide(120).print(t)
 
 
 def compare_probes(folders: list[Path]) -> None:
@@ -63,4 +63,4 @@ def compare_probes(folders: list[Path]) -> None:
         t.add_row(r["label"], r["kind"], str(r["problems"]), f"{r['p']:.3f}", f"{r['p_diff']:+.3f}",
                   f"[{r['p_diff_low']:+.3f}, {r['p_diff_high']:+.3f}]", f"{r['top']:.3f}", f"{r['top_diff']:+.3f}",
                   f"[{r['top_diff_low']:+.3f}, {r['top_diff_high']:+.3f}]")
-    out.print(t, width=max(out.width, 120))
+    wide(120).print(t)
