@@ -66,7 +66,7 @@ def print_demo_summary(r: dict) -> None:
     sizes = ", ".join(f"{metric} ~{n}" for metric, n in needed.items() if n is not None)
     out.print(f"test set: {plan['greedy_problems']} problems (greedy, probe), the first {plan['test_problems']} "
               f"sampled x {plan['eval_n']}; for +-{RESOLVE:.2f} on the primary differences the measured variances "
-              f"call for: {sizes or 'n/a'} problems")
+              f"call for: {sizes + ' problems' if sizes else 'n/a (no variance in the paired differences)'}")
     for arm, a in r["agreement"].items():
         if a["agreement"] is not None:
             out.print(f"{arm}: critical step = first wrong line for {a['agrees']}/{a['failed_with_truth']} failed "

@@ -69,11 +69,12 @@ def verdict(low: float, high: float, p_holm: float | None = None) -> str:
     return "arm better" if low > 0 else "arm worse" if high < 0 else "not distinguishable"
 
 
-def needed_problems(low: float, high: float, problems: int, resolve: float = RESOLVE, z: float = 1.96) -> int:
+def needed_problems(low: float, high: float, problems: int, resolve: float = RESOLVE,
+                    z: float = 1.96) -> int | None:
     """Problems for a 95% half-width of `resolve` on a paired difference whose interval over `problems` was
     [low, high]: the SD of the per-problem difference is half-width / z * sqrt(problems)."""
     sd = (high - low) / (2 * z) * math.sqrt(problems)
-    return math.ceil((z * sd / resolve) ** 2)
+    return math.ceil((z * sd / resolve) ** 2) if sd > 0 else None  # no variance seen: nothing to size from
 
 
 def differences(labels: list[str], greedy: dict, sampled: dict, probes: dict) -> list[dict]:
@@ -130,8 +131,9 @@ def collect(plan, data: dict, labels: list[str], root: Path, timings, wall: floa
                          "pairs_presented": s.get("pairs_presented"), "pairs_per_step": s.get("pairs_per_step"),
                          "learning_rate": s["learning_rate"], "beta": s["beta"], "distinct_pairs": s["rows"],
                          "duplicates_dropped": s.get("duplicates_dropped", 0), **arm_cost(root, arm)}
-    needed = {metric: max((needed_problems(r["ci_low"], r["ci_high"], r["problems"]) for r in rows
-                           if r["primary"] and r["metric"] == metric), default=None)
+    needed = {metric: max((n for r in rows if r["primary"] and r["metric"] == metric
+                           if (n := needed_problems(r["ci_low"], r["ci_high"], r["problems"])) is not None),
+                          default=None)
               for metric in ("greedy", f"probe {PRIMARY_KIND} P(gold)")}
     from gpo_cli.diagnose_cmd import headline
     from stages.tools import diagnose

@@ -38,6 +38,7 @@ def test_needed_problems_for_two_points_from_a_measured_interval():
     sd = 0.041 / 1.96 * math.sqrt(150)
     assert n == math.ceil((1.96 * sd / 0.02) ** 2) and 620 <= n <= 640
     assert PLANS[("borrow", False)].greedy_problems >= n
+    assert needed_problems(0.0, 0.0, 60) is None  # every paired difference 0: no variance to size from
 
 
 def test_each_arm_gets_its_own_best_cell_and_the_demo_uses_it():
