@@ -1,14 +1,17 @@
-"""Choose the demo's DPO hyperparameters on the validation split (never the test split).
+"""Choose each demo arm's DPO learning rate and beta on the validation split (never the test split).
 
-    python bench/select_hparams.py                       # toy:borrow, the grid below
-    python bench/select_hparams.py --task arith --quick  # smoke size
+    python bench/select_hparams.py                               # toy:borrow, every arm, the grid below
+    python bench/select_hparams.py --arms gpo-changepoint         # add one arm's cells to the existing result
+    python bench/select_hparams.py --task arith --quick           # smoke size
 
 Procedure (the one the README records): build every arm's training data exactly as `gpo demo` does (train
-split, seed 0); for each (learning rate, beta) in the grid, train all five arms with the demo's optimizer steps
+split, seed 0); for each (learning rate, beta) in the grid, train each arm with the demo's optimizer steps
 and batch; score each on the validation split (`split=valid`: problems disjoint from train and test by a hash
-of the question) by sampled pass@1; choose the setting with the best *average over the arms*, so the choice
-favours no arm. Writes bench/results/select_hparams[-<task>].json; `gpo demo` reads its choice from
-bench/results/select_hparams.json (toy:borrow's, also used for toy:arith).
+of the question) by sampled pass@1; choose **per arm** its best cell (ties: the earlier cell, smaller learning
+rate first). Every arm gets the same grid and the same validation budget, so the rule favours none: an arm
+whose pairs need a larger step (GPO's long shared prefixes cancel in the DPO margin) can take it, and one
+hurt by it need not. Writes the grid, every cell and the choice to bench/results/select_hparams[-<task>].json;
+`gpo demo` reads bench/results/select_hparams.json (toy:borrow's, also used for toy:arith).
 """
 
 from __future__ import annotations
@@ -23,12 +26,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-GRID_LR = (3e-6, 1e-5, 3e-5, 1e-4)
-GRID_BETA = (0.1,)
+GRID_LR = (3e-6, 1e-5, 3e-5)
+GRID_BETA = (0.1, 0.3)
+RULE = "per arm: its best sampled pass@1 on the validation split over the same lr x beta grid (ties: earlier cell)"
 
 
-def select(task: str, quick: bool, work: Path, lrs, betas, valid_problems: int) -> dict:
-    from gpo_cli.demo import ARMS, PLANS, Runner, generate_data, shown, source, train_arms
+def choose(grid: list[dict], arms) -> dict:
+    """arm -> its best cell's learning rate and beta (the first of equals, in grid order)."""
+    chosen = {}
+    for arm in arms:
+        cells = [c for c in grid if arm in c["per_arm"]]
+        best = max(cells, key=lambda c: c["per_arm"][arm])  # max keeps the first of equals
+        chosen[arm] = {"learning_rate": best["learning_rate"], "beta": best["beta"], "valid": best["per_arm"][arm]}
+    return chosen
+
+
+def select(task: str, quick: bool, work: Path, lrs, betas, valid_problems: int, arms,
+           train_problems: int | None = None) -> dict:
+    from gpo_cli.demo import PLANS, Runner, generate_data, shown, source, train_arms
     from stages import eval as evaluation
     from stages.core.toy_tasks import get
     from typer.main import get_command
@@ -36,60 +51,84 @@ def select(task: str, quick: bool, work: Path, lrs, betas, valid_problems: int) 
     from gpo_cli.main import app
 
     plan = PLANS[(task, quick)]
+    plan = replace(plan, train_problems=train_problems or plan.train_problems)
     model = shown(get(task).model_dir)  # as `gpo demo` names it, so its seed 0 reuses this data
     gpo, started = Runner(get_command(app)), time.time()
     data = generate_data(work, plan, model, 0, gpo)
     valid = source(plan, "valid" if "valid" in get(task).splits else "train", valid_problems, 1)
-    gpo("eval base", "eval", "--model", model, "--problems", valid, "--run", work / "valid", "--label", "base",
-        "--n", plan.eval_n, "--temperature", 1.0, "--max-new-tokens", get(task).max_new_tokens, "--backend", "hf",
-        "--no-greedy")
-    base = next(iter(evaluation.write_summary(work / "valid", "base", (1,))["modes"]["sampled"].values()))["pass@1"]
-    rows = []
+    tokens = ("--max-new-tokens", get(task).max_new_tokens, "--backend", "hf", "--no-greedy")
+
+    def score(label: str, path) -> float:
+        gpo(f"eval {label}", "eval", "--model", path, "--problems", valid, "--run", work / "valid", "--label", label,
+            "--n", plan.eval_n, "--temperature", 1.0, *tokens)
+        summary = evaluation.write_summary(work / "valid", label, (1,))
+        return next(iter(summary["modes"]["sampled"].values()))["pass@1"]
+
+    base = score("base", model)
+    grid = []
     for lr in lrs:
         for beta in betas:
             tag = f"lr{lr:g}-b{beta:g}"
-            p = replace(plan, learning_rate=lr, beta=beta)
-            models = train_arms(work / f"train-{tag}", p, model, 0, data["runs"], gpo)
-            scores = {}
-            for arm, path in models.items():
-                label = f"{arm}-{tag}"
-                gpo(f"eval {label}", "eval", "--model", path, "--problems", valid, "--run", work / "valid",
-                    "--label", label, "--n", plan.eval_n, "--temperature", 1.0, "--max-new-tokens",
-                    get(task).max_new_tokens, "--backend", "hf", "--no-greedy")
-                summary = evaluation.write_summary(work / "valid", label, (1,))
-                scores[arm] = next(iter(summary["modes"]["sampled"].values()))["pass@1"]
-            rows.append({"learning_rate": lr, "beta": beta, "per_arm": scores,
-                         "mean_over_arms": sum(scores.values()) / len(scores)})
-    best = max(rows, key=lambda r: r["mean_over_arms"])
-    return {"task": task, "quick": quick, "validation_source": valid, "arms": list(ARMS),
-            "optimizer_steps": plan.steps, "batch_size": plan.batch_size, "base_model": base, "grid": rows,
-            "chosen": {"learning_rate": best["learning_rate"], "beta": best["beta"]},
-            "per_arm_best": {arm: max(rows, key=lambda r: r["per_arm"][arm])["learning_rate"] for arm in ARMS},
-            "rule": "best mean over arms of sampled pass@1 on the validation split",
+            cell = replace(plan, hparams={arm: (lr, beta) for arm in arms})
+            models = train_arms(work / f"train-{tag}", cell, model, 0, work, gpo)
+            grid.append({"learning_rate": lr, "beta": beta,
+                         "per_arm": {arm: score(f"{arm}-{tag}", path) for arm, path in models.items()}})
+    return {"task": task, "quick": quick, "validation_source": valid, "arms": list(arms),
+            "optimizer_steps": plan.steps, "batch_size": plan.batch_size, "train_problems": plan.train_problems,
+            "grid_lr": list(lrs), "grid_beta": list(betas), "base_model": base, "grid": grid,
+            "chosen": choose(grid, arms), "rule": RULE, "training_data": data["budget"]["rule"],
             "wall_seconds": round(time.time() - started)}
 
 
+def merge(old: dict, new: dict) -> dict:
+    """Add a run for some arms to an earlier result over the same grid and plan (so a new arm is one run)."""
+    same = all(old.get(k) == new[k] for k in ("task", "quick", "validation_source", "optimizer_steps",
+                                              "batch_size", "grid_lr", "grid_beta"))
+    if not same:
+        raise SystemExit("error: the existing result was made with another grid, plan or validation set; "
+                         "rerun every arm (without --arms) or write elsewhere with --out")
+    cells = {(c["learning_rate"], c["beta"]): c for c in old["grid"]}
+    for c in new["grid"]:
+        cells[(c["learning_rate"], c["beta"])]["per_arm"].update(c["per_arm"])
+    arms = [*old["arms"], *[a for a in new["arms"] if a not in old["arms"]]]
+    return {**old, "arms": arms, "chosen": {**old["chosen"], **new["chosen"]}}
+
+
 def main() -> None:
+    from gpo_cli.demo_arms import NAMES
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--task", default="borrow")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--work", type=Path, default=Path("runs/select-hparams"))
+    ap.add_argument("--arms", default=None, help=f"comma-separated (default: all of {', '.join(NAMES)}); with an "
+                                                 "existing result, added to it")
     ap.add_argument("--lrs", default=",".join(f"{x:g}" for x in GRID_LR))
     ap.add_argument("--betas", default=",".join(f"{x:g}" for x in GRID_BETA))
     ap.add_argument("--valid-problems", type=int, default=64)
+    ap.add_argument("--train-problems", type=int, default=None, help="override the demo plan's (tests)")
     ap.add_argument("--out", type=Path, default=None, help="JSON result (default bench/results/...)")
     a = ap.parse_args()
+    arms = a.arms.split(",") if a.arms else list(NAMES)
+    unknown = [arm for arm in arms if arm not in NAMES]
+    if unknown:
+        raise SystemExit(f"error: unknown arm(s) {', '.join(unknown)} (the demo's: {', '.join(NAMES)})")
     result = select(a.task, a.quick, a.work, [float(x) for x in a.lrs.split(",")],
-                    [float(x) for x in a.betas.split(",")], a.valid_problems)
+                    [float(x) for x in a.betas.split(",")], a.valid_problems, arms, a.train_problems)
     out = a.out or ROOT / "bench" / "results" / f"select_hparams{'' if a.task == 'borrow' else '-' + a.task}.json"
+    if a.arms and out.exists():
+        result = merge(json.loads(out.read_text()), result)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{'lr':>8} {'beta':>5} " + " ".join(f"{arm:>14}" for arm in result["arms"]) + "   mean")
-    for r in result["grid"]:
-        print(f"{r['learning_rate']:>8g} {r['beta']:>5g} "
-              + " ".join(f"{r['per_arm'][arm]:>14.3f}" for arm in result["arms"]) + f"   {r['mean_over_arms']:.3f}")
+    print(f"{'lr':>8} {'beta':>5} " + " ".join(f"{arm:>14}" for arm in result["arms"]))
+    for c in result["grid"]:
+        print(f"{c['learning_rate']:>8g} {c['beta']:>5g} "
+              + " ".join(f"{c['per_arm'][arm]:>14.3f}" if arm in c["per_arm"] else f"{'-':>14}"
+                         for arm in result["arms"]))
     print(f"base model: {result['base_model']:.3f}")
-    print(f"chosen: {result['chosen']} ({result['rule']}); wrote {out}")
+    for arm, c in result["chosen"].items():
+        print(f"chosen for {arm}: lr {c['learning_rate']:g}, beta {c['beta']:g} (valid {c['valid']:.3f})")
+    print(f"rule: {result['rule']}; wrote {out}")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,12 @@ from stages.core.errors import GpoError
 err = Console(stderr=True, highlight=False, soft_wrap=True)  # soft wrap: an error stays one line
 out = Console(highlight=False, soft_wrap=True)  # printed commands must stay copy-pasteable
 
+
+def wide(columns: int) -> Console:
+    """stdout at least `columns` wide, for wide tables: rich clamps print(width=...) to the console's width,
+    and a pipe or a log file reports 80, which folds every cell."""
+    return Console(width=max(out.width, columns), highlight=False, soft_wrap=True)
+
 RunOpt = Annotated[Path, typer.Option("--run", help="Run directory (stage folders are created inside).")]
 
 

@@ -1,17 +1,16 @@
 """`gpo demo`: a controlled GPO experiment on a built-in toy task and its tiny model (CPU, no network).
 
 It runs the commands a user would (each printed, copy-pasteable, resumable: a finished stage is a no-op on
-rerun), then reads every number of its summary back from the run's tables. Five arms, all DPO from the same
-base with the same hyperparameters, the same optimizer steps and batch (pairs cycled or subsampled by TRL's
-max_steps), identical pairs dropped for every arm alike:
+rerun), then reads every number of its summary back from the run's tables. The arms are the rows of
+gpo_cli/demo_arms.py (the paper's GPO, the other GPO estimators and rules, random reset, the same-sample
+baseline, the tokens-matched baseline); all are DPO from the same base, each with its own learning rate and
+beta chosen on the validation split (`bench/select_hparams.py`), the same optimizer steps and a full batch
+at every step.
 
-    gpo             GPO with the paper's full Monte Carlo estimate (K=4 rollouts at every state)
-    gpo-bisect      GPO with the cheaper bisect estimator (same samples)
-    random-reset    reset at a random step, as many continuations per failed trajectory as GPO's rollouts
-    same-samples    whole-trajectory pairs from the same samples (the paper's baseline)
-    tokens-matched  whole-trajectory pairs from more samples, costing as many tokens as GPO's rollouts
-
-Hyperparameters come from `bench/select_hparams.py` (validation split); the test split is scored once.
+Measured on the test split, problems drawn by the seed: greedy accuracy and the teacher-forced probe
+(`gpo eval --probe`) on `greedy_problems`, sampled pass@1 on the first `test_problems` of them. The
+primary comparison, named before any number: each GPO arm minus same-samples on greedy accuracy and on
+the probe at the hard trap line, Holm-adjusted over that family (gpo_cli/demo_summary.py).
 """
 
 from __future__ import annotations
@@ -19,14 +18,13 @@ from __future__ import annotations
 import shlex
 import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from gpo_cli.common import err
-from gpo_cli.demo_summary import arm_data, query, scalar
+from gpo_cli.demo_arms import ARMS, NAMES, PAPER, arm_data, by_name, sampled_label
+from gpo_cli.demo_summary import query, scalar
 from stages.core.errors import GpoError
-
-ARMS = ("gpo", "gpo-bisect", "random-reset", "same-samples", "tokens-matched")
 
 
 def shown(path: Path) -> Path:
@@ -37,47 +35,55 @@ def shown(path: Path) -> Path:
         return path
 
 
+# Paired SD of greedy accuracy between two trained arms, measured on toy:borrow (issue 20: oracle minus
+# same-samples, +0.040 [-0.001, +0.081] over 150 problems, so SD = 0.041 / 1.96 * sqrt(150) = 0.256). For a
+# 95% half-width of 2 points: (1.96 * 0.256 / 0.02)^2 = 630 problems; the summary recomputes it per run.
+GREEDY_PROBLEMS = 640
+
+
 @dataclass(frozen=True)
 class DemoPlan:
     task: str
     train_problems: int
-    test_problems: int
+    test_problems: int  # sampled pass@1 (eval_n samples each): the first test_problems of the greedy set
+    greedy_problems: int = GREEDY_PROBLEMS  # greedy accuracy and the probe (cheap: one pass per problem)
     n: int = 4  # samples per training problem
     k: int = 4  # Monte Carlo rollouts per state (the paper)
-    bisect_k: int = 4
     m: int = 5  # branches at the critical state: its 4 rollouts + the trajectory's own continuation
-    eval_n: int = 4  # samples per test problem (plus one greedy)
-    # Training, identical for every arm. learning_rate and beta: None reads the choice that
-    # bench/select_hparams.py made on the validation split (bench/results/select_hparams.json).
+    eval_n: int = 4  # samples per test problem
+    # Training, identical for every arm but for learning rate and beta: arm -> (learning_rate, beta), read
+    # from the validation-split choice of bench/select_hparams.py (bench/results/select_hparams.json).
     steps: int = 30
     batch_size: int = 8
-    learning_rate: float | None = None
-    beta: float | None = None
+    hparams: dict = field(default_factory=dict)
 
 
 PLANS = {
     ("borrow", False): DemoPlan("borrow", train_problems=40, test_problems=150),
-    ("borrow", True): DemoPlan("borrow", train_problems=12, test_problems=40, eval_n=2, steps=6),
+    ("borrow", True): DemoPlan("borrow", train_problems=12, test_problems=40, greedy_problems=60, eval_n=2,
+                               steps=6),
     ("arith", False): DemoPlan("arith", train_problems=150, test_problems=300),
-    ("arith", True): DemoPlan("arith", train_problems=64, test_problems=100, eval_n=2, steps=6),
+    ("arith", True): DemoPlan("arith", train_problems=64, test_problems=40, greedy_problems=60, eval_n=2,
+                              steps=6),
 }
 
 
 CHOICE = Path(__file__).resolve().parent.parent / "bench" / "results" / "select_hparams.json"
 
 
-def with_chosen_hparams(plan: DemoPlan) -> DemoPlan:
-    """Fill learning rate and beta from the validation-split choice (toy:borrow's; toy:arith uses the same)."""
-    if plan.learning_rate is not None and plan.beta is not None:
-        return plan
+def with_chosen_hparams(plan: DemoPlan, arms=NAMES) -> DemoPlan:
+    """Each arm's learning rate and beta from the validation-split choice (toy:borrow's; toy:arith uses it too)."""
     import json
 
     if not CHOICE.exists():
-        raise GpoError(f"{CHOICE} is missing: run `python bench/select_hparams.py` to choose the demo's "
-                       "learning rate and beta on the validation split")
+        raise GpoError(f"{CHOICE} is missing: run `python bench/select_hparams.py` to choose each arm's learning "
+                       "rate and beta on the validation split")
     chosen = json.loads(CHOICE.read_text())["chosen"]
-    return replace(plan, learning_rate=plan.learning_rate or chosen["learning_rate"],
-                   beta=plan.beta or chosen["beta"])
+    missing = [arm for arm in arms if arm not in chosen]
+    if missing:
+        raise GpoError(f"{CHOICE} has no choice for arm(s) {', '.join(missing)}: run `python bench/select_hparams.py"
+                       f" --arms {','.join(missing)}`")
+    return replace(plan, hparams={arm: (chosen[arm]["learning_rate"], chosen[arm]["beta"]) for arm in arms})
 
 
 class Runner:
@@ -111,27 +117,35 @@ def max_new_tokens(plan: DemoPlan) -> int:
 
 def generate_data(root: Path, plan: DemoPlan, model: Path, seed: int, gpo: Runner) -> dict:
     """Sample, estimate, locate and branch for every arm's data; returns the run folders and the budget rule."""
-    runs = {"gpo": root / "gpo", "gpo-bisect": root / "gpo-bisect", "tokens-matched": root / "tokens-matched"}
+    paper = root / PAPER
     train_src, tokens = source(plan, "train", plan.train_problems, seed), max_new_tokens(plan)
     gen = ("--backend", "hf", "--seed", seed)
-    gpo("sample", "sample", "--problems", train_src, "--model", model, "--run", runs["gpo"], "--n", plan.n,
+    gpo("sample", "sample", "--problems", train_src, "--model", model, "--run", paper, "--n", plan.n,
         "--max-new-tokens", tokens, *gen)
-    gpo("estimate", "estimate", "--run", runs["gpo"], "--k", plan.k, "--estimator", "full", "--seed", seed)
-    gpo("locate", "locate", "--run", runs["gpo"], "--rule", "abs-advantage")  # the paper's rule, as labelled
-    budget = matched_budget(runs["gpo"], plan)
-    gpo("branch", "branch", "--run", runs["gpo"], "--m", plan.m, "--baseline", "--random-m", budget["random_m"],
+    first = by_name(PAPER)
+    gpo("estimate", "estimate", "--run", paper, "--k", plan.k, "--estimator", first.estimator, "--seed", seed)
+    gpo("locate", "locate", "--run", paper, "--rule", first.rule)
+    budget = matched_budget(paper, plan)
+    gpo("branch", "branch", "--run", paper, "--m", plan.m, "--baseline", "--random-m", budget["random_m"],
         "--seed", seed)
-    # The cheaper estimator on the very same samples: a copy of the finished sample stage.
-    copy_stage(runs["gpo"], runs["gpo-bisect"], "sample")
-    gpo("estimate (bisect)", "estimate", "--run", runs["gpo-bisect"], "--k", plan.bisect_k, "--estimator", "bisect",
-        "--seed", seed)
-    gpo("locate (bisect)", "locate", "--run", runs["gpo-bisect"], "--rule", "abs-advantage")
-    gpo("branch (bisect)", "branch", "--run", runs["gpo-bisect"], "--m", plan.m, "--seed", seed)
+    for arm in ARMS:  # the other GPO arms, on the very same samples (copies of the finished stages)
+        if not arm.is_gpo or arm.run == PAPER:
+            continue
+        run = root / arm.run
+        copy_stage(paper, run, "sample")
+        if arm.estimate_from:
+            copy_stage(root / arm.estimate_from, run, "estimate")
+        else:
+            gpo(f"estimate ({arm.name})", "estimate", "--run", run, "--k", plan.k, "--estimator", arm.estimator,
+                "--seed", seed)
+        gpo(f"locate ({arm.name})", "locate", "--run", run, "--rule", arm.rule, "--seed", seed)
+        gpo(f"branch ({arm.name})", "branch", "--run", run, "--m", plan.m, "--seed", seed)
     # Same seed: the first n samples of each problem are the GPO run's own; the rest are the extra budget.
-    gpo("sample (tokens-matched)", "sample", "--problems", train_src, "--model", model, "--run",
-        runs["tokens-matched"], "--n", budget["baseline_n"], "--max-new-tokens", tokens, *gen)
-    gpo("branch (tokens-matched)", "branch", "--run", runs["tokens-matched"], "--baseline-only", "--random-m", 0)
-    return {"runs": runs, "budget": budget}
+    matched = root / "tokens-matched"
+    gpo("sample (tokens-matched)", "sample", "--problems", train_src, "--model", model, "--run", matched,
+        "--n", budget["baseline_n"], "--max-new-tokens", tokens, *gen)
+    gpo("branch (tokens-matched)", "branch", "--run", matched, "--baseline-only", "--random-m", 0)
+    return {"runs": {a.run: root / a.run for a in ARMS}, "budget": budget}
 
 
 def copy_stage(src_run: Path, dst_run: Path, stage: str) -> None:
@@ -145,25 +159,31 @@ def copy_stage(src_run: Path, dst_run: Path, stage: str) -> None:
     tmp.rename(dst)
 
 
-def train_arms(train_dir: Path, plan: DemoPlan, model: Path, seed: int, runs: dict, gpo: Runner) -> dict:
-    """DPO on each arm's pairs with the same settings and optimizer steps; arm -> model folder."""
+def train_arms(train_dir: Path, plan: DemoPlan, model: Path, seed: int, root: Path, gpo: Runner) -> dict:
+    """DPO on each arm's pairs: the same optimizer steps and full batches, the arm's own lr and beta."""
     models = {}
-    for arm, (run, data) in arm_data(runs).items():
+    for arm, (run, data) in arm_data(root).items():
+        if arm not in plan.hparams:  # bench/select_hparams.py --arms: only those
+            continue
         dest = train_dir / f"dpo-{arm}"
+        lr, beta = plan.hparams[arm]
         gpo(f"train ({arm})", "train", "--run", run, "--method", "dpo", "--data", data, "--model", model,
             "--out", dest, "--max-steps", plan.steps, "--batch-size", plan.batch_size,
-            "--learning-rate", plan.learning_rate, "--beta", plan.beta, "--max-length", 256,
-            "--save-steps", 1000, "--seed", seed)
+            "--learning-rate", lr, "--beta", beta, "--max-length", 256, "--save-steps", 1000, "--seed", seed)
         models[arm] = dest / "model"
     return models
 
 
-def evaluate(run: Path, plan: DemoPlan, models: dict, split: str, problems: int, gpo: Runner) -> list[str]:
-    """Greedy and sampled (T=1) evaluation of each model on one split; returns the eval labels."""
-    src = source(plan, split, problems, 0)
+def evaluate(run: Path, plan: DemoPlan, models: dict, split: str, seed: int, gpo: Runner) -> list[str]:
+    """Each model on the seed's own test problems: greedy and the probe on the large set (label <arm>),
+    sampled pass@1 (T=1) on its first test_problems (label <arm>.sampled); returns the models' labels."""
+    tokens = ("--max-new-tokens", max_new_tokens(plan), "--backend", "hf")
     for label, path in models.items():
-        gpo(f"eval {label}", "eval", "--model", path, "--problems", src, "--run", run, "--label", label,
-            "--n", plan.eval_n, "--temperature", 1.0, "--max-new-tokens", max_new_tokens(plan), "--backend", "hf")
+        gpo(f"eval {label} (greedy, probe)", "eval", "--model", path, "--run", run, "--label", label,
+            "--problems", source(plan, split, plan.greedy_problems, seed), "--temperature", 0, "--probe", *tokens)
+        gpo(f"eval {label} (sampled)", "eval", "--model", path, "--run", run, "--label", sampled_label(label),
+            "--problems", source(plan, split, plan.test_problems, seed), "--n", plan.eval_n, "--temperature", 1.0,
+            "--no-greedy", "--seed", seed, *tokens)
     return list(models)
 
 
@@ -179,10 +199,11 @@ def run_demo(root: Path, quick: bool, task: str = "borrow", seed: int = 0, model
         raise GpoError(f"the {task} model is missing at {model}: run `gpo toy build --task {task}`")
     gpo, started = Runner(command), time.time()
     data = generate_data(root, plan, model, seed, gpo)
-    models = {"base": model, **train_arms(root / "train", plan, model, seed, data["runs"], gpo)}
-    labels = evaluate(root / "gpo", plan, models, "test", plan.test_problems, gpo)
-    gpo("report", "report", root / "gpo")
-    from gpo_cli.demo_summary import collect, print_demo_summary
+    models = {"base": model, **train_arms(root / "train", plan, model, seed, root, gpo)}
+    labels = evaluate(root / PAPER, plan, models, "test", seed, gpo)
+    gpo("report", "report", root / PAPER)
+    from gpo_cli.demo_print import print_demo_summary
+    from gpo_cli.demo_summary import collect
 
     results = collect(plan, data, labels, root, gpo.timings, time.time() - started)
     print_demo_summary(results)

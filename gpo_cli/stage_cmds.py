@@ -138,9 +138,14 @@ def register(app: typer.Typer) -> None:
         "compare": Extra(bool, False, "Compare the finished evaluations given as arguments (RUN/eval_<label> "
                                       "folders; the first is the reference) instead of running one."),
         "folders": Extra(list[Path] | None, None, "With --compare: evaluation folders.", argument=True),
+        "probe": Extra(bool, False, "Also teacher-force each problem's gold solution (sources that have one): "
+                                    "per line kind, the probability of the gold result token and how often it "
+                                    "is the top token (RUN/probe_<label>); --compare then pairs the probes too."),
     })
-    def eval_cmd(run, settings, runtime, k, compare, folders):
+    def eval_cmd(run, settings, runtime, k, compare, folders, probe):
         """Score a model: greedy accuracy, sampled pass@1 with a 95% interval, pass@k and maj@k."""
+        from gpo_cli.probe_cmd import compare_probes, run_probe
+        from stages.core.probe import check_has_gold
         from gpo_cli.report_cmds import print_comparison, print_eval_summary
 
         if compare:
@@ -148,6 +153,7 @@ def register(app: typer.Typer) -> None:
                 raise UsageError("--compare needs evaluation folders, e.g. "
                                  "gpo eval --compare R/eval_base R/eval_dpo-gpo")
             print_comparison(evaluation.compare([evaluation.load_summary(p) for p in folders]))
+            compare_probes(folders)
             return
         if folders:
             raise UsageError(f"unexpected argument {folders[0]} (did you mean --compare?)")
@@ -161,10 +167,15 @@ def register(app: typer.Typer) -> None:
         stage = evaluation.make_stage(settings["label"])
         n = settings["n"] if settings["temperature"] > 0 else 1
         s = evaluation.EvalSettings(**{**settings, "n": n})
-        run_generating(stage, run, s, runtime, load(s.problems, s.checker))
+        problems = load(s.problems, s.checker)
+        if probe:
+            check_has_gold(problems)
+        run_generating(stage, run, s, runtime, problems)
         summary = evaluation.write_summary(run, s.label, ks)
         if summary is not None:
             print_eval_summary(summary)
+        if probe:
+            run_probe(run, s, runtime, problems)
 
     @app.command("run")
     @handle_errors

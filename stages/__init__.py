@@ -8,6 +8,7 @@ record that `core/runner.py` runs; stages import only `stages.core` (never each 
                (TRL configs and trainers, online reward), checkpoints.py (pointer, metrics, final model)
     core/      what stages share: runner.py (chunks, atomic writes, rerun rules), artifacts.py, lineage.py,
                sampling.py (sampling from problems, the shared policy), settings.py (setting(), Runtime),
+               probe.py + teacher_forcing.py (`gpo eval --probe`: gold-token probabilities per line kind),
                config.py (settings files), backends.py + hf_backend.py + vllm_backend.py, answers.py +
                math_pool.py, rewards.py (the online-RL reward: gpo train, trl grpo, verl), sources.py,
                prompts.py, steps.py, estimators.py, values.py, query.py, toy*.py

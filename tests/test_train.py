@@ -72,9 +72,9 @@ def base_model(tmp_path_factory) -> Path:
     return path
 
 
-def write_run(run: Path, tok, with_random_reset: bool = False) -> Path:
+def write_run(run: Path, tok, with_random_reset: bool = False, problems=PROBLEMS) -> Path:
     sample, pairs, unpaired, resets = [], [], [], []
-    for i, (a, b) in enumerate(PROBLEMS):
+    for i, (a, b) in enumerate(problems):
         pid, prompt = f"p{i}", prompt_text(a, b)
         prompt_ids = tok(prompt).input_ids
         sample.append({"problem_id": pid, "sample_idx": 0, "prompt_text": prompt, "prompt_token_ids": prompt_ids,
@@ -365,3 +365,24 @@ def test_starting_policy_by_hub_id_then_from_a_lora_train_output(base_model, run
     start = Path(plain_folder(resolve_model(str(first))))  # the merged folder train started from
     assert start.parent == tmp_path / "gpo-cache" / "models"
     assert params_differ(base_model, start)  # the adapter's training is in the starting policy
+
+
+def test_every_dpo_step_presents_a_full_batch_whatever_the_arm_holds(base_model, tmp_path):
+    """Two arms with 8 and 7 pairs at batch 3: without dropping the short last batch their steps would hold
+    3, 3, 2 and 3, 3, 1 pairs; the metrics show what each step really presented."""
+    from transformers import AutoTokenizer
+
+    from stages.train import train
+
+    tok = AutoTokenizer.from_pretrained(base_model)
+    presented = {}
+    for n in (8, 7):
+        run = write_run(tmp_path / f"run{n}", tok, problems=PROBLEMS[:n])
+        out = tmp_path / f"dpo{n}"
+        summary = train(run, settings(base_model, "dpo", max_steps=5, batch_size=3), out, log=quiet)
+        per_step = [r["pairs"] for r in read_metrics(out) if r.get("pairs") is not None]
+        presented[n] = (per_step, summary["pairs_presented"], summary["pairs_per_step"])
+    assert presented[8] == presented[7] == ([3.0] * 5, 15, [3])
+    with pytest.raises(GpoError, match="fewer than one full batch"):
+        train(tmp_path / "run7", settings(base_model, "dpo", max_steps=5, batch_size=8), tmp_path / "x", log=quiet)
+

@@ -40,6 +40,13 @@ def eval_tables(names) -> list[str]:
     return [name for name in names if name == "eval" or name.startswith("eval_")]
 
 
+def union_views(names) -> dict[str, list[str]]:
+    """Views over every table of a family, told apart by `label`: `evals` (eval_<label>) and `probes`
+    (probe_<label>, written by `gpo eval --probe`)."""
+    views = {"evals": eval_tables(names), "probes": [name for name in names if name.startswith("probe_")]}
+    return {view: tables for view, tables in views.items() if tables}
+
+
 def connect(run: Path):
     """An in-memory DuckDB with a view per finished table of the run, sandboxed by DuckDB's own settings.
 
@@ -58,10 +65,9 @@ def connect(run: Path):
     for name, parts in tables.items():
         schema = pa.unify_schemas([pq.read_schema(p) for p in parts], promote_options="permissive")
         con.register(name, ds.dataset([str(p) for p in parts], schema=schema.remove_metadata(), format="parquet"))
-    evals = eval_tables(tables)
-    if evals:  # every evaluation of the run in one view, told apart by `label`
-        union = " UNION ALL BY NAME ".join(f"SELECT * FROM {quote_ident(name)}" for name in evals)
-        con.execute(f"CREATE VIEW evals AS {union}")
+    for view, members in union_views(tables).items():  # every evaluation (probe) of the run in one view
+        union = " UNION ALL BY NAME ".join(f"SELECT * FROM {quote_ident(name)}" for name in members)
+        con.execute(f"CREATE VIEW {view} AS {union}")
     manifests = finished_manifests(run)
     if manifests.num_rows and "manifests" not in tables:
         con.register("manifests", manifests)
@@ -99,10 +105,9 @@ def views_sql(run: Path) -> str:
         files = ", ".join(quote_literal(str(p.resolve())) for p in parts)
         statements.append(f"CREATE OR REPLACE VIEW {quote_ident(name)} AS "
                           f"SELECT * FROM read_parquet([{files}], union_by_name = true);")
-    evals = eval_tables(tables)
-    if evals:
-        union = " UNION ALL BY NAME ".join(f"SELECT * FROM {quote_ident(name)}" for name in evals)
-        statements.append(f"CREATE OR REPLACE VIEW evals AS {union};")
+    for view, members in union_views(tables).items():
+        union = " UNION ALL BY NAME ".join(f"SELECT * FROM {quote_ident(name)}" for name in members)
+        statements.append(f"CREATE OR REPLACE VIEW {view} AS {union};")
     manifests = finished_manifests(run)
     if manifests.num_rows and "manifests" not in tables:  # as connect() registers it
         values = ", ".join(f"({quote_literal(r['stage'])}, {int(r['shard'])}, {quote_literal(r['content'])})"

@@ -27,6 +27,9 @@ PROBLEM_SCHEMA = pa.schema([
 ])
 
 
+GOLD_SOLUTION_FIELD = "gold_solution"  # a file's worked solution, one result per line (the toy tasks' name)
+
+
 @dataclass(frozen=True)
 class Fields:
     question: str = "question"
@@ -155,8 +158,15 @@ def _file_rows(path: Path, fields: Fields) -> list[dict]:
         pid = str(rec[fields.id]) if fields.id and rec.get(fields.id) is not None else f"{path.stem}-{i:06d}"
         rows.append({"problem_id": pid, "question": rec.get(fields.question),
                      "gold_answer": None if gold is None else gsm8k_gold(str(gold)),
-                     "source": path.name, "meta": json.dumps({"row": i})})
+                     "source": path.name, "meta": json.dumps({"row": i, **_gold_solution(rec)})})
     return rows
+
+
+def _gold_solution(rec: dict) -> dict:
+    """A worked gold solution rides in `meta` (the problem table has no column for it): `gpo eval --probe`
+    teacher-forces it."""
+    solution = rec.get(GOLD_SOLUTION_FIELD)
+    return {GOLD_SOLUTION_FIELD: str(solution)} if isinstance(solution, str) and solution.strip() else {}
 
 
 def _read_jsonl(path: Path) -> list[dict]:

@@ -28,6 +28,9 @@ class ToyTask:
     first_wrong_line: Callable[[str, str], int | None]  # (meta json, response) -> line or None
     max_new_tokens: int  # enough for the longest solution, with slack
     model_dir: Path
+    # (meta json) -> the gold solution's lines, each with the kind of line it is (what `gpo eval --probe`
+    # reports per kind): the task names its kinds, the probe never guesses them.
+    gold_lines: Callable[[str], list[tuple[str, str]]] = lambda meta: []
 
     @property
     def source(self) -> str:
@@ -50,12 +53,27 @@ def _borrow_problems(n: int, seed: int, split: str, params: dict) -> list[dict]:
     return toy_borrow.problems(n, seed, split, after)
 
 
+def _arith_gold_lines(meta_json: str) -> list[tuple[str, str]]:
+    start, ops = toy._parse_meta(meta_json)
+    lines = toy._solution_text(start, ops, [0] * len(ops)).split("\n")
+    return [(line, "operation") for line in lines[:-1]] + [(lines[-1], "answer")]
+
+
+def _borrow_gold_lines(meta_json: str) -> list[tuple[str, str]]:
+    meta = json.loads(meta_json)
+    # The same text as the problem's gold_solution (toy_borrow.problems draws it with Random(0) too).
+    lines = toy_borrow.solution_text(meta, random.Random(0), slips=False).split("\n")
+    return list(zip(lines, [*toy_borrow.line_kinds(meta), "answer"]))
+
+
 TASKS = {
     "arith": ToyTask("arith", toy.SPLITS, toy.toy_words, _arith_problems,
-                     lambda p, rng: toy.noisy_solution(p, rng), toy.first_wrong_line, 48, DATA / "toy-model"),
+                     lambda p, rng: toy.noisy_solution(p, rng), toy.first_wrong_line, 48, DATA / "toy-model",
+                     _arith_gold_lines),
     "borrow": ToyTask("borrow", toy_borrow.SPLITS, toy_borrow.words, _borrow_problems,
                       lambda p, rng: toy_borrow.solution_text(json.loads(p["meta"]), rng),
-                      toy_borrow.first_wrong_line, 160, DATA / "borrow-model"),
+                      toy_borrow.first_wrong_line, 160, DATA / "borrow-model",
+                      _borrow_gold_lines),
 }
 
 

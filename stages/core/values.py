@@ -66,6 +66,35 @@ def problem_mean_ci(per_problem: Sequence[float], z: float = 1.96) -> tuple[floa
     return mean, max(0.0, mean - half), min(1.0, mean + half)
 
 
+def paired_difference_ci(diffs: Sequence[float], z: float = 1.96) -> tuple[float, float, float]:
+    """Mean of per-problem paired differences (model B minus model A on the same problem) and its interval:
+    mean +- z sd / sqrt(problems), the problem being the unit as in problem_mean_ci (no clamping: a
+    difference may be negative)."""
+    n = len(diffs)
+    mean = sum(diffs) / n
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / max(1, n - 1))
+    half = z * sd / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def interval_p_value(mean: float, low: float, high: float, z: float = 1.96) -> float:
+    """Two-sided normal p-value of a difference from its symmetric 95% interval (se = half-width / z)."""
+    se = (high - low) / (2 * z)
+    if se <= 0:
+        return 1.0 if mean == 0 else 0.0
+    return math.erfc(abs(mean) / se / math.sqrt(2))
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment (family-wise error over the family): sorted ascending, the i-th smallest
+    is multiplied by (m - i), kept monotone and capped at 1; returned in the input's order."""
+    m, adjusted, running = len(p_values), [0.0] * len(p_values), 0.0
+    for rank, i in enumerate(sorted(range(m), key=lambda j: p_values[j])):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
 def decided(n_correct: int, n: int, threshold: float = 0.5, z: float = 1.96) -> bool:
     """True once the Wilson interval excludes ``threshold``: an adaptive-K estimator may stop."""
     lo, hi = wilson_interval(n_correct, n, z)

@@ -40,7 +40,7 @@ from stages.train.checkpoints import (
 )
 from stages.train.data import load_rows
 from stages.train.settings import TrainSettings, resolve
-from stages.train.trl_adapter import build_config, make_trainer
+from stages.train.trl_adapter import build_config, check_full_batch, make_trainer
 
 __all__ = ["TrainSettings", "train"]
 
@@ -63,6 +63,7 @@ def train(run: Path, settings: TrainSettings, out: Path | None = None, *, config
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     dataset, inputs, checks = load_rows(run, s, tok)
+    check_full_batch(s, len(dataset))
     config = {"stage": "train", "settings": dataclasses.asdict(s), "trl_args": extra, "inputs": inputs,
               "model_resolved": model_ref.provenance(), "versions": artifacts.package_versions()}
     done = check_rerun(out, config, overwrite)
@@ -107,9 +108,12 @@ def train(run: Path, settings: TrainSettings, out: Path | None = None, *, config
 def summarize(s, trainer, result, rows, inputs, checks, resume) -> dict:
     losses = [r["loss"] for r in rows if r.get("loss") is not None and math.isfinite(r["loss"])]
     last = {k: v for r in rows for k, v in r.items()}  # the latest value of every logged metric
+    per_step = [int(r["pairs"]) for r in rows if r.get("pairs")]  # DPO: measured from its batches
     return {"method": s.method, "data": s.data, "rows": inputs["rows"],
             "duplicates_dropped": inputs.get("duplicates_dropped", 0), "global_step": trainer.state.global_step,
             "train_loss": result.training_loss, "first_loss": losses[0] if losses else None,
             "last_loss": losses[-1] if losses else None, "learning_rate": s.learning_rate, "beta": s.beta,
             "resumed_from": resume.name if resume else None, "tokenization": checks,
+            "pairs_presented": sum(per_step) if per_step else None,
+            "pairs_per_step": sorted(set(per_step)) if per_step else None,
             "metrics": {k: v for k, v in last.items() if k not in ("step", "epoch")}}

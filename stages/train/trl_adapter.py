@@ -29,7 +29,19 @@ def trl_args(s: TrainSettings, extra: dict, out: Path) -> dict:
                 bf16=s.bf16, fp16=False, use_cpu=not cuda, dataloader_num_workers=0,
                 gradient_checkpointing=cuda, push_to_hub=False, beta=s.beta,
                 disable_tqdm=True)  # gpo's own progress on stderr (stages/core/train_progress.py)
+    if s.method not in ONLINE:
+        # Every optimizer step carries the same number of rows: without this, the last batch of each pass over
+        # the data is short, so arms with different row counts would take different-sized steps.
+        args["dataloader_drop_last"] = True
     return {**args, **extra}
+
+
+def check_full_batch(s: TrainSettings, rows: int) -> None:
+    """With the short last batch dropped, fewer rows than one batch would leave nothing to train on."""
+    per_step = s.batch_size * s.grad_accum * int(os.environ.get("WORLD_SIZE", "1"))
+    if s.method not in ONLINE and rows < per_step:
+        raise GpoError(f"{rows} training rows, fewer than one full batch ({per_step}: --batch-size x --grad-accum "
+                       "x processes); lower --batch-size")
 
 
 # TRL module and class stem per method: <stem>Config, <stem>Trainer. SimPO is CPO with loss_type="simpo".
@@ -92,6 +104,8 @@ def make_trainer(s: TrainSettings, config, tok, dataset, callbacks: list):
             Trainer = trl_class(s.method, "Trainer")
             if s.truncated == "no-eos" and s.method in ("dpo", "kto"):
                 Trainer = no_eos_on_truncated(Trainer)
+            if s.method == "dpo":
+                Trainer = counting_pairs(Trainer)
             trainer = Trainer(model=s.model, args=config, train_dataset=dataset, processing_class=tok,
                               callbacks=callbacks, peft_config=lora_config(s))
     except ValueError as e:
@@ -131,3 +145,26 @@ def no_eos_on_truncated(Trainer):
             return dataset.map(strip, desc="Removing EOS from truncated responses") if sides else dataset
 
     return NoEosOnTruncated
+
+
+def counting_pairs(Trainer):
+    """TRL's DPO trainer, logging `pairs`: the pairs presented since the previous log row (with gpo's
+    logging_steps=1, those of that optimizer step), summed over ranks and micro-batches, read from each batch
+    (TRL's preference collator stacks chosen over rejected), never the planned batch size."""
+    class CountingPairs(Trainer):
+        _pairs_since_log = 0
+
+        def training_step(self, model, inputs, *args, **kwargs):
+            import torch
+
+            pairs = torch.tensor([inputs["input_ids"].shape[0] // 2], device=self.accelerator.device)
+            self._pairs_since_log += int(self.accelerator.gather(pairs).sum())
+            return super().training_step(model, inputs, *args, **kwargs)
+
+        def log(self, logs, *args, **kwargs):
+            if self._pairs_since_log and self.model.training:
+                logs = {**logs, "pairs": float(self._pairs_since_log)}
+                self._pairs_since_log = 0
+            return super().log(logs, *args, **kwargs)
+
+    return CountingPairs

@@ -1,0 +1,118 @@
+"""The demo's statistics and hyperparameter choice, without running it: Holm, p-values from intervals, the
+test-set size a measured variance calls for, each arm's own best cell."""
+
+import json
+import math
+import sys
+
+import pytest
+
+from gpo_cli.demo import PLANS
+from gpo_cli.demo_arms import NAMES
+from stages.core.toy_tasks import TASKS
+
+sys.path.insert(0, str(TASKS["arith"].model_dir.parent.parent / "bench"))
+
+
+def test_holm_multiplies_the_ith_smallest_by_the_remaining_count_and_stays_monotone():
+    from stages.core.values import holm
+
+    assert holm([0.01, 0.04, 0.03, 0.2]) == pytest.approx([0.04, 0.09, 0.09, 0.2])
+    assert holm([0.5, 0.6]) == [1.0, 1.0]  # capped at 1
+    assert holm([]) == []
+
+
+def test_p_value_from_a_95_interval():
+    from stages.core.values import interval_p_value
+
+    assert interval_p_value(0.0, -0.1, 0.1) == 1.0
+    assert interval_p_value(0.1, 0.0, 0.2) == pytest.approx(0.05, abs=1e-4)  # the interval just touches 0
+    assert interval_p_value(0.1, 0.1, 0.1) == 0.0
+
+
+def test_needed_problems_for_two_points_from_a_measured_interval():
+    from gpo_cli.demo_summary import needed_problems
+
+    # issue 20's greedy difference: +0.040 [-0.001, +0.081] over 150 problems -> SD 0.256 -> ~630 problems
+    n = needed_problems(-0.001, 0.081, 150)
+    sd = 0.041 / 1.96 * math.sqrt(150)
+    assert n == math.ceil((1.96 * sd / 0.02) ** 2) and 620 <= n <= 640
+    assert PLANS[("borrow", False)].greedy_problems >= n
+    assert needed_problems(0.0, 0.0, 60) is None  # every paired difference 0: no variance to size from
+
+
+def test_each_arm_gets_its_own_best_cell_and_the_demo_uses_it():
+    from gpo_cli.demo import CHOICE, with_chosen_hparams
+    from select_hparams import choose
+
+    grid = [{"learning_rate": 1e-5, "beta": 0.1, "per_arm": {"a": 0.30, "b": 0.40}},
+            {"learning_rate": 3e-5, "beta": 0.1, "per_arm": {"a": 0.35, "b": 0.40}},
+            {"learning_rate": 3e-5, "beta": 0.3, "per_arm": {"a": 0.20, "b": 0.10}}]
+    chosen = choose(grid, ["a", "b"])
+    assert (chosen["a"]["learning_rate"], chosen["a"]["beta"]) == (3e-5, 0.1)
+    assert (chosen["b"]["learning_rate"], chosen["b"]["beta"]) == (1e-5, 0.1)  # a tie keeps the earlier cell
+    saved = json.loads(CHOICE.read_text())
+    assert not saved["quick"] and saved["task"] == "borrow" and "split=valid" in saved["validation_source"]
+    plan = with_chosen_hparams(PLANS[("borrow", False)])
+    assert set(plan.hparams) == set(NAMES)
+    for arm, (lr, beta) in plan.hparams.items():
+        assert (lr, beta) == (saved["chosen"][arm]["learning_rate"], saved["chosen"][arm]["beta"])
+        best = max(c["per_arm"][arm] for c in saved["grid"])
+        assert saved["chosen"][arm]["valid"] == best
+    assert (plan.steps, plan.batch_size) == (saved["optimizer_steps"], saved["batch_size"])
+
+
+def test_the_primary_family_is_each_gpo_arm_minus_same_samples_on_greedy_and_the_trap_probe():
+    from gpo_cli.demo_arms import BASELINE, GPO_ARMS
+    from gpo_cli.demo_summary import PRIMARY_KIND, differences
+
+    problems = [f"p{i}" for i in range(40)]
+
+    def eval_summary(label, mode, right):  # `right`: how many of the 40 problems the model gets right
+        return {"label": label, "per_problem": {mode: {p: float(i < right) for i, p in enumerate(problems)}}}
+
+    def probe_summary(label, shift):
+        kinds = {PRIMARY_KIND: {p: {"p": 0.4 + shift + 0.01 * (i % 5), "top": float(i % 2)}
+                                for i, p in enumerate(problems)},
+                 "routine": {p: {"p": 0.9, "top": 1.0} for p in problems}}
+        return {"label": label, "per_problem": kinds}
+
+    labels = ["base", *NAMES]
+    better = {arm: 10 if arm == GPO_ARMS[0] else 0 for arm in labels}  # the first GPO arm gains 10 problems
+    greedy = {a: eval_summary(a, "greedy", 20 + better[a]) for a in labels}
+    sampled = {a: eval_summary(f"{a}.sampled", "sampled", 20) for a in labels}
+    probes = {a: probe_summary(a, 0.1 if better[a] else 0.0) for a in labels}
+    rows = differences(labels, greedy, sampled, probes)
+    primary = [r for r in rows if r["primary"]]
+    assert {(r["arm"], r["metric"]) for r in primary} == \
+        {(a, m) for a in GPO_ARMS for m in ("greedy", f"probe {PRIMARY_KIND} P(gold)")}
+    assert all("p_holm" not in r for r in rows if not r["primary"])
+    assert {r["arm"] for r in rows} == set(labels) - {BASELINE}
+    gain = {r["metric"]: r for r in primary if r["arm"] == GPO_ARMS[0]}
+    assert gain["greedy"]["diff"] == pytest.approx(0.25)  # 10 of 40 problems
+    assert gain[f"probe {PRIMARY_KIND} P(gold)"]["diff"] == pytest.approx(0.1)
+    assert gain["greedy"]["verdict"] == "arm better" and gain["greedy"]["p_holm"] >= gain["greedy"]["p"]
+    same = [r for r in primary if r["arm"] != GPO_ARMS[0]]
+    assert all(r["diff"] == 0 and r["verdict"] == "not distinguishable" for r in same)
+
+
+def test_the_summary_prints_presented_pairs_and_the_primary_family_first(capsys):
+    from gpo_cli.demo_print import print_demo_summary
+
+    acc = {"pass@1": 0.5, "ci_low": 0.4, "ci_high": 0.6, "problems": 40}
+    row = {"arm": "gpo", "metric": "greedy", "problems": 40, "diff": 0.05, "ci_low": -0.01, "ci_high": 0.11,
+           "p": 0.1, "p_holm": 0.2, "primary": True, "verdict": "not distinguishable"}
+    other = {**row, "arm": "base", "primary": False, "verdict": "arm better"}
+    other.pop("p_holm")
+    training = {"optimizer_steps": 30, "planned_batch": 8, "pairs_presented": 240, "pairs_per_step": [8],
+                "learning_rate": 1e-5, "beta": 0.1, "distinct_pairs": 52, "duplicates_dropped": 6,
+                "generated_tokens": 1000, "prompt_tokens": 10}
+    print_demo_summary({
+        "task": "borrow", "accuracy": {"base": {"greedy": acc, "sampled": acc}, "gpo": {"greedy": acc, "sampled": acc}},
+        "probe": {"gpo": {"trap-hard": {"p_gold": 0.44, "top_share": 0.4}}}, "training": {"gpo": training},
+        "differences": [row, other], "needed_problems": {"greedy": 630},
+        "plan": {"greedy_problems": 640, "test_problems": 150, "eval_n": 4}, "agreement": {},
+        "pair_divergence": {}, "diagnose": [], "budget": {"rule": "r"}, "timings": [], "wall_seconds": 1})
+    text = capsys.readouterr().out
+    assert "30 x 8 (240)" in text and "0.440 / 0.400" in text
+    assert text.index("PRIMARY") < text.index("exploratory") and "greedy ~630" in text
