@@ -53,7 +53,8 @@ class HFGenerator:
         import transformers
 
         return {"backend": "hf", "transformers": transformers.__version__, "device": self.device,
-                "dtype": str(self.dtype).replace("torch.", ""), "model": str(self.model_path),
+                "dtype": str(self.dtype).replace("torch.", ""), "threads": self._torch.get_num_threads(),
+                "batch_size": self.batch_size, "model": str(self.model_path),
                 "model_resolved": self.model_ref.provenance(),
                 **{k: int(v) for k, v in self.stats.items()}}
 

@@ -293,7 +293,7 @@ def _run_shard(stage: Stage, run: Path, out: Path, settings: Any, config: dict, 
 
     ctx = Context(run, stage, settings, index, num_shards, make_generator=make_generator,
                   progress=ChunkProgress(stage.name))
-    started = time.time()
+    started, cpu_started = time.time(), cpu_seconds()
     try:
         with sigterm_stops_work():
             for k, chunk in enumerate(chunks):
@@ -304,9 +304,16 @@ def _run_shard(stage: Stage, run: Path, out: Path, settings: Any, config: dict, 
     finally:
         ctx.close()
     manifest = build_manifest(stage, out, config, index, num_shards, len(chunks), started, ctx)
+    manifest["cpu_seconds"] = round(cpu_seconds() - cpu_started, 3)
     artifacts.write_json_atomic(manifest_path, manifest)
     artifacts.mark_success_if_complete(out, num_shards, config["config_hash"])
     return manifest
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of the children it has waited for (checker pools, engine workers)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def _run_chunk(stage: Stage, out: Path, ctx: Context, rows: pa.Table, k: int, num_chunks: int,
@@ -348,6 +355,8 @@ def build_manifest(stage: Stage, out: Path, config: dict, index: int, num_shards
         "stage": stage.name, "shard": index, "num_shards": num_shards,
         "config_hash": config["config_hash"], "rows": rows, "chunks": num_chunks,
         "files": files, "stats": dict(stats), "chunk_seconds": round(seconds, 3),
+        # every generating stage's tokens under one key (branch counts them per data tag in stats)
+        "generated_tokens": sum(v for k, v in stats.items() if k.endswith("generated_tokens")),
         "wall_seconds": round(time.time() - started, 3),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(),
         "slurm": {k: os.environ[k] for k in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID")
