@@ -322,11 +322,12 @@ def _run_chunk(stage: Stage, out: Path, ctx: Context, rows: pa.Table, k: int, nu
     parts = [primary, *(out / name / primary.name for name in stage.outputs if name != stage.name)]
     if all([artifacts.valid_part(p, meta["config_hash"]) for p in parts]):  # list: check (and clean) every part
         return
-    t0 = time.time()
+    t0, c0 = time.time(), cpu_seconds()
     ctx.stats = Counter()
     with ctx.progress.chunk(k, num_chunks) if ctx.progress is not None else nullcontext():
         tables = stage.process(rows, ctx)
-    chunk_meta = {**meta, "seconds": f"{time.time() - t0:.3f}", "stats": json.dumps(dict(ctx.stats))}
+    chunk_meta = {**meta, "seconds": f"{time.time() - t0:.3f}", "cpu_seconds": f"{cpu_seconds() - c0:.3f}",
+                  "stats": json.dumps(dict(ctx.stats))}
     # Secondary tables first, the primary last: the primary's presence marks the chunk done.
     for name, schema in reversed(list(stage.outputs.items())):
         path = primary if name == stage.name else out / name / chunk_name(ctx.shard, k)
@@ -338,7 +339,7 @@ def _run_chunk(stage: Stage, out: Path, ctx: Context, rows: pa.Table, k: int, nu
 
 def build_manifest(stage: Stage, out: Path, config: dict, index: int, num_shards: int,
                    num_chunks: int, started: float, ctx: Context) -> dict:
-    files, stats, rows, seconds = [], Counter(), 0, 0.0
+    files, stats, rows, seconds, cpu = [], Counter(), 0, 0.0, 0.0
     for name in stage.outputs:
         folder = out if name == stage.name else out / name
         for k in range(num_chunks):
@@ -350,11 +351,13 @@ def build_manifest(stage: Stage, out: Path, config: dict, index: int, num_shards
                 kv = artifacts.part_metadata(path)
                 stats.update(json.loads(kv.get("stats", "{}")))
                 seconds += float(kv.get("seconds", 0))
+                cpu += float(kv.get("cpu_seconds", 0))
     generator = ctx._generator
     return {
         "stage": stage.name, "shard": index, "num_shards": num_shards,
         "config_hash": config["config_hash"], "rows": rows, "chunks": num_chunks,
         "files": files, "stats": dict(stats), "chunk_seconds": round(seconds, 3),
+        "chunk_cpu_seconds": round(cpu, 3),  # the chunks' work, without start-up and model load
         # every generating stage's tokens under one key (branch counts them per data tag in stats)
         "generated_tokens": sum(v for k, v in stats.items() if k.endswith("generated_tokens")),
         "wall_seconds": round(time.time() - started, 3),
