@@ -27,13 +27,14 @@ from stages.core.backends import (
     resolve_device,
     resolve_dtype,
 )
+from stages.core.kv_cache import join_caches, make_growing, trim_left
 from stages.core.values import stable_seed
 
 
 class HFGenerator:
     def __init__(self, model: str, *, dtype: str = "auto", device: str = "auto", batch_size: int = 64,
                  trust_remote_code: bool = False, model_obj=None, tokenizer=None, share_prefixes: bool = True,
-                 refill: bool = True):
+                 refill: bool = True, inplace_cache: bool = True):
         import torch
 
         from stages.core.models import load_causal_lm, resolve_model
@@ -52,6 +53,7 @@ class HFGenerator:
         self.batch_size = max(1, batch_size)
         self.share_prefixes = share_prefixes
         self.refill = refill
+        self.inplace_cache = inplace_cache  # kv_cache.GrowingLayer: decode steps write in place, no torch.cat
         self.stats: Counter = Counter()
         self.progress = None  # a stages.core.progress.Reporter while a stage generates
         self._torch = torch
@@ -143,7 +145,7 @@ class HFGenerator:
             logits, cache, mask, next_pos = prefill([r.prompt_ids for r in reqs])
             owner = [i for i, r in enumerate(reqs) for _ in range(r.n)]
             index = torch.tensor(owner, device=self.device)
-            cache.batch_select_indices(index)  # share each prompt's prefill across its n samples
+            self._growing(cache).batch_select_indices(index)  # share each prompt's prefill across its n samples
             logits, mask, next_pos = logits[index], mask[index], next_pos[index]
             gens = [torch.Generator().manual_seed(stable_seed(r.seed, j)) for r in reqs for j in range(r.n)]
             tokens = [[] for _ in owner]
@@ -227,7 +229,7 @@ class HFGenerator:
                     joined = self._admit([reqs[i] for i in take])
                     rows = [first_row[i] + j for i in take for j in range(reqs[i].n)]
                     if alive:
-                        cache, mask = _join_caches(torch, cache, mask, joined[1], joined[2])
+                        cache, mask = join_caches(torch, cache, mask, joined[1], joined[2])
                         logits = torch.cat([logits, joined[0]])
                         next_pos = torch.cat([next_pos, joined[3]])
                     else:
@@ -256,7 +258,7 @@ class HFGenerator:
                     if not alive:
                         cache = mask = next_pos = logits = None
                         continue
-                    cache, mask = _trim_left(cache, mask)
+                    cache, mask = trim_left(cache, mask)
                 mask = torch.cat([mask, torch.ones((len(alive), 1), dtype=mask.dtype, device=self.device)], 1)
                 out = self.model(input_ids=chosen.view(-1, 1).to(self.device), attention_mask=mask,
                                  position_ids=next_pos.view(-1, 1), past_key_values=cache, use_cache=True)
@@ -267,12 +269,15 @@ class HFGenerator:
         self.stats["generated_tokens"] += sum(len(t) for t in tokens)
         return self._completions(reqs, owner, tokens, logps, finish, sampling.logprobs)
 
+    def _growing(self, cache):
+        return make_growing(cache) if self.inplace_cache else cache
+
     def _admit(self, reqs: list[Request]):
         """Prefill `reqs` (one prefill per prefix group) and repeat each row for its n samples."""
         prefill = self._prefill_shared if self.share_prefixes else self._prefill
         logits, cache, mask, next_pos = prefill([r.prompt_ids for r in reqs])
         index = self._torch.tensor([i for i, r in enumerate(reqs) for _ in range(r.n)], device=self.device)
-        cache.batch_select_indices(index)
+        self._growing(cache).batch_select_indices(index)
         self.stats["prefills"] += 1
         return logits[index], cache, mask[index], next_pos[index]
 
@@ -333,38 +338,3 @@ def grouped_order(prompts: list[tuple[int, ...]]) -> list[int]:
 def _rows(reqs: list[Request], unit: list[int]) -> int:
     return sum(reqs[i].n for i in unit)
 
-
-def _layers(cache):
-    layers = getattr(cache, "layers", None)
-    if layers is None or not all(hasattr(layer, "keys") and hasattr(layer, "values") for layer in layers):
-        raise RuntimeError(f"refill needs a cache of plain key/value layers, not {type(cache).__name__}")
-    return layers
-
-
-def _join_caches(torch, cache, mask, new_cache, new_mask):
-    """Rows of two left-padded caches as one: the narrower side is padded on the left (masked out)."""
-    width, new_width = mask.shape[1], new_mask.shape[1]
-    full = max(width, new_width)
-
-    def pad(t, w):  # left-pad the sequence axis (dim -2 of keys/values, dim 1 of the mask)
-        if w == full:
-            return t
-        shape = list(t.shape)
-        axis = 1 if t.dim() == 2 else -2
-        shape[axis] = full - w
-        return torch.cat([t.new_zeros(shape), t], dim=axis)
-
-    for layer, new in zip(_layers(cache), _layers(new_cache)):
-        layer.keys = torch.cat([pad(layer.keys, width), pad(new.keys, new_width)])
-        layer.values = torch.cat([pad(layer.values, width), pad(new.values, new_width)])
-    return cache, torch.cat([pad(mask, width), pad(new_mask, new_width)])
-
-
-def _trim_left(cache, mask):
-    """Drop leading columns no running row attends to (left by rows that finished)."""
-    start = int(mask.any(0).int().argmax())
-    if start == 0:
-        return cache, mask
-    for layer in _layers(cache):
-        layer.keys, layer.values = layer.keys[:, :, start:], layer.values[:, :, start:]
-    return cache, mask[:, start:]
