@@ -216,15 +216,20 @@ class HFGenerator:
         gens = [torch.Generator().manual_seed(stable_seed(r.seed, j)) for r in reqs for j in range(r.n)]
         pending = deque(self._units(reqs))
         threshold = max(1, self.batch_size // 4)
+        spare = torch.Generator().manual_seed(0)  # draws for finished rows still in the batch (discarded)
         alive: list[int] = []
         cache = mask = next_pos = logits = None
         with torch.inference_mode():
             while pending or alive:
-                free, taken, rows_taken = self.batch_size - len(alive), [], 0
-                while pending and (rows_taken + _rows(reqs, pending[0]) <= free or not (alive or taken)):
+                live = [r for r, s_ in enumerate(alive) if s_ >= 0]
+                free, taken, rows_taken = self.batch_size - len(live), [], 0
+                while pending and (rows_taken + _rows(reqs, pending[0]) <= free or not (live or taken)):
                     taken.append(pending.popleft())  # (a unit larger than the batch runs alone, as before)
                     rows_taken += _rows(reqs, taken[-1])
-                if taken and (not alive or rows_taken >= threshold or not pending):
+                if taken and (not live or rows_taken >= threshold or not pending):
+                    if len(live) < len(alive):  # finished rows leave before new ones join
+                        cache, mask, next_pos, logits = _select(torch, live, cache, mask, next_pos, logits)
+                        alive = [alive[r] for r in live]
                     take = [i for unit in taken for i in unit]
                     joined = self._admit([reqs[i] for i in take])
                     rows = [first_row[i] + j for i in take for j in range(reqs[i].n)]
@@ -237,27 +242,31 @@ class HFGenerator:
                     alive = alive + rows
                 else:
                     pending.extendleft(reversed(taken))  # too few rows free to be worth a prefill yet
-                chosen, chosen_lp = self._sample(logits, sampling, [gens[s_] for s_ in alive])
-                keep = []
+                chosen, chosen_lp = self._sample(logits, sampling, [gens[s_] if s_ >= 0 else spare for s_ in alive])
+                finished = appended = 0
                 for row, s_ in enumerate(alive):
+                    if s_ < 0:  # finished earlier, still in the cache until the next compaction
+                        continue
                     tok = int(chosen[row])
-                    if tok in self.eos:
-                        finish[s_] = "stop"
-                        continue
-                    tokens[s_].append(tok)
-                    logps[s_].append(float(chosen_lp[row]))
-                    if len(tokens[s_]) < limits[s_]:
-                        keep.append(row)
+                    if tok not in self.eos:
+                        tokens[s_].append(tok)
+                        logps[s_].append(float(chosen_lp[row]))
+                        appended += 1
+                    if tok in self.eos or len(tokens[s_]) >= limits[s_]:
+                        finish[s_] = "stop" if tok in self.eos else "length"
+                        alive[row] = -1
+                        finished += 1
                 if self.progress is not None:
-                    self.progress.advance(len(alive) - len(keep), len(alive))
-                if len(keep) < len(alive):
-                    kept = torch.tensor(keep, dtype=torch.long, device=self.device)
-                    cache.batch_select_indices(kept)
-                    mask, next_pos, chosen = mask[kept], next_pos[kept], chosen[kept]
-                    alive = [alive[r] for r in keep]
-                    if not alive:
-                        cache = mask = next_pos = logits = None
-                        continue
+                    self.progress.advance(finished, appended)
+                live = [r for r, s_ in enumerate(alive) if s_ >= 0]
+                if not live:
+                    alive, cache, mask, next_pos, logits = [], None, None, None, None
+                    continue
+                # Finished rows leave the cache once they are an eighth of it: each compaction copies the
+                # whole cache, which costs more than decoding a few idle rows (profiled on toy:borrow).
+                if 8 * (len(alive) - len(live)) >= len(alive):
+                    cache, mask, next_pos, chosen = _select(torch, live, cache, mask, next_pos, chosen)
+                    alive = [alive[r] for r in live]
                     cache, mask = trim_left(cache, mask)
                 mask = torch.cat([mask, torch.ones((len(alive), 1), dtype=mask.dtype, device=self.device)], 1)
                 out = self.model(input_ids=chosen.view(-1, 1).to(self.device), attention_mask=mask,
@@ -333,6 +342,13 @@ def grouped_order(prompts: list[tuple[int, ...]]) -> list[int]:
     for i, g in enumerate(root_of):
         first.setdefault(g, i)
     return sorted(range(len(prompts)), key=lambda i: (first[root_of[i]], i))
+
+
+def _select(torch, rows: list[int], cache, mask, next_pos, per_row):
+    """Keep only `rows` of the batch: the cache, the mask, positions and one more per-row tensor."""
+    kept = torch.tensor(rows, dtype=torch.long, device=mask.device)
+    cache.batch_select_indices(kept)
+    return cache, mask[kept], next_pos[kept], per_row[kept]
 
 
 def _rows(reqs: list[Request], unit: list[int]) -> int:
