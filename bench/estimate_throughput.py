@@ -322,8 +322,10 @@ def main() -> None:
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    work_path = out.with_suffix(".workload.json")
-    run = out.with_suffix(".run")
+    import tempfile
+
+    scratch = Path(tempfile.mkdtemp(prefix="gpo-throughput-"))  # the sample run and the workload file
+    work_path, run = scratch / "workload.json", scratch / "run"
     work = build_workload(args, run)
     work_path.write_text(json.dumps(work))
     has_vllm = importlib.util.find_spec("vllm") is not None
@@ -346,8 +348,7 @@ def main() -> None:
                                "bound_ok": not violations, "bound_violations": violations,
                                "bound_cost_per_row": {k: v for k, v in table.items() if k != "peak_rss_mb"},
                                "results": results}, indent=2))
-    work_path.unlink()
-    shutil.rmtree(run, ignore_errors=True)
+    shutil.rmtree(scratch, ignore_errors=True)
     print(f"wrote {out}")
 
 
