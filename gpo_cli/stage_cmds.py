@@ -58,7 +58,7 @@ def run_generating(stage, run: Path, settings, rt: Runtime, problems=None) -> di
         lineage.require_fresh(run, stage.input)
         settings = with_policy(run, settings)  # the policy that sampled, unless --model/--backend/... say otherwise
     make = generator_factory(settings.backend, settings.model, rt.dtype, rt.device, rt.batch_size,
-                             rt.trust_remote_code, rt.vllm)
+                             rt.trust_remote_code, rt.vllm, rt.threads)
     preflight(settings.model, rt.trust_remote_code, problems, settings.max_new_tokens if problems else None)
     manifest = run_stage(stage, run, settings, input_table=problems, shard=shard,
                          chunk_groups=rt.chunk_groups or stage.chunk_groups, overwrite=rt.overwrite, log=log,

@@ -48,6 +48,8 @@ def test_scripts_are_plain_sbatch_files(tmp_path):
                  f"cd {tmp_path}", "source /opt/venv/bin/activate", "export HF_HUB_OFFLINE=1",
                  "--problems 'toy:arith?n=2&seed=0'", '--shard "${SLURM_ARRAY_TASK_ID}/4"'):
         assert line in sample, line
+    assert '--threads "${SLURM_CPUS_PER_TASK}"' in sample and "#SBATCH --cpus-per-task=4" in sample
+    assert "--threads" not in locate + train  # torch threads are a generating stage's option
     assert "--gpus-per-task" not in locate and "--array" not in train and "%j.out" in train
     assert '"${SLURM_GPUS_ON_NODE}"' in train and "--shard" not in train
     assert (run / "sample" / "_logs").is_dir()  # sbatch does not create the --output folder

@@ -7,6 +7,11 @@ each prefix group is prefilled, and every request reads its own leading slice of
 attention mask, then computes its last prompt token itself (which yields its first logits). Sampling draws
 one uniform per row per step from a CPU generator seeded by (request seed, sample index), so a sample does
 not depend on which batch it ran in.
+
+With `refill` (the default) the batch is kept full: when rows finish, whole prefix groups of waiting
+requests are prefilled and joined to the running batch (their caches left-padded to a common width), so
+ragged rollouts (2 to 160 tokens on toy:borrow) do not leave a static batch running nearly empty.
+Each row still draws from its own generator, so a request gets the same tokens whenever it joins.
 """
 
 from __future__ import annotations
@@ -22,12 +27,14 @@ from stages.core.generation import (
     resolve_device,
     resolve_dtype,
 )
+from stages.core.kv_cache import join_caches, make_growing, trim_left
 from stages.core.values import stable_seed
 
 
 class HFGenerator:
     def __init__(self, model: str, *, dtype: str = "auto", device: str = "auto", batch_size: int = 64,
-                 trust_remote_code: bool = False, model_obj=None, tokenizer=None, share_prefixes: bool = True):
+                 trust_remote_code: bool = False, model_obj=None, tokenizer=None, share_prefixes: bool = True,
+                 refill: bool = True, inplace_cache: bool = True):
         import torch
 
         from stages.core.models import load_causal_lm, resolve_model
@@ -45,6 +52,8 @@ class HFGenerator:
         self.pad_id = int(pad if pad is not None else next(iter(self.eos), 0))
         self.batch_size = max(1, batch_size)
         self.share_prefixes = share_prefixes
+        self.refill = refill
+        self.inplace_cache = inplace_cache  # kv_cache.GrowingLayer: decode steps write in place, no torch.cat
         self.stats: Counter = Counter()
         self.progress = None  # a stages.core.progress.Reporter while a stage generates
         self._torch = torch
@@ -53,7 +62,8 @@ class HFGenerator:
         import transformers
 
         return {"backend": "hf", "transformers": transformers.__version__, "device": self.device,
-                "dtype": str(self.dtype).replace("torch.", ""), "model": str(self.model_path),
+                "dtype": str(self.dtype).replace("torch.", ""), "threads": self._torch.get_num_threads(),
+                "batch_size": self.batch_size, "model": str(self.model_path),
                 "model_resolved": self.model_ref.provenance(),
                 **{k: int(v) for k, v in self.stats.items()}}
 
@@ -62,8 +72,11 @@ class HFGenerator:
         order = (grouped_order([r.prompt_ids for r in requests]) if self.share_prefixes
                  else list(range(len(requests))))
         done: list[list[Completion]] = []
-        for batch in self._batches([requests[i] for i in order]):
-            done.extend(self._generate_batch(batch, sampling))
+        if self.refill:
+            done = self._generate_refill([requests[i] for i in order], sampling)
+        else:
+            for batch in self._batches([requests[i] for i in order]):
+                done.extend(self._generate_batch(batch, sampling))
         results: list[list[Completion]] = [[] for _ in requests]
         for i, completions in zip(order, done):
             results[i] = completions
@@ -132,7 +145,7 @@ class HFGenerator:
             logits, cache, mask, next_pos = prefill([r.prompt_ids for r in reqs])
             owner = [i for i, r in enumerate(reqs) for _ in range(r.n)]
             index = torch.tensor(owner, device=self.device)
-            cache.batch_select_indices(index)  # share each prompt's prefill across its n samples
+            self._growing(cache).batch_select_indices(index)  # share each prompt's prefill across its n samples
             logits, mask, next_pos = logits[index], mask[index], next_pos[index]
             gens = [torch.Generator().manual_seed(stable_seed(r.seed, j)) for r in reqs for j in range(r.n)]
             tokens = [[] for _ in owner]
@@ -172,6 +185,112 @@ class HFGenerator:
         self.stats["prompt_tokens_shared"] += sum((r.n - 1) * len(r.prompt_ids) for r in reqs)
         self.stats["generated_tokens"] += sum(len(t) for t in tokens)
         return self._completions(reqs, owner, tokens, logps, finish, sampling.logprobs)
+
+    def _units(self, reqs: list[Request]) -> list[list[int]]:
+        """Admission units for refill: each prefix group (contiguous in `reqs`), cut into batch-sized pieces
+        only where a group alone exceeds the batch, so a group is prefilled once."""
+        _, root_of = prefix_groups([r.prompt_ids for r in reqs]) if self.share_prefixes else (None, range(len(reqs)))
+        units: list[list[int]] = []
+        seqs = 0
+        for i, r in enumerate(reqs):
+            if units and root_of[units[-1][-1]] == root_of[i] and seqs + r.n <= self.batch_size:
+                units[-1].append(i)
+                seqs += r.n
+            else:
+                units.append([i])
+                seqs = r.n
+        return units
+
+    def _generate_refill(self, reqs: list[Request], sampling: Sampling) -> list[list[Completion]]:
+        """Continuous batching: decode the running rows one step at a time; when at least a quarter of the
+        batch is free (or nothing runs), prefill the next waiting units that fit and join them."""
+        from collections import deque
+
+        torch = self._torch
+        owner = [i for i, r in enumerate(reqs) for _ in range(r.n)]
+        first_row = [0] * len(reqs)
+        for s_, i in enumerate(owner):
+            if s_ == 0 or owner[s_ - 1] != i:
+                first_row[i] = s_
+        tokens, logps = [[] for _ in owner], [[] for _ in owner]
+        finish = ["length"] * len(owner)
+        limits = [reqs[i].max_new_tokens or sampling.max_new_tokens for i in owner]
+        gens = [torch.Generator().manual_seed(stable_seed(r.seed, j)) for r in reqs for j in range(r.n)]
+        pending = deque(self._units(reqs))
+        threshold = max(1, self.batch_size // 4)
+        spare = torch.Generator().manual_seed(0)  # draws for finished rows still in the batch (discarded)
+        alive: list[int] = []
+        cache = mask = next_pos = logits = None
+        with torch.inference_mode():
+            while pending or alive:
+                live = [r for r, s_ in enumerate(alive) if s_ >= 0]
+                free, taken, rows_taken = self.batch_size - len(live), [], 0
+                while pending and (rows_taken + _rows(reqs, pending[0]) <= free or not (live or taken)):
+                    taken.append(pending.popleft())  # (a unit larger than the batch runs alone, as before)
+                    rows_taken += _rows(reqs, taken[-1])
+                if taken and (not live or rows_taken >= threshold or not pending):
+                    if len(live) < len(alive):  # finished rows leave before new ones join
+                        cache, mask, next_pos, logits = _select(torch, live, cache, mask, next_pos, logits)
+                        alive = [alive[r] for r in live]
+                    take = [i for unit in taken for i in unit]
+                    joined = self._admit([reqs[i] for i in take])
+                    rows = [first_row[i] + j for i in take for j in range(reqs[i].n)]
+                    if alive:
+                        cache, mask = join_caches(torch, cache, mask, joined[1], joined[2])
+                        logits = torch.cat([logits, joined[0]])
+                        next_pos = torch.cat([next_pos, joined[3]])
+                    else:
+                        logits, cache, mask, next_pos = joined
+                    alive = alive + rows
+                else:
+                    pending.extendleft(reversed(taken))  # too few rows free to be worth a prefill yet
+                chosen, chosen_lp = self._sample(logits, sampling, [gens[s_] if s_ >= 0 else spare for s_ in alive])
+                finished = appended = 0
+                for row, s_ in enumerate(alive):
+                    if s_ < 0:  # finished earlier, still in the cache until the next compaction
+                        continue
+                    tok = int(chosen[row])
+                    if tok not in self.eos:
+                        tokens[s_].append(tok)
+                        logps[s_].append(float(chosen_lp[row]))
+                        appended += 1
+                    if tok in self.eos or len(tokens[s_]) >= limits[s_]:
+                        finish[s_] = "stop" if tok in self.eos else "length"
+                        alive[row] = -1
+                        finished += 1
+                if self.progress is not None:
+                    self.progress.advance(finished, appended)
+                live = [r for r, s_ in enumerate(alive) if s_ >= 0]
+                if not live:
+                    alive, cache, mask, next_pos, logits = [], None, None, None, None
+                    continue
+                # Finished rows leave the cache once they are an eighth of it: each compaction copies the
+                # whole cache, which costs more than decoding a few idle rows (profiled on toy:borrow).
+                if 8 * (len(alive) - len(live)) >= len(alive):
+                    cache, mask, next_pos, chosen = _select(torch, live, cache, mask, next_pos, chosen)
+                    alive = [alive[r] for r in live]
+                    cache, mask = trim_left(cache, mask)
+                mask = torch.cat([mask, torch.ones((len(alive), 1), dtype=mask.dtype, device=self.device)], 1)
+                out = self.model(input_ids=chosen.view(-1, 1).to(self.device), attention_mask=mask,
+                                 position_ids=next_pos.view(-1, 1), past_key_values=cache, use_cache=True)
+                logits, next_pos = out.logits[:, -1, :], next_pos + 1
+        self.stats["requests"] += len(reqs)
+        self.stats["prompt_tokens"] += sum(len(r.prompt_ids) for r in reqs)
+        self.stats["prompt_tokens_shared"] += sum((r.n - 1) * len(r.prompt_ids) for r in reqs)
+        self.stats["generated_tokens"] += sum(len(t) for t in tokens)
+        return self._completions(reqs, owner, tokens, logps, finish, sampling.logprobs)
+
+    def _growing(self, cache):
+        return make_growing(cache) if self.inplace_cache else cache
+
+    def _admit(self, reqs: list[Request]):
+        """Prefill `reqs` (one prefill per prefix group) and repeat each row for its n samples."""
+        prefill = self._prefill_shared if self.share_prefixes else self._prefill
+        logits, cache, mask, next_pos = prefill([r.prompt_ids for r in reqs])
+        index = self._torch.tensor([i for i, r in enumerate(reqs) for _ in range(r.n)], device=self.device)
+        self._growing(cache).batch_select_indices(index)
+        self.stats["prefills"] += 1
+        return logits[index], cache, mask[index], next_pos[index]
 
     def _completions(self, reqs, owner, tokens, logps, finish, want_logprobs):
         grouped: list[list[Completion]] = [[] for _ in reqs]
@@ -225,3 +344,15 @@ def grouped_order(prompts: list[tuple[int, ...]]) -> list[int]:
     for i, g in enumerate(root_of):
         first.setdefault(g, i)
     return sorted(range(len(prompts)), key=lambda i: (first[root_of[i]], i))
+
+
+def _select(torch, rows: list[int], cache, mask, next_pos, per_row):
+    """Keep only `rows` of the batch: the cache, the mask, positions and one more per-row tensor."""
+    kept = torch.tensor(rows, dtype=torch.long, device=mask.device)
+    cache.batch_select_indices(kept)
+    return cache, mask[kept], next_pos[kept], per_row[kept]
+
+
+def _rows(reqs: list[Request], unit: list[int]) -> int:
+    return sum(reqs[i].n for i in unit)
+

@@ -298,7 +298,7 @@ def _run_shard(stage: Stage, run: Path, out: Path, settings: Any, config: dict, 
 
     ctx = Context(run, stage, settings, index, num_shards, make_generator=make_generator,
                   progress=ChunkProgress(stage.name))
-    started = time.time()
+    started, cpu_started = time.time(), cpu_seconds()
     try:
         with sigterm_stops_work():
             for k, chunk in enumerate(chunks):
@@ -309,9 +309,16 @@ def _run_shard(stage: Stage, run: Path, out: Path, settings: Any, config: dict, 
     finally:
         ctx.close()
     manifest = build_manifest(stage, out, config, index, num_shards, len(chunks), started, ctx)
+    manifest["cpu_seconds"] = round(cpu_seconds() - cpu_started, 3)
     artifacts.write_json_atomic(manifest_path, manifest)
     artifacts.mark_success_if_complete(out, num_shards, config["config_hash"])
     return manifest
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of the children it has waited for (checker pools, engine workers)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def _run_chunk(stage: Stage, out: Path, ctx: Context, rows: pa.Table, k: int, num_chunks: int,
@@ -320,11 +327,12 @@ def _run_chunk(stage: Stage, out: Path, ctx: Context, rows: pa.Table, k: int, nu
     parts = [primary, *(out / name / primary.name for name in stage.outputs if name != stage.name)]
     if all([artifacts.valid_part(p, meta["config_hash"]) for p in parts]):  # list: check (and clean) every part
         return
-    t0 = time.time()
+    t0, c0 = time.time(), cpu_seconds()
     ctx.stats = Counter()
     with ctx.progress.chunk(k, num_chunks) if ctx.progress is not None else nullcontext():
         tables = stage.process(rows, ctx)
-    chunk_meta = {**meta, "seconds": f"{time.time() - t0:.3f}", "stats": json.dumps(dict(ctx.stats))}
+    chunk_meta = {**meta, "seconds": f"{time.time() - t0:.3f}", "cpu_seconds": f"{cpu_seconds() - c0:.3f}",
+                  "stats": json.dumps(dict(ctx.stats))}
     # Secondary tables first, the primary last: the primary's presence marks the chunk done.
     for name, schema in reversed(list(stage.outputs.items())):
         path = primary if name == stage.name else out / name / chunk_name(ctx.shard, k)
@@ -336,7 +344,7 @@ def _run_chunk(stage: Stage, out: Path, ctx: Context, rows: pa.Table, k: int, nu
 
 def build_manifest(stage: Stage, out: Path, config: dict, index: int, num_shards: int,
                    num_chunks: int, started: float, ctx: Context) -> dict:
-    files, stats, rows, seconds = [], Counter(), 0, 0.0
+    files, stats, rows, seconds, cpu = [], Counter(), 0, 0.0, 0.0
     for name in stage.outputs:
         folder = out if name == stage.name else out / name
         for k in range(num_chunks):
@@ -348,11 +356,15 @@ def build_manifest(stage: Stage, out: Path, config: dict, index: int, num_shards
                 kv = artifacts.part_metadata(path)
                 stats.update(json.loads(kv.get("stats", "{}")))
                 seconds += float(kv.get("seconds", 0))
+                cpu += float(kv.get("cpu_seconds", 0))
     generator = ctx._generator
     return {
         "stage": stage.name, "shard": index, "num_shards": num_shards,
         "config_hash": config["config_hash"], "rows": rows, "chunks": num_chunks,
         "files": files, "stats": dict(stats), "chunk_seconds": round(seconds, 3),
+        "chunk_cpu_seconds": round(cpu, 3),  # the chunks' work, without start-up and model load
+        # every generating stage's tokens under one key (branch counts them per data tag in stats)
+        "generated_tokens": sum(v for k, v in stats.items() if k.endswith("generated_tokens")),
         "wall_seconds": round(time.time() - started, 3),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(),
         "slurm": {k: os.environ[k] for k in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID")

@@ -37,6 +37,9 @@ class Runtime:
     dtype: str = setting("auto", "auto (bf16 on GPUs that support it, else fp32), bf16, fp16, fp32.")
     device: str = setting("auto", "auto, cpu, cuda, cuda:1 ... (transformers backend).")
     batch_size: int = setting(64, "Sequences decoded at once (transformers backend).")
+    threads: int | None = setting(None, "CPU threads for torch in this process, set before the model loads "
+                                        "(default: $SLURM_CPUS_PER_TASK in a Slurm job, else the cores this "
+                                        "process may use less the other processes running on them, at least 1).")
     trust_remote_code: bool = setting(False, "Allow model folders to run their own Python code (off by default).")
     vllm: list[str] | None = setting(None, "vLLM engine setting KEY=VALUE (repeatable): tensor_parallel_size, "
                                            "gpu_memory_utilization, max_model_len, max_num_seqs, enforce_eager, seed.")
@@ -51,10 +54,12 @@ class Runtime:
     def __post_init__(self):
         if self.batch_size < 1:
             raise GpoError(f"--batch-size must be at least 1, not {self.batch_size}")
+        if self.threads is not None and self.threads < 1:
+            raise GpoError(f"--threads must be at least 1, not {self.threads}")
         if self.chunk_groups is not None and self.chunk_groups < 1:
             raise GpoError(f"--chunk-groups must be at least 1, not {self.chunk_groups}")
 
 
-GENERATING = ("dtype", "device", "batch_size", "trust_remote_code", "vllm", "shard", "chunk_groups", "overwrite",
-              "quiet")
+GENERATING = ("dtype", "device", "batch_size", "threads", "trust_remote_code", "vllm", "shard", "chunk_groups",
+              "overwrite", "quiet")
 NON_GENERATING = ("shard", "chunk_groups", "overwrite", "quiet")

@@ -42,14 +42,16 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None and _cuda_available()
 
 
-def _cpu_env_defaults(tensor_parallel_size: int) -> None:
+def _cpu_env_defaults(tensor_parallel_size: int, threads: int | None = None) -> None:
     # In-process engine (no __main__ guard needed, starts in seconds) and a small KV cache.
     defaults = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1",
                 "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
     if tensor_parallel_size == 1:
         # OpenMP on every core we may use: "auto" keeps one logical CPU per physical core on x86,
         # which can leave a 2-vCPU machine one thread. (TP > 1 needs one "|"-separated list per rank.)
-        defaults["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
+        # --threads keeps the first that many of them.
+        cores = sorted(os.sched_getaffinity(0))[:threads or None]
+        defaults["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(c) for c in cores)
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
 
@@ -81,7 +83,7 @@ class VLLMGenerator:
     def __init__(self, model: str, *, dtype: str = "auto", trust_remote_code: bool = False,
                  tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9,
                  max_model_len: int | None = None, max_num_seqs: int = 256, seed: int = 0,
-                 enforce_eager: bool | None = None, **engine_kwargs):
+                 enforce_eager: bool | None = None, threads: int | None = None, **engine_kwargs):
         from stages.core.models import plain_folder, resolve_model
 
         self.model_path = model
@@ -91,7 +93,7 @@ class VLLMGenerator:
         folder = self.served_folder = plain_folder(self.model_ref, trust_remote_code)
         self.device = "cuda" if _cuda_available() else "cpu"
         if self.device == "cpu":
-            _cpu_env_defaults(tensor_parallel_size)
+            _cpu_env_defaults(tensor_parallel_size, threads)
         import vllm
 
         self._vllm = vllm
@@ -113,6 +115,7 @@ class VLLMGenerator:
         hit_rate = self.stats["cached_prompt_tokens"] / seq_prompt if seq_prompt else 0.0
         return {"backend": "vllm", "vllm": self._vllm.__version__, "device": self.device,
                 "dtype": self.dtype, "model": str(self.model_path), "seed": self.seed,
+                "threads": os.environ.get("VLLM_CPU_OMP_THREADS_BIND") if self.device == "cpu" else None,
                 "model_resolved": {**self.model_ref.provenance(), "served_from": self.served_folder},
                 "prefix_cache_hit_rate": round(hit_rate, 4), **{k: int(v) for k, v in self.stats.items()}}
 

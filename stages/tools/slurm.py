@@ -24,6 +24,7 @@ from stages.core.query import array_spec
 SHARDED = ("sample", "estimate", "locate", "branch", "eval")
 UNSHARDED = ("train",)
 CPU_ONLY = ("locate",)  # no generation: asking for a GPU there only waits in the queue longer
+GENERATING = ("sample", "estimate", "branch", "eval")  # these take --threads (torch's CPU threads)
 _EVAL_LABEL = re.compile(r"eval_[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -105,6 +106,9 @@ def render_script(run: Path, stage: str, argv: Sequence[str], shards: int, optio
     header += [line.strip() for line in options.extra]
 
     command = [_quote(a) for a in argv]
+    generating = len(argv) > 1 and Path(argv[0]).name == "gpo" and argv[1] in GENERATING
+    if generating and not any(a == "--threads" or a.startswith("--threads=") for a in argv):
+        command += ["--threads", '"${SLURM_CPUS_PER_TASK}"']  # as many torch threads as the job's CPUs
     if sharded and not any(a == "--shard" or a.startswith("--shard=") for a in argv):
         command += ["--shard", f'"${{SLURM_ARRAY_TASK_ID}}/{shards}"']
     if options.launcher == "srun":

@@ -1,0 +1,75 @@
+"""Continuous batching in the transformers backend (refill): rows that finish are replaced by waiting
+requests, and every request still gets the tokens it gets in a static batch, or alone."""
+
+from __future__ import annotations
+
+import pytest
+
+from stages.core.backends import Request, Sampling
+from stages.core.hf_backend import HFGenerator
+from stages.core.values import stable_seed
+from tests.conftest import TOY_MODEL
+
+pytestmark = pytest.mark.skipif(not (TOY_MODEL / "config.json").exists(), reason="data/toy-model not built")
+
+
+@pytest.fixture(scope="module")
+def static():
+    return HFGenerator(str(TOY_MODEL), dtype="fp32", device="cpu", batch_size=8, refill=False)
+
+
+def refill_gen(static, batch_size=8):
+    return HFGenerator(str(TOY_MODEL), dtype="fp32", device="cpu", batch_size=batch_size,
+                       model_obj=static.model, tokenizer=static.tokenizer)
+
+
+@pytest.fixture(scope="module")
+def ragged(static):
+    """Prompts of 2 to ~40 tokens, some prefixes of others, budgets of 1 to 40 tokens, n of 1 to 3."""
+    from stages.core.sources import load_problems
+
+    tok = static.tokenizer
+    problems = load_problems("toy:arith?n=6&seed=5&split=train").table.to_pylist()
+    prompts = [tuple(tok(p["question"] + "\n")["input_ids"]) for p in problems]
+    outs = static.generate([Request(p, 1, stable_seed(4, i)) for i, p in enumerate(prompts)], Sampling(1.0, 1.0, 40))
+    reqs = []
+    for i, (p, (c,)) in enumerate(zip(prompts, outs)):
+        for cut in (0, len(c.token_ids) // 3, 2 * len(c.token_ids) // 3):
+            reqs.append(Request(p + c.token_ids[:cut], 1 + len(reqs) % 3, stable_seed(9, len(reqs)),
+                                [40, 2, 17, 5, 1, 30][len(reqs) % 6]))
+    reqs.append(Request(tuple(tok("z")["input_ids"]), 2, 77, 40))  # a very short prompt
+    return reqs
+
+
+@pytest.mark.parametrize("sampling", [Sampling(0.0, 1.0, 40, logprobs=True), Sampling(1.0, 1.0, 40, logprobs=True),
+                                      Sampling(0.7, 0.9, 40)], ids=["greedy", "t1", "t0.7-p0.9"])
+def test_refill_samples_the_same_tokens_as_static_batches(static, ragged, sampling):
+    gen = refill_gen(static)
+    want, got = static.generate(ragged, sampling), gen.generate(ragged, sampling)
+    assert [[c.token_ids for c in g] for g in got] == [[c.token_ids for c in g] for g in want]
+    assert [[c.finish_reason for c in g] for g in got] == [[c.finish_reason for c in g] for g in want]
+    if sampling.logprobs:
+        for g_got, g_want in zip(got, want):
+            for a, b in zip(g_got, g_want):
+                assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+    assert gen.stats["prefills"] > 1  # waiting requests joined a running batch
+    lengths = {len(c.token_ids) for g in got for c in g}
+    assert min(lengths) <= 2 and max(lengths) >= 15  # the rows really were ragged
+
+
+def test_a_request_joining_mid_batch_gets_the_tokens_it_gets_alone(static, ragged):
+    gen = refill_gen(static, batch_size=6)
+    sampling = Sampling(1.0, 1.0, 40)
+    together = gen.generate(ragged, sampling)
+    for req, group in list(zip(ragged, together))[-6:]:  # the last ones join batches already running
+        alone = refill_gen(static).generate([req], sampling)[0]
+        assert [c.token_ids for c in alone] == [c.token_ids for c in group]
+
+
+def test_refill_keeps_one_prefill_per_prefix_group(static, ragged):
+    per_request = HFGenerator(str(TOY_MODEL), dtype="fp32", device="cpu", batch_size=64, refill=False,
+                              model_obj=static.model, tokenizer=static.tokenizer)
+    gen = refill_gen(static, batch_size=64)
+    per_request.generate(ragged, Sampling(1.0, 1.0, 8))
+    gen.generate(ragged, Sampling(1.0, 1.0, 8))
+    assert gen.stats["prompt_tokens_computed"] == per_request.stats["prompt_tokens_computed"]

@@ -1,0 +1,51 @@
+"""--threads: torch's CPU threads per process, chosen before the model loads, recorded in the manifest,
+and written into the Slurm scripts from --cpus-per-task."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from stages.core.backends import default_threads
+from stages.core.errors import GpoError
+from stages.core.settings import Runtime
+from tests.conftest import TOY_MODEL, gpo
+
+
+def test_default_threads_follow_slurm_then_the_free_cores():
+    assert default_threads({"SLURM_CPUS_PER_TASK": "6"}, cores=2, running=9) == 6
+    assert default_threads({}, cores=2, running=1) == 2  # alone: every core
+    assert default_threads({}, cores=2, running=2) == 1  # one other job runnable: the free core
+    assert default_threads({}, cores=8, running=4) == 5
+    assert default_threads({}, cores=2, running=7) == 1  # never below 1
+    assert default_threads({"SLURM_CPUS_PER_TASK": ""}, cores=4, running=1) == 4
+
+
+def test_threads_below_one_are_refused():
+    with pytest.raises(GpoError, match="--threads must be at least 1"):
+        Runtime(threads=0)
+
+
+@pytest.mark.skipif(not (TOY_MODEL / "config.json").exists(), reason="data/toy-model not built")
+@pytest.mark.parametrize("threads", [1, 2])
+def test_threads_reach_torch_and_the_manifest(tmp_path, threads):
+    import torch
+
+    run = tmp_path / "run"
+    gpo("sample", "--problems", "toy:arith?n=2&seed=0&split=train", "--model", TOY_MODEL, "--run", run,
+        "--n", 2, "--max-new-tokens", 8, "--backend", "hf", "--threads", threads)
+    assert torch.get_num_threads() == threads  # the CLI ran in this process
+    manifest = json.loads((run / "sample" / "_shards" / "00000.json").read_text())
+    assert manifest["backend"]["threads"] == threads
+    assert manifest["generated_tokens"] == manifest["stats"]["generated_tokens"] > 0
+    assert manifest["cpu_seconds"] > 0 and manifest["wall_seconds"] > 0
+
+
+def test_gpo_slurm_passes_cpus_per_task_as_threads(tmp_path):
+    run = tmp_path / "run"
+    gpo("slurm", run, "--stages", "sample,locate", "--cpus-per-task", 3,
+        "--args", f"sample=--problems toy:arith?n=2 --model {TOY_MODEL}")
+    sample = (run / "slurm" / "sample.sbatch").read_text()
+    assert "#SBATCH --cpus-per-task=3" in sample and '--threads "${SLURM_CPUS_PER_TASK}"' in sample
+    assert "--threads" not in (run / "slurm" / "locate.sbatch").read_text()
