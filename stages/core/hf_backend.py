@@ -176,14 +176,7 @@ class HFGenerator:
                     cache.batch_select_indices(kept)
                     mask, next_pos, chosen = mask[kept], next_pos[kept], chosen[kept]
                     alive = [alive[r] for r in keep]
-                mask = torch.cat([mask, torch.ones((len(alive), 1), dtype=mask.dtype, device=self.device)], 1)
-                out = self.model(input_ids=chosen.view(-1, 1).to(self.device), attention_mask=mask,
-                                 position_ids=next_pos.view(-1, 1), past_key_values=cache, use_cache=True)
-                logits, next_pos = out.logits[:, -1, :], next_pos + 1
-        self.stats["requests"] += len(reqs)
-        self.stats["prompt_tokens"] += sum(len(r.prompt_ids) for r in reqs)
-        self.stats["prompt_tokens_shared"] += sum((r.n - 1) * len(r.prompt_ids) for r in reqs)
-        self.stats["generated_tokens"] += sum(len(t) for t in tokens)
+                logits, mask, next_pos = self._decode_step(chosen, mask, next_pos, cache)
         return self._completions(reqs, owner, tokens, logps, finish, sampling.logprobs)
 
     def _units(self, reqs: list[Request]) -> list[list[int]]:
@@ -270,14 +263,7 @@ class HFGenerator:
                     cache, mask, next_pos, chosen = _select(torch, live, cache, mask, next_pos, chosen)
                     alive = [alive[r] for r in live]
                     cache, mask = trim_left(cache, mask)
-                mask = torch.cat([mask, torch.ones((len(alive), 1), dtype=mask.dtype, device=self.device)], 1)
-                out = self.model(input_ids=chosen.view(-1, 1).to(self.device), attention_mask=mask,
-                                 position_ids=next_pos.view(-1, 1), past_key_values=cache, use_cache=True)
-                logits, next_pos = out.logits[:, -1, :], next_pos + 1
-        self.stats["requests"] += len(reqs)
-        self.stats["prompt_tokens"] += sum(len(r.prompt_ids) for r in reqs)
-        self.stats["prompt_tokens_shared"] += sum((r.n - 1) * len(r.prompt_ids) for r in reqs)
-        self.stats["generated_tokens"] += sum(len(t) for t in tokens)
+                logits, mask, next_pos = self._decode_step(chosen, mask, next_pos, cache)
         return self._completions(reqs, owner, tokens, logps, finish, sampling.logprobs)
 
     def _growing(self, cache):
@@ -292,7 +278,21 @@ class HFGenerator:
         self.stats["prefills"] += 1
         return logits[index], cache, mask[index], next_pos[index]
 
+    def _decode_step(self, chosen, mask, next_pos, cache):
+        """One decode forward for every row in the batch: each row's chosen token at its next position."""
+        import torch
+
+        mask = torch.cat([mask, torch.ones((mask.shape[0], 1), dtype=mask.dtype, device=self.device)], 1)
+        out = self.model(input_ids=chosen.view(-1, 1).to(self.device), attention_mask=mask,
+                         position_ids=next_pos.view(-1, 1), past_key_values=cache, use_cache=True)
+        return out.logits[:, -1, :], mask, next_pos + 1
+
     def _completions(self, reqs, owner, tokens, logps, finish, want_logprobs):
+        """Both loops end here: the batch's counters, then each request's n completions."""
+        self.stats["requests"] += len(reqs)
+        self.stats["prompt_tokens"] += sum(len(r.prompt_ids) for r in reqs)
+        self.stats["prompt_tokens_shared"] += sum((r.n - 1) * len(r.prompt_ids) for r in reqs)
+        self.stats["generated_tokens"] += sum(len(t) for t in tokens)
         grouped: list[list[Completion]] = [[] for _ in reqs]
         for s, i in enumerate(owner):
             ids = tuple(tokens[s])
