@@ -4,7 +4,7 @@
     python bench/select_hparams.py --arms gpo-changepoint         # add one arm's cells to the existing result
     python bench/select_hparams.py --task arith --quick           # smoke size
 
-Procedure (the one the README records): build every arm's training data exactly as `gpo demo` does (train
+Procedure (the one docs/experiments.md records): build every arm's training data exactly as `gpo demo` does (train
 split, seed 0); for each (learning rate, beta) in the grid, train each arm with the demo's optimizer steps
 and batch; score each on the validation split (`split=valid`: problems disjoint from train and test by a hash
 of the question) by sampled pass@1; choose **per arm** its best cell (ties: the earlier cell, smaller learning

@@ -1,6 +1,6 @@
 """SmolLM2-135M-Instruct end to end on CPU: GPO against the same-sample whole-trajectory baseline.
 
-    .venv/bin/python bench/smollm2_e2e.py                       # the README's run (~50 min on 2 busy cores)
+    .venv/bin/python bench/smollm2_e2e.py                       # docs/experiments.md's run (~50 min, 2 busy cores)
     .venv/bin/python bench/smollm2_e2e.py --train-problems 3 --test-problems 3 --n 2 --k 2 --m 2 \
         --eval-n 2 --max-new-tokens 16 --steps 2 --batch-size 2 --out /tmp/e2e --json /tmp/e2e.json   # tiny
 
@@ -33,7 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-# Measured (README "SmolLM2-135M end to end on CPU"): SmolLM2 scored 55% (40 samples, 10 problems) here at
+# Measured (docs/experiments.md "SmolLM2-135M end to end on CPU"): SmolLM2 scored 55% (40 samples, 10 problems) here at
 # T=0.6, top-p 0.9, 128 new tokens, and 27.5% on chain_sum with 2 one-digit terms.
 TASK = ("basic_arithmetic?min_terms=2&max_terms=2&min_digits=1&max_digits=1&operators=+,-"
         "&allow_parentheses=false&allow_negation=false")

@@ -19,7 +19,7 @@ class Arm:
     name: str
     run: str  # run folder (under the demo's root) whose branch table holds the arm's rows
     data: str  # `gpo train --data`: gpo, baseline or random-reset rows
-    what: str  # one line for the README and the summary
+    what: str  # one line for the arm table (docs/experiments.md) and the summary
     estimator: str | None = None  # GPO arms: `gpo estimate --estimator`
     rule: str = "abs-advantage"  # GPO arms: `gpo locate --rule`
     estimate_from: str | None = None  # a GPO arm with the same estimate as this arm's run: copied, not rerun

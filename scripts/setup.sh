@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv and install gpo with pinned dependencies (idempotent; reinstalls when pyproject.toml changes).
 # torch==2.13.0 is pinned in the same command so pip takes the CPU build on CPU machines
-# instead of pulling a multi-GB CUDA build. GPU machines: see README "GPUs".
+# instead of pulling a multi-GB CUDA build. GPU machines: see docs/cluster-and-gpus.md "GPUs".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRAS="${GPO_EXTRAS:-dev,data,cpu-vllm}"

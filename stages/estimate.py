@@ -54,7 +54,7 @@ class EstimateSettings:
                                  "regex:<pattern>, chunk:<n>.")
     scope: str = setting("failed", "failed (authors' code) or all trajectories.")
     # bisect by default: on the demo its trained models match full K=4's (paired CIs, 3 seeds) at ~3.4x fewer
-    # generated tokens (README "The cost of GPO"); --estimator full is the paper's.
+    # generated tokens (docs/experiments.md "The cost of GPO"); --estimator full is the paper's.
     estimator: str = setting("bisect", "bisect (binary search for the drop; default), full (the paper's: K "
                                        "rollouts at every state), adaptive, changepoint (bisect, then K more where "
                                        "the change point is least certain, until --target or --budget) or "

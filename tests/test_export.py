@@ -431,9 +431,9 @@ def test_verl_data_source_whose_scorer_cannot_read_the_answers_is_refused(chat_r
 
 
 def test_readme_trl_commands_parse_with_trls_own_parsers(tmp_path):
-    """Issue 21.8/21.11: every `trl ...` line of the README is accepted by TRL 1.16's parser of that script
-    (flag spellings such as --use_cpu), and a --reward_funcs path imports."""
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    """Issue 21.8/21.11: every `trl ...` line of docs/commands.md (the README's before issue 22.11) is accepted
+    by TRL 1.16's parser of that script (flag spellings such as --use_cpu), and a --reward_funcs path imports."""
+    readme = (Path(__file__).resolve().parent.parent / "docs" / "commands.md").read_text()
     lines = [line.split("  #")[0].split() for line in readme.splitlines() if line.startswith("trl ")]
     assert {line[1] for line in lines} >= {"dpo", "kto", "grpo"}
     assert any(line[1] == "dpo" and "--use_cpu" in line for line in lines)
@@ -443,7 +443,7 @@ def test_readme_trl_commands_parse_with_trls_own_parsers(tmp_path):
         script = importlib.import_module(f"trl.scripts.{line[1]}")
         argv = [str(tmp_path) if a == "MODEL" else a for a in line[2:]]
         if "--use_cpu" not in argv and not torch.cuda.is_available():
-            # TRL's configs default to bf16, refused on a CPU: the GPU lines need the flag here, as the README says
+            # TRL's configs default to bf16, refused on a CPU: the GPU lines need the flag here (docs/commands.md)
             with pytest.raises(ValueError, match="use_cpu"):
                 script.make_parser().parse_args_and_config(argv)
             argv.append("--use_cpu")

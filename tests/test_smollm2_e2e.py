@@ -1,6 +1,6 @@
 """bench/smollm2_e2e.py at tiny sizes: the whole chain on the real SmolLM2 model (sample -> estimate ->
 locate -> branch -> DPO for GPO and the same-sample baseline -> eval of three models -> diagnose) runs
-through the CLI, and its JSON holds every figure the README reports, with sane values."""
+through the CLI, and its JSON holds every figure docs/experiments.md reports, with sane values."""
 
 import importlib.util
 import json

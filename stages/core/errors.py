@@ -1,6 +1,6 @@
 """User-facing errors: the CLI prints these as one line and exits non-zero, without a traceback.
 
-Exit codes follow the Unix convention (README "Exit codes"): 2 for a usage error (a bad flag, value or
+Exit codes follow the Unix convention (docs/commands.md "Exit codes"): 2 for a usage error (a bad flag, value or
 settings file, found before anything runs), 1 for a run that failed (missing or damaged input, a refused
 rerun, a model that does not load), 143 after SIGTERM, 130 after Ctrl-C.
 """

@@ -308,5 +308,5 @@ def truncation_summary(stats: dict) -> tuple[str, str | None]:
     if share > TRUNCATION_WARN_SHARE:
         warning = (f"warning: {cut} of {total} generated responses ({share:.0%}) stopped at the token budget "
                    "before finishing (finish_reason = length); they score as wrong. Consider a larger "
-                   "--max-new-tokens (README: 'Progress and --max-new-tokens').")
+                   "--max-new-tokens (docs/commands.md: 'Progress and --max-new-tokens').")
     return text, warning

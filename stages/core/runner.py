@@ -1,6 +1,6 @@
 """The one stage runner: pick this shard's groups, skip finished chunks, run, validate, write atomically.
 
-Layout of a run directory (see README "Artifacts"):
+Layout of a run directory (see docs/artifacts.md):
     RUN/<stage>/config.json                          resolved settings and their hash
     RUN/<stage>/shard-00003.chunk-00007.parquet      the stage's primary table
     RUN/<stage>/<table>/shard-00003.chunk-00007.parquet  its other tables (e.g. estimate/rollouts)

@@ -28,7 +28,7 @@ from stages.core.changepoint import change_point
 
 RULES = ("abs-advantage", "advantage", "max-value", "random", "changepoint", "oracle")
 # changepoint by default: on toy:borrow it finds the first wrong line far more often than argmax |A| on the
-# same counts (bench/locator_frontier.py, README "Benchmarks"); --rule abs-advantage is the paper's.
+# same counts (bench/locator_frontier.py, docs/experiments.md "Benchmarks"); --rule abs-advantage is the paper's.
 DEFAULT_RULE = "changepoint"
 PAPER_RULE = "abs-advantage"
 
