@@ -91,18 +91,26 @@ class Runner:
 
     def __init__(self, command):
         self.command = command  # gpo's click command, handed in by `gpo demo` (no import of gpo_cli.main here)
-        self.timings: list[tuple[str, float]] = []
+        self.timings: list[tuple[str, float, float]] = []  # (command, wall seconds, CPU seconds)
 
     def __call__(self, name: str, *args) -> None:
         argv = [str(a) for a in args]
         err.print(f"[bold cyan]$ gpo {shlex.join(argv)}[/bold cyan]")
-        t0 = time.time()
+        t0, c0 = time.time(), cpu_seconds()
         code = self.command.main(args=argv, prog_name="gpo", standalone_mode=False)
         if isinstance(code, int) and code != 0:  # the command already printed its one-line error
             import typer
 
             raise typer.Exit(code)
-        self.timings.append((name, time.time() - t0))
+        self.timings.append((name, time.time() - t0, cpu_seconds() - c0))
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (the math checker's workers), user + system."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def source(plan: DemoPlan, split: str, n: int, seed: int) -> str:

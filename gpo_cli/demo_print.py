@@ -9,6 +9,9 @@ from gpo_cli.demo_summary import PRIMARY_KIND, RESOLVE
 WIDE = 160
 
 
+DATA_PHASE = ("sample", "estimate", "locate", "branch")  # the commands that make every arm's data
+
+
 def _f(value, spec: str = ".3f") -> str:
     return "-" if value is None else format(value, spec)
 
@@ -80,8 +83,12 @@ def print_demo_summary(r: dict) -> None:
                   f"{sides}; {d['pairs']} pairs, {d['duplicate_share']:.0%} exact duplicates")
     out.print("gpo diagnose (the GPO run): " + "\n  ".join(r["diagnose"]))
     out.print(f"budget matching: {r['budget']['rule']}")
-    out.print("wall time: " + ", ".join(f"{name} {sec:.0f}s" for name, sec in r["timings"])
-              + f"; total {r['wall_seconds']:.0f}s")
+    each = ", ".join(f"{name} {wall:.0f}/{cpu:.0f}" for name, wall, cpu in r["timings"])
+    out.print(f"time (wall s / CPU s): {each}; total {r['wall_seconds']:.0f}s wall")
+    data = [(wall, cpu) for name, wall, cpu in r["timings"] if name.split()[0] in DATA_PHASE]
+    if data:
+        out.print(f"data phase (sample, estimate, locate, branch of every arm): {sum(w for w, _ in data):.0f}s wall, "
+                  f"{sum(c for _, c in data):.0f} CPU-s")
     primary = [row for row in r["differences"] if row["primary"]]
     if primary:
         out.print("[bold]reading (primary, Holm-adjusted):[/bold] " + "; ".join(

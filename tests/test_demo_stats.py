@@ -69,7 +69,8 @@ def test_the_primary_family_is_each_gpo_arm_minus_same_samples_on_greedy_and_the
     problems = [f"p{i}" for i in range(40)]
 
     def eval_summary(label, mode, right):  # `right`: how many of the 40 problems the model gets right
-        return {"label": label, "per_problem": {mode: {p: float(i < right) for i, p in enumerate(problems)}}}
+        return {"label": label, "per_problem": {mode: {p: float(i < right) for i, p in enumerate(problems)}},
+                "questions": {p: f"hash-{p}" for p in problems}}  # the same questions: --compare pairs them
 
     def probe_summary(label, shift):
         kinds = {PRIMARY_KIND: {p: {"p": 0.4 + shift + 0.01 * (i % 5), "top": float(i % 2)}
@@ -112,7 +113,11 @@ def test_the_summary_prints_presented_pairs_and_the_primary_family_first(capsys)
         "probe": {"gpo": {"trap-hard": {"p_gold": 0.44, "top_share": 0.4}}}, "training": {"gpo": training},
         "differences": [row, other], "needed_problems": {"greedy": 630},
         "plan": {"greedy_problems": 640, "test_problems": 150, "eval_n": 4}, "agreement": {},
-        "pair_divergence": {}, "diagnose": [], "budget": {"rule": "r"}, "timings": [], "wall_seconds": 1})
+        "pair_divergence": {}, "diagnose": [], "budget": {"rule": "r"},
+        "timings": [("sample", 12.4, 10.2), ("estimate (gpo-bisect)", 20.0, 18.0), ("train (gpo)", 9.0, 8.0)],
+        "wall_seconds": 1})
     text = capsys.readouterr().out
+    # each command's wall and CPU time (issue 19), and the data phase summed over the data-making commands only
+    assert "sample 12/10" in text and "data phase (sample, estimate, locate, branch of every arm): 32s wall, 28 CPU-s" in text
     assert "30 x 8 (240)" in text and "0.440 / 0.400" in text
     assert text.index("PRIMARY") < text.index("exploratory") and "greedy ~630" in text
