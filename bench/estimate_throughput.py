@@ -141,8 +141,9 @@ def run_backend(work: dict, k: int, variant: str, batch_size: int, threads: int)
         computed = stats["prompt_tokens"] + stats["prompt_tokens_shared"] - stats["cached_prompt_tokens"]
     decode = [decode_steps(len(r.prompt_ids), len(c.token_ids), c.finish_reason == "stop")
               for r, o in zip(requests, outs) for c in o]
-    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "generated_tokens": sum(len(c.token_ids) for o in outs for c in o), "prompt_tokens_computed": int(computed),
-            "decode": decode}
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds,
+            "generated_tokens": sum(len(c.token_ids) for o in outs for c in o),
+            "prompt_tokens_computed": int(computed), "decode": decode}
 
 
 def run_stage(work: dict, k: int, batch_size: int, threads: int, split: str) -> dict:

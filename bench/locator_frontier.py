@@ -45,7 +45,8 @@ def load(run: Path) -> tuple[list[dict], dict]:
     for r in artifacts.read_table(run, "rollouts").to_pylist():
         owner = r["sample_idx"] if r["shared_from_sample"] is None else r["shared_from_sample"]
         outcomes.setdefault((r["problem_id"], r["sample_idx"], r["state_idx"]), []).append(
-            (r["rollout_idx"], r["reward"], r["num_tokens"], (r["problem_id"], owner, r["state_idx"], r["rollout_idx"])))
+            (r["rollout_idx"], r["reward"], r["num_tokens"],
+             (r["problem_id"], owner, r["state_idx"], r["rollout_idx"])))
     trajectories = []
     for key, sample in sorted(samples.items()):
         if sample["reward"] == 1:

@@ -156,7 +156,8 @@ def paired(run: Path, a: str, b: str, mode: str, z: float = 1.96) -> dict:
     sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / max(1, n - 1))
     low, high = mean - z * sd / math.sqrt(n), mean + z * sd / math.sqrt(n)
     reading = f"{a} better" if low > 0 else f"{b} better" if high < 0 else "not distinguishable"
-    return {"a": a, "b": b, "mode": mode, "problems": n, "difference": mean, "ci_low": low, "ci_high": high, "reading": reading,
+    return {"a": a, "b": b, "mode": mode, "problems": n, "difference": mean, "ci_low": low, "ci_high": high,
+            "reading": reading,
             "problems_gpo_higher": sum(d > 0 for d in diffs), "problems_baseline_higher": sum(d < 0 for d in diffs)}
 
 
@@ -243,7 +244,8 @@ def print_summary(r: dict) -> None:
           f"M={s['m']}; DPO {'LoRA r=' + str(s['lora']) if s['lora'] else 'full'} lr={s['learning_rate']} "
           f"beta={s['beta']}, {s['steps']} steps x batch {s['batch_size']}")
     ts = r["train_samples"]
-    print(f"train samples: {ts['answers']} answers, accuracy {ts['accuracy']:.3f}, truncated {ts['truncated_share']:.3f}; "
+    print(f"train samples: {ts['answers']} answers, accuracy {ts['accuracy']:.3f}, "
+          f"truncated {ts['truncated_share']:.3f}; "
           f"pairs {r['branch_pairs']}; training {r['training']}")
     print(f"{'model':10} {'mode':8} {'accuracy':>9} {'95% CI (clustered by problem)':>30} {'truncated':>10}")
     for label, modes in r["accuracy"].items():

@@ -29,7 +29,7 @@ if __name__ == "__main__" or sys.argv[0].endswith("/gpo"):
 from pathlib import Path  # noqa: E402
 from typing import Annotated  # noqa: E402
 
-import typer
+import typer  # noqa: E402  (after the SIGTERM handler above, on purpose)
 
 from gpo_cli import diagnose_cmd, inspect_cmds, slurm_cmd, stage_cmds  # noqa: E402
 from gpo_cli.common import OneLineUsageErrors, RunOpt, err, handle_errors  # noqa: E402

@@ -73,8 +73,10 @@ def register(app: typer.Typer) -> None:
             "--extra-sbatch", help="More #SBATCH lines, e.g. --extra-sbatch=--constraint=a100.")] = None,
         train_gpus: Annotated[int, typer.Option(min=1, help="GPUs of the train job (>1: accelerate launch, DDP; "
                                                            "FSDP through an accelerate config).")] = 1,
-        venv: Annotated[str | None, typer.Option(help="venv to activate in the jobs (default: $GPO_VENV or ./.venv).")] = None,
-        submit: Annotated[bool, typer.Option("--submit/--dry-run", help="Submit the chain, or only write the scripts.")] = False,
+        venv: Annotated[str | None, typer.Option(
+            help="venv to activate in the jobs (default: $GPO_VENV or ./.venv).")] = None,
+        submit: Annotated[bool, typer.Option(
+            "--submit/--dry-run", help="Submit the chain, or only write the scripts.")] = False,
     ):
         """Write one sbatch script per stage (arrays for sharded stages) and optionally submit them as a chain."""
         from stages.tools import slurm as lib

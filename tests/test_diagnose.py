@@ -35,7 +35,8 @@ def locate_row(pid: str, idx: int, step: int | None, advantage: float = -0.5, pr
     return {"problem_id": pid, "sample_idx": idx, "rule": "abs-advantage", "critical_step": step,
             "reason": "max_abs_advantage" if step is not None else "all_zero", "num_steps": NUM_STEPS,
             "advantage": advantage if step is not None else None, "value_before": None, "value_after": None,
-            "relative_position": None if step is None else step / NUM_STEPS, "prefix_tokens": prefix_tokens, "reward": 0,
+            "relative_position": None if step is None else step / NUM_STEPS, "prefix_tokens": prefix_tokens,
+            "reward": 0,
             "first_wrong_line": None, "agrees": None, "estimator": "full"}
 
 

@@ -28,13 +28,14 @@ def test_full_disk_fails_cleanly_and_resumes(small_tmpfs, tmp_path, fake_generat
     gen = fake_generator()
     settings = sample.SampleSettings(problems="toy", model="fake", n=4, max_new_tokens=64)
     run_stage(sample.STAGE, tmp_path / "ref", settings, input_table=problems, make_generator=lambda: gen)
-    run_stage(estimate.STAGE, tmp_path / "ref", estimate.EstimateSettings(estimator="full", k=8), make_generator=lambda: gen,
-              chunk_groups=2)
+    run_stage(estimate.STAGE, tmp_path / "ref", estimate.EstimateSettings(estimator="full", k=8),
+              make_generator=lambda: gen, chunk_groups=2)
 
     run = small_tmpfs / "run"
     run_stage(sample.STAGE, run, settings, input_table=problems, make_generator=lambda: gen)
     with pytest.raises(OSError) as failure:
-        run_stage(estimate.STAGE, run, estimate.EstimateSettings(estimator="full", k=8), make_generator=lambda: gen, chunk_groups=2)
+        run_stage(estimate.STAGE, run, estimate.EstimateSettings(estimator="full", k=8),
+                  make_generator=lambda: gen, chunk_groups=2)
     assert failure.value.errno == errno.ENOSPC
     assert not list(run.rglob(".tmp-*")), "a temp file was left behind"
     for part in run.rglob("*.parquet"):
@@ -42,7 +43,8 @@ def test_full_disk_fails_cleanly_and_resumes(small_tmpfs, tmp_path, fake_generat
     assert not (run / "estimate" / "_SUCCESS").exists()
 
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_tmpfs)], check=True)
-    run_stage(estimate.STAGE, run, estimate.EstimateSettings(estimator="full", k=8), make_generator=lambda: gen, chunk_groups=2)
+    run_stage(estimate.STAGE, run, estimate.EstimateSettings(estimator="full", k=8),
+              make_generator=lambda: gen, chunk_groups=2)
     key = lambda r: (r["problem_id"], r["sample_idx"], r["step_idx"])  # noqa: E731
     assert sorted(artifacts.read_table(run, "estimate").to_pylist(), key=key) == \
         sorted(artifacts.read_table(tmp_path / "ref", "estimate").to_pylist(), key=key)

@@ -123,7 +123,8 @@ def test_check_timeouts_are_counted_in_every_stage_s_manifest_and_summary(tmp_pa
     run_stage(locate.STAGE, run, locate.LocateSettings())
     manifests.append(run_stage(branch.STAGE, run, branch.BranchSettings(m=4), make_generator=lambda: gen))
     calls.clear()
-    label_settings = evaluation.EvalSettings(problems="p", model="fake", label="t", max_new_tokens=300, template="plain")
+    label_settings = evaluation.EvalSettings(problems="p", model="fake", label="t", max_new_tokens=300,
+                                             template="plain")
     manifests.append(run_stage(evaluation.make_stage("t"), run, label_settings, input_table=problems,
                                make_generator=lambda: gen))
     for manifest in manifests:

@@ -270,7 +270,8 @@ def test_the_policy_is_resolved_from_sample_and_a_different_model_is_refused(cha
     config = artifacts.load_json(chain / "estimate" / "config.json")["settings"]
     assert {k: config[k] for k in sampling.POLICY} == {"model": "fake", "backend": "auto", "temperature": 1.0,
                                                      "top_p": 1.0, "max_new_tokens": 64}
-    for settings in (estimate.EstimateSettings(estimator="full", k=4, model="other-model"), estimate.EstimateSettings(estimator="full", k=4, top_p=0.5)):
+    for settings in (estimate.EstimateSettings(estimator="full", k=4, model="other-model"),
+                     estimate.EstimateSettings(estimator="full", k=4, top_p=0.5)):
         with pytest.raises(GpoError, match="different settings"):
             run(chain, estimate.STAGE, settings, chain.gen)
     assert artifacts.load_json(chain / "branch" / "config.json")["settings"]["model"] == "fake"
@@ -364,7 +365,8 @@ def test_a_run_folder_named_to_inject_sql_cannot_through_views_sql_or_the_listin
     for statement in con.extract_statements((cwd / "views.sql").read_text()):
         con.execute(statement)
     assert not (cwd / "injv.csv").exists()
-    assert con.execute("select count(*) from locate").fetchone()[0] == run_query(chain, "select count(*) from locate")[1][0][0]
+    in_duckdb = con.execute("select count(*) from locate").fetchone()[0]
+    assert in_duckdb == run_query(chain, "select count(*) from locate")[1][0][0]
     listing = cli("sql", hostile)
     assert listing.exit_code == 0, listing.output
     assert not any(line.startswith("COPY") for line in listing.output.splitlines()), listing.output

@@ -74,8 +74,10 @@ def test_every_generating_stage_counts_generated_and_cut_sequences(tmp_path, toy
 
 def test_truncation_summary_threshold():
     assert progress.truncation_summary({}) == ("", None)
-    assert progress.truncation_summary({"generated_sequences": 100, "truncated_sequences": 0}) == (", truncated 0%", None)
-    assert progress.truncation_summary({"generated_sequences": 100, "truncated_sequences": 10})[1] is None  # 10%: not above
+    none = progress.truncation_summary({"generated_sequences": 100, "truncated_sequences": 0})
+    assert none == (", truncated 0%", None)
+    ten = progress.truncation_summary({"generated_sequences": 100, "truncated_sequences": 10})
+    assert ten[1] is None  # 10%: not above
     text, warning = progress.truncation_summary({"generated_sequences": 100, "truncated_sequences": 11})
     assert text == ", truncated 11%" and "--max-new-tokens" in warning
     assert progress.truncation_summary({"generated_sequences": 1000, "truncated_sequences": 3})[0] == ", truncated 0.3%"

@@ -308,7 +308,8 @@ def pair_divergence(run: Path, tables: dict | None = None) -> list[dict]:
                 sides.append(_side(line, truth, truth + 1))
         result.append({"data": data, "pairs": len(rows), "distinct_pairs": len(keys),
                        "duplicate_share": _share(len(rows) - len(keys), len(rows)),
-                       "diverge_tokens_mean": statistics.fmean(tokens), "diverge_tokens_median": statistics.median(tokens),
+                       "diverge_tokens_mean": statistics.fmean(tokens),
+                       "diverge_tokens_median": statistics.median(tokens),
                        "diverge_share_mean": statistics.fmean(shares) if shares else None,
                        "diverge_share_median": statistics.median(shares) if shares else None,
                        "vs_first_wrong_line": _sides(sides)})
