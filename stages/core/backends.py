@@ -214,7 +214,9 @@ def set_threads(threads: int | None) -> int:
 
     n = threads or default_threads()
     os.environ["OMP_NUM_THREADS"] = str(n)  # for what this process starts (vLLM's CPU workers, checkers)
-    torch.set_num_threads(n)
+    # torch._C's own setter: vLLM's in-process CPU worker replaces `torch.set_num_threads` with a no-op for
+    # the rest of the process, so a later transformers stage in that process would keep vLLM's count.
+    torch._C.set_num_threads(n)
     try:
         torch.set_num_interop_threads(1)
     except RuntimeError:  # allowed once per process, before any inter-op work: a second stage in-process

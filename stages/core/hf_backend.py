@@ -238,7 +238,7 @@ class HFGenerator:
                 else:
                     pending.extendleft(reversed(taken))  # too few rows free to be worth a prefill yet
                 chosen, chosen_lp = self._sample(logits, sampling, [gens[s_] if s_ >= 0 else spare for s_ in alive])
-                finished = appended = 0
+                finished = appended = finished_tokens = 0
                 for row, s_ in enumerate(alive):
                     if s_ < 0:  # finished earlier, still in the cache until the next compaction
                         continue
@@ -251,8 +251,9 @@ class HFGenerator:
                         finish[s_] = "stop" if tok in self.eos else "length"
                         alive[row] = -1
                         finished += 1
-                if self.progress is not None:
-                    self.progress.advance(finished, appended)
+                        finished_tokens += len(tokens[s_])
+                if self.progress is not None:  # finished lengths feed the token-based ETA
+                    self.progress.advance(finished, appended, finished_tokens=finished_tokens)
                 live = [r for r, s_ in enumerate(alive) if s_ >= 0]
                 if not live:
                     alive, cache, mask, next_pos, logits = [], None, None, None, None
