@@ -53,8 +53,11 @@ def test_quick_demo_trains_every_arm_on_full_batches_and_names_its_primary_compa
     assert summary["accuracy"]["gpo"]["sampled"]["pass@1"] == pytest.approx(acc)
     assert summary["agreement"]["gpo"]["failed_with_truth"] > 0
     assert (tmp_path / "gpo" / "report.html").stat().st_size > 10_000
-    for line in ("budget matching", "wall time", "PRIMARY", "exploratory"):
+    for line in ("budget matching", "time (wall s / CPU s)", "data phase", "PRIMARY", "exploratory"):
         assert line in result.output
+    # every command's (name, wall, CPU) in the summary; the CPU seconds of a generating stage are real
+    timings = {name: (wall, cpu) for name, wall, cpu in summary["timings"]}
+    assert timings["estimate"][1] > 0 and timings["estimate"][0] > 0
     again = CliRunner().invoke(app, ["demo", "--task", "arith", "--quick", "--out", str(tmp_path)])
     assert again.exit_code == 0 and "nothing to do" in again.output
     assert json.loads((tmp_path / "summary.json").read_text())["accuracy"] == summary["accuracy"]
