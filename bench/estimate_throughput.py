@@ -48,9 +48,9 @@ def gpo(*args) -> None:
 
 
 def build_workload(args, run: Path) -> dict:
-    from stages.core import artifacts
-    from stages.core.backends import load_tokenizer
-    from stages.core.steps import split_response
+    from stages.core.pipeline import artifacts
+    from stages.core.generation.backends import load_tokenizer
+    from stages.core.method.steps import split_response
 
     spec = args.problems or f"toy:arith?n={4 * args.trajectories}&seed=1&split=train"
     shutil.rmtree(run, ignore_errors=True)
@@ -86,7 +86,7 @@ def run_naive(work: dict, k: int) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from stages.core.backends import eos_ids
+    from stages.core.generation.backends import eos_ids
 
     tok = AutoTokenizer.from_pretrained(work["model"])
     model = AutoModelForCausalLM.from_pretrained(work["model"], dtype=torch.float32).eval()
@@ -114,18 +114,18 @@ def run_naive(work: dict, k: int) -> dict:
 def run_backend(work: dict, k: int, variant: str, batch_size: int, threads: int) -> dict:
     import random
 
-    from stages.core.backends import Request, Sampling
-    from stages.core.values import stable_seed
+    from stages.core.generation.backends import Request, Sampling
+    from stages.core.pipeline.hashing import stable_seed
 
     backend, _, order = variant.partition("-")
     if backend == "hf":
-        from stages.core.hf_backend import HFGenerator
+        from stages.core.generation.hf_backend import HFGenerator
 
         gen = HFGenerator(work["model"], dtype="fp32", device="cpu", batch_size=batch_size,
                           share_prefixes=order != "per-state", refill=order == "")
     else:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine in this process: its CPU time counts
-        from stages.core.vllm_backend import VLLMGenerator
+        from stages.core.generation.vllm_backend import VLLMGenerator
 
         gen = VLLMGenerator(work["model"], dtype="fp32", threads=threads or None)
     requests = [Request(tuple(st["ids"]), k, stable_seed(3, i), st["budget"]) for i, st in enumerate(work["states"])]
@@ -148,7 +148,7 @@ def run_backend(work: dict, k: int, variant: str, batch_size: int, threads: int)
 
 def run_stage(work: dict, k: int, batch_size: int, threads: int, split: str) -> dict:
     """`gpo estimate` through the CLI on the workload's own sample run; the chunks' time from its manifest."""
-    from stages.core import artifacts
+    from stages.core.pipeline import artifacts
 
     run = Path(work["run"])
     shutil.rmtree(run / "estimate", ignore_errors=True)

@@ -45,11 +45,11 @@ def paired_difference(hits: dict, ref: dict, draws: int = 2000, seed: int = 0) -
 
 def main() -> None:
     from stages import estimate, locate, sample
-    from stages.core.hf_backend import HFGenerator
-    from stages.core.query import run_query
-    from stages.core.runner import run_stage
-    from stages.core.sources import load_problems
-    from stages.core.values import wilson_interval
+    from stages.core.generation.hf_backend import HFGenerator
+    from stages.core.pipeline.query import run_query
+    from stages.core.pipeline.runner import run_stage
+    from stages.core.sources.problems import load_problems
+    from stages.core.method.values import wilson_interval
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(REPO / "data" / "toy-model"))

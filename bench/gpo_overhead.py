@@ -24,7 +24,7 @@ QUERY = ("select (select sum(num_response_tokens) from sample) as sample_tokens,
 
 
 def main() -> None:
-    from stages.core.query import run_query
+    from stages.core.pipeline.query import run_query
 
     if len(sys.argv) != 2:
         sys.exit("usage: bench/gpo_overhead.py RUN (a run with sample, estimate and branch)")

@@ -34,8 +34,8 @@ CP_GRID = [(k, budget, target) for k in (2, 4) for budget in (8, 12, 16, 24, 32)
 
 def load(run: Path) -> tuple[list[dict], dict]:
     """Failed trajectories (sample row, steps, stored outcomes per state) and the stored rollouts' tokens."""
-    from stages.core import artifacts
-    from stages.core.toy_tasks import ground_truth
+    from stages.core.pipeline import artifacts
+    from stages.core.sources.toy_tasks import ground_truth
 
     samples = {(r["problem_id"], r["sample_idx"]): r for r in artifacts.read_table(run, "sample").to_pylist()}
     steps: dict = {}
@@ -60,7 +60,7 @@ def load(run: Path) -> tuple[list[dict], dict]:
 def replay(t: dict, estimator: str, k: int, **plan_args) -> tuple[list[tuple[int, int]], set, list[float]]:
     """Run an estimator's plan on the stored outcomes; returns (correct, rollouts) per state, the rollouts
     it consumed (token key, tokens) and V-hat(s_0..s_n) as the stage would write them."""
-    from stages.core.estimators import Plan
+    from stages.core.method.estimators import Plan
 
     plan = Plan(estimator, len(t["steps"]), 0, k, truth=t["truth"], **plan_args)
     used: set = set()
@@ -78,7 +78,7 @@ def replay(t: dict, estimator: str, k: int, **plan_args) -> tuple[list[tuple[int
 
 
 def locate(rule: str, counts, values, truth, min_confidence: float = 0.0) -> int | None:
-    from stages.core.values import select_critical
+    from stages.core.method.values import select_critical
 
     c = select_critical(rule, values, reward=0, rng_seed=0, counts=counts, truth=truth)
     if c.step is not None and c.confidence is not None and c.confidence < min_confidence:
@@ -134,7 +134,7 @@ def evaluate(trajectories: list[dict], config: dict) -> dict:
 
 def real_rows(run: Path, trajectories: list[dict]) -> list[tuple[dict, dict]]:
     """Rows for a run whose estimate was generated for real: every rule on its own counts."""
-    from stages.core import artifacts
+    from stages.core.pipeline import artifacts
 
     rows, truth = [], {t["key"]: t["truth"] for t in trajectories}
     steps: dict = {}

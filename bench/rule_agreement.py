@@ -16,8 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def rule_agreement(run: Path) -> dict:
-    from stages.core import artifacts
-    from stages.core.values import agreement_by_rule
+    from stages.core.pipeline import artifacts
+    from stages.core.method.values import agreement_by_rule
 
     truth = {(r["problem_id"], r["sample_idx"]): r["first_wrong_line"]
              for r in artifacts.read_table(run, "locate").to_pylist() if r["first_wrong_line"] is not None}

@@ -45,7 +45,7 @@ def select(task: str, quick: bool, work: Path, lrs, betas, valid_problems: int, 
            train_problems: int | None = None) -> dict:
     from gpo_cli.demo import PLANS, Runner, generate_data, shown, source, train_arms
     from stages import eval as evaluation
-    from stages.core.toy_tasks import get
+    from stages.core.sources.toy_tasks import get
     from typer.main import get_command
 
     from gpo_cli.main import app

@@ -131,7 +131,7 @@ def per_problem(run: Path, label: str, mode: str) -> dict[str, float]:
 
 
 def accuracy(run: Path, labels: list[str]) -> dict:
-    from stages.core.values import problem_mean_ci
+    from stages.core.method.values import problem_mean_ci
 
     result = {}
     for label in labels:

@@ -1,7 +1,7 @@
 """Stage commands derived from settings dataclasses: the typer side of one source of truth.
 
 `stage_command(app, name, Settings, runtime=..., extra=...)(impl)` registers `gpo <name>` with one option per
-settings field (default and help from the field, `stages.core.settings.setting`), the shared runtime options,
+settings field (default and help from the field, `stages.core.pipeline.settings.setting`), the shared runtime options,
 the command's extra options, `--run` and `--config FILE`. Values are merged in one place, `merge`:
 field defaults < the config file < flags given on the command line. `gpo run PIPELINE` uses the same path.
 """
@@ -18,8 +18,8 @@ from typing import Annotated, Any, Callable
 import typer
 
 from gpo_cli.common import handle_errors
-from stages.core.errors import GpoError, UsageError
-from stages.core.settings import Runtime
+from stages.core.pipeline.errors import GpoError, UsageError
+from stages.core.pipeline.settings import Runtime
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,12 +52,12 @@ class StageCommand:
         fields = {f.name for f in dataclasses.fields(self.settings)}
         settings = {k: v for k, v in merged.items() if k in fields}
         runtime = Runtime(**{k: v for k, v in merged.items() if k in self.runtime})
-        from stages.core.progress import set_quiet
+        from stages.core.pipeline.progress import set_quiet
 
         extra = {k: v for k, v in merged.items() if k in self.extra}
         if self.open_config:
             extra["config_extra"] = leftover
-        set_quiet(runtime.quiet)  # read where progress is drawn (stages.core.progress), not passed down
+        set_quiet(runtime.quiet)  # read where progress is drawn (stages.core.pipeline.progress), not passed down
         try:
             self.impl(run=run, settings=settings, runtime=runtime, **extra)
         finally:
@@ -73,7 +73,7 @@ class StageCommand:
         """Every check of the command line alone: the settings file, the settings' own checks, the command's
         `validate` hook. What fails here is a usage error (exit 2), found before anything runs; returns
         the settings file's table."""
-        from stages.core.config import load_config_file
+        from stages.core.pipeline.config import load_config_file
 
         try:
             config = load_config_file(config_path) if config_path else {}
@@ -87,11 +87,11 @@ class StageCommand:
                     self.validate_hook(settings, leftover)
             runtime = Runtime(**{k: v for k, v in merged.items() if k in self.runtime})
             if "shard" in self.runtime:
-                from stages.core.runner import parse_shard
+                from stages.core.pipeline.runner import parse_shard
 
                 parse_shard(runtime.shard)
             if "dtype" in self.runtime:
-                from stages.core.backends import check_runtime
+                from stages.core.generation.backends import check_runtime
 
                 check_runtime(merged.get("backend") or "auto", runtime.dtype, runtime.device)
         except UsageError:
@@ -231,7 +231,7 @@ def read_pipeline(path: Path) -> tuple[Path, list[tuple[str, dict]]]:
     """The pipeline file's schema, checked in one place before any stage runs: `run: DIR` (text) and
     `stages:`, a non-empty list whose entries are a stage name or {name: settings table}; each table is
     merged as that stage's --config would be, so a wrong-typed or unknown setting is named here."""
-    from stages.core.config import load_config_file
+    from stages.core.pipeline.config import load_config_file
 
     table = load_config_file(path)
     unknown = sorted(set(table) - set(PIPELINE_KEYS))

@@ -14,7 +14,7 @@ import typer.core
 from rich.console import Console
 from rich.markup import escape
 
-from stages.core.errors import GpoError
+from stages.core.pipeline.errors import GpoError
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)  # soft wrap: an error stays one line
 out = Console(highlight=False, soft_wrap=True)  # printed commands must stay copy-pasteable
@@ -53,7 +53,7 @@ def handle_errors(fn: Callable) -> Callable:
     """Turn user errors into one line on stderr and a non-zero exit; GPO_DEBUG=1 shows tracebacks."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from stages.core.runner import sigterm_stops_work
+        from stages.core.pipeline.runner import sigterm_stops_work
 
         try:
             with sigterm_stops_work():  # from the start: a preemption during the checks exits 143 too

@@ -24,7 +24,7 @@ from pathlib import Path
 from gpo_cli.common import err
 from gpo_cli.demo_arms import ARMS, NAMES, PAPER, arm_data, by_name, sampled_label
 from gpo_cli.demo_summary import query, scalar
-from stages.core.errors import GpoError
+from stages.core.pipeline.errors import GpoError
 
 
 def shown(path: Path) -> Path:
@@ -118,7 +118,7 @@ def source(plan: DemoPlan, split: str, n: int, seed: int) -> str:
 
 
 def max_new_tokens(plan: DemoPlan) -> int:
-    from stages.core.toy_tasks import get
+    from stages.core.sources.toy_tasks import get
 
     return get(plan.task).max_new_tokens
 
@@ -198,8 +198,8 @@ def evaluate(run: Path, plan: DemoPlan, models: dict, split: str, seed: int, gpo
 def run_demo(root: Path, quick: bool, task: str = "borrow", seed: int = 0, model: Path | None = None, *,
              command) -> dict:
     """`command`: gpo's click command, which runs each step in this process."""
-    from stages.core.artifacts import write_json_atomic
-    from stages.core.toy_tasks import get
+    from stages.core.pipeline.artifacts import write_json_atomic
+    from stages.core.sources.toy_tasks import get
 
     plan = with_chosen_hparams(PLANS[(get(task).name, quick)])
     model = shown(model or get(task).model_dir)

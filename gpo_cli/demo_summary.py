@@ -9,14 +9,14 @@ import math
 from pathlib import Path
 
 from gpo_cli.demo_arms import ARMS, BASELINE, GPO_ARMS, PAPER, arm_data, by_name, sampled_label
-from stages.core import artifacts
+from stages.core.pipeline import artifacts
 
 PRIMARY_KIND = "trap-hard"  # the probe's kind in the primary comparison (toy:borrow's decisive line)
 RESOLVE = 0.02  # the 95% half-width the test set should reach on a paired difference
 
 
 def query(run: Path, sql: str) -> list[tuple]:
-    from stages.core.query import run_query
+    from stages.core.pipeline.query import run_query
 
     return run_query(run, sql)[1]
 
@@ -84,8 +84,8 @@ def differences(labels: list[str], greedy: dict, sampled: dict, probes: dict) ->
     """Every model minus same-samples: greedy accuracy, sampled pass@1, the probe per kind (probability of the
     gold token and top share). The primary family is Holm-adjusted; the rest is exploratory (unadjusted)."""
     from stages import eval as evaluation
-    from stages.core import probe
-    from stages.core.values import holm, interval_p_value
+    from stages.core.method import probe
+    from stages.core.method.values import holm, interval_p_value
 
     rows = []
     for label in labels:
@@ -115,7 +115,7 @@ def differences(labels: list[str], greedy: dict, sampled: dict, probes: dict) ->
 
 def collect(plan, data: dict, labels: list[str], root: Path, timings, wall: float) -> dict:
     from stages import eval as evaluation
-    from stages.core import probe
+    from stages.core.method import probe
 
     run = root / PAPER  # every evaluation lives in the paper arm's run
     greedy = {label: evaluation.write_summary(run, label, (1,)) for label in labels}

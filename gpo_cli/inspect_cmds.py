@@ -14,12 +14,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from gpo_cli.common import err, handle_errors, out
-from stages.core.errors import GpoError
+from stages.core.pipeline.errors import GpoError
 
 
 def status(run: Annotated[Path, typer.Argument(help="Run directory.")]):
     """Per stage: shards done / total, rows, and the shards still to run (as an sbatch --array list)."""
-    from stages.core.query import array_spec, stage_status
+    from stages.core.pipeline.query import array_spec, stage_status
 
     rows = stage_status(run)
     if not rows:
@@ -57,8 +57,8 @@ def sql(
         "--views", help="Print the views as SQL for the duckdb shell or Python (e.g. > RUN/views.sql).")] = False,
 ):
     """Query the run with DuckDB (views named after the tables); with no query, list the views."""
-    from stages.core import query as q
-    from stages.core.lineage import warn_stale
+    from stages.core.pipeline import query as q
+    from stages.core.pipeline.lineage import warn_stale
 
     warn_stale(run)  # answered anyway, as `gpo status` shows it: a stale stage is named on stderr
     if views:
@@ -102,7 +102,7 @@ def _cell(value) -> str:
 def _write_parquet(columns, rows, output: Path | None) -> None:
     import pyarrow as pa
 
-    from stages.core.artifacts import write_parquet_atomic
+    from stages.core.pipeline.artifacts import write_parquet_atomic
 
     if output is None:
         raise GpoError("--format parquet needs --out FILE")

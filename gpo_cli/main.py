@@ -93,7 +93,7 @@ def export(
         err.print(f"verl reward: custom_reward_function.path={stages.tools.verl_reward.__file__} "
                   "custom_reward_function.name=compute_score")
     if fmt == "trl":
-        err.print("TRL GRPO reward: --reward_funcs stages.core.rewards.correct")
+        err.print("TRL GRPO reward: --reward_funcs stages.core.scoring.rewards.correct")
 
 
 @app.command()
@@ -158,7 +158,7 @@ def toy_build(
     seed: int = 0,
 ):
     """Build a toy task's tokenizer and train its tiny model by SFT on noisy gold solutions (CPU, minutes)."""
-    from stages.core.toy_tasks import get
+    from stages.core.sources.toy_tasks import get
     from stages.tools.toy_build import BUILDS, build_toy_model
 
     spec = get(task)

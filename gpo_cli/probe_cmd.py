@@ -1,4 +1,4 @@
-"""`gpo eval --probe` and the probes' part of `gpo eval --compare` (stages/core/probe.py does the work)."""
+"""`gpo eval --probe` and the probes' part of `gpo eval --compare` (stages/core/method/probe.py does the work)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ from pathlib import Path
 from rich.table import Table
 
 from gpo_cli.common import err, log, wide
-from stages.core import probe
-from stages.core.settings import Runtime
+from stages.core.method import probe
+from stages.core.pipeline.settings import Runtime
 
 
 def run_probe(run: Path, eval_settings, rt: Runtime, problems) -> dict | None:
     """Teacher-force the gold solutions with the evaluated model (always transformers: it needs logits)."""
-    from stages.core.backends import generator_factory
-    from stages.core.runner import parse_shard, run_stage
+    from stages.core.generation.backends import generator_factory
+    from stages.core.pipeline.runner import parse_shard, run_stage
 
     s = probe.ProbeSettings(problems=eval_settings.problems, model=eval_settings.model, label=eval_settings.label,
                             template=eval_settings.template, system=eval_settings.system,

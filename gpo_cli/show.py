@@ -9,8 +9,8 @@ from rich.table import Table
 from rich.text import Text
 
 from gpo_cli.common import out
-from stages.core import artifacts, lineage
-from stages.core.errors import GpoError
+from stages.core.pipeline import artifacts, lineage
+from stages.core.pipeline.errors import GpoError
 
 BARS = "▁▂▃▄▅▆▇█"
 

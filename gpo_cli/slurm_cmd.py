@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from gpo_cli.common import err, handle_errors, out
-from stages.core.errors import GpoError, UsageError
+from stages.core.pipeline.errors import GpoError, UsageError
 
 MULTI_GPU_TRAIN = ["accelerate", "launch", "--num_processes", "${SLURM_GPUS_ON_NODE}", "-m", "gpo_cli.main"]
 

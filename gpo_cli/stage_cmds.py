@@ -13,13 +13,13 @@ import typer
 from gpo_cli.adapter import Extra, run_pipeline, stage_command
 from gpo_cli.common import err, handle_errors, log
 from stages import branch, estimate, eval as evaluation, locate, sample, train
-from stages.core.errors import UsageError
-from stages.core.settings import GENERATING, NON_GENERATING, Runtime
+from stages.core.pipeline.errors import UsageError
+from stages.core.pipeline.settings import GENERATING, NON_GENERATING, Runtime
 
 
 def preflight(model: str, trust_remote_code: bool, problems=None, max_new_tokens: int | None = None) -> None:
     """The model folder loads (config, tokenizer, weights' headers) and the questions fit its context."""
-    from stages.core.backends import check_fits, preflight_model
+    from stages.core.generation.backends import check_fits, preflight_model
 
     config, tokenizer = preflight_model(model, trust_remote_code)
     if problems is not None:
@@ -28,8 +28,8 @@ def preflight(model: str, trust_remote_code: bool, problems=None, max_new_tokens
 
 
 def report(manifest: dict) -> None:
-    from stages.core.answers import timeout_summary
-    from stages.core.progress import truncation_summary
+    from stages.core.scoring.answers import timeout_summary
+    from stages.core.pipeline.progress import truncation_summary
 
     stats = manifest.get("stats", {})
     extra = ""
@@ -48,10 +48,10 @@ def report(manifest: dict) -> None:
 
 def run_generating(stage, run: Path, settings, rt: Runtime, problems=None) -> dict:
     """Check, then run a stage that generates: from problems (sample, eval) or from upstream tables."""
-    from stages.core import lineage
-    from stages.core.backends import generator_factory
-    from stages.core.runner import parse_shard, run_stage
-    from stages.core.sampling import with_policy
+    from stages.core.pipeline import lineage
+    from stages.core.generation.backends import generator_factory
+    from stages.core.pipeline.runner import parse_shard, run_stage
+    from stages.core.generation.sampling import with_policy
 
     shard = parse_shard(rt.shard)
     if problems is None:
@@ -68,7 +68,7 @@ def run_generating(stage, run: Path, settings, rt: Runtime, problems=None) -> di
 
 
 def load(problems: str, checker: str | None, fields=None):
-    from stages.core.sources import Fields, load_problems
+    from stages.core.sources.problems import Fields, load_problems
 
     loaded = load_problems(problems, fields or Fields(), checker)
     if loaded.skipped:
@@ -84,7 +84,7 @@ def register(app: typer.Typer) -> None:
     })
     def sample_cmd(run, settings, runtime, question_field, answer_field, id_field):
         """Sample n trajectories per problem and score them: RUN/sample/*.parquet."""
-        from stages.core.sources import Fields
+        from stages.core.sources.problems import Fields
 
         s = sample.SampleSettings(**settings)  # everything is checked before the run folder is written
         problems = load(s.problems, s.checker, Fields(question_field, answer_field, id_field))
@@ -98,7 +98,7 @@ def register(app: typer.Typer) -> None:
     @stage_command(app, "locate", locate.LocateSettings, runtime=NON_GENERATING)
     def locate_cmd(run, settings, runtime):
         """Find each trajectory's critical step: one row per trajectory in RUN/locate."""
-        from stages.core.runner import parse_shard, run_stage
+        from stages.core.pipeline.runner import parse_shard, run_stage
 
         s = locate.LocateSettings(**settings)
         manifest = run_stage(locate.STAGE, run, s, shard=parse_shard(runtime.shard),
@@ -145,7 +145,7 @@ def register(app: typer.Typer) -> None:
     def eval_cmd(run, settings, runtime, k, compare, folders, probe):
         """Score a model: greedy accuracy, sampled pass@1 with a 95% interval, pass@k and maj@k."""
         from gpo_cli.probe_cmd import compare_probes, run_probe
-        from stages.core.probe import check_has_gold
+        from stages.core.method.probe import check_has_gold
         from gpo_cli.report_cmds import print_comparison, print_eval_summary
 
         if compare:

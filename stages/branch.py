@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from stages.core.backends import Request
-from stages.core.runner import Context, Stage
-from stages.core.sampling import (
+from stages.core.generation.backends import Request
+from stages.core.pipeline.runner import Context, Stage
+from stages.core.generation.sampling import (
     IDS,
     check_count,
     check_policy,
@@ -26,9 +26,9 @@ from stages.core.sampling import (
     sampled_with,
     with_policy,
 )
-from stages.core.settings import setting
-from stages.core.steps import split_response
-from stages.core.values import stable_seed
+from stages.core.pipeline.settings import setting
+from stages.core.method.steps import split_response
+from stages.core.pipeline.hashing import stable_seed
 
 PAIR_SCHEMA = pa.schema([
     ("pair_id", pa.string()), ("data", pa.string()), ("problem_id", pa.string()), ("sample_idx", pa.int32()),
@@ -293,7 +293,7 @@ def process_baseline_only(samples: pa.Table, ctx: Context) -> dict[str, pa.Table
 
 
 def validate(s: BranchSettings) -> None:
-    from stages.core.errors import GpoError
+    from stages.core.pipeline.errors import GpoError
 
     if s.prefix not in ("in-response", "in-prompt"):
         raise GpoError(f"--prefix must be in-response or in-prompt, not {s.prefix!r}")
@@ -304,7 +304,7 @@ def validate(s: BranchSettings) -> None:
     check_count("pairs-per-state", s.pairs_per_state)
     check_policy(s)
     if s.split != "auto" and not s.split.startswith("authors"):
-        from stages.core.steps import make_splitter
+        from stages.core.method.steps import make_splitter
 
         try:
             make_splitter(s.split, None)

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from stages.core.backends import Request, Sampling
-from stages.core.estimators import ESTIMATORS, Plan
-from stages.core.runner import Context, Stage
-from stages.core.sampling import (
+from stages.core.generation.backends import Request, Sampling
+from stages.core.method.estimators import ESTIMATORS, Plan
+from stages.core.pipeline.runner import Context, Stage
+from stages.core.generation.sampling import (
     IDS,
     check_count,
     check_policy,
@@ -25,10 +25,11 @@ from stages.core.sampling import (
     sampled_with,
     with_policy,
 )
-from stages.core.settings import setting
-from stages.core.steps import make_splitter, split_response
-from stages.core.toy_tasks import ground_truth, require_truth
-from stages.core.values import advantages, stable_seed, wilson_interval
+from stages.core.pipeline.settings import setting
+from stages.core.method.steps import make_splitter, split_response
+from stages.core.sources.toy_tasks import ground_truth, require_truth
+from stages.core.method.values import advantages, wilson_interval
+from stages.core.pipeline.hashing import stable_seed
 
 STEP_SCHEMA = pa.schema([
     ("problem_id", pa.string()), ("sample_idx", pa.int32()), ("step_idx", pa.int32()),
@@ -195,7 +196,7 @@ def process(samples: pa.Table, ctx: Context) -> dict[str, pa.Table]:
 
 
 def validate(s: EstimateSettings) -> None:
-    from stages.core.errors import GpoError
+    from stages.core.pipeline.errors import GpoError
 
     if s.estimator not in ESTIMATORS:
         raise GpoError(f"--estimator must be one of {', '.join(ESTIMATORS)}, not {s.estimator!r}")

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from stages.core import artifacts
-from stages.core.errors import GpoError
-from stages.core.runner import Context, Stage
-from stages.core.sampling import SAMPLE_SCHEMA, SampleSettings, sample_rows
-from stages.core.settings import setting
-from stages.core.values import problem_mean_ci
+from stages.core.pipeline import artifacts
+from stages.core.pipeline.errors import GpoError
+from stages.core.pipeline.runner import Context, Stage
+from stages.core.generation.sampling import SAMPLE_SCHEMA, SampleSettings, sample_rows
+from stages.core.pipeline.settings import setting
+from stages.core.method.values import problem_mean_ci
 
 EVAL_SCHEMA = SAMPLE_SCHEMA.append(pa.field("mode", pa.string())).append(pa.field("label", pa.string()))
 

@@ -5,7 +5,7 @@
 
 Rules: abs-advantage (paper: argmax |A_i|), advantage (largest drop), max-value (authors' code),
 random (Satori-style reset, seeded), changepoint (the maximum-likelihood single drop over every state's
-rollout counts, with a confidence: core/changepoint.py), oracle (the known first wrong line; toy tasks only).
+rollout counts, with a confidence: core/method/changepoint.py), oracle (the known first wrong line; toy tasks only).
 Ties go to the earliest step. For the toy tasks the ground-truth first wrong line is recorded next to the
 chosen step.
 """
@@ -16,11 +16,12 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from stages.core.runner import Context, Stage
-from stages.core.sampling import sampled_with
-from stages.core.settings import setting
-from stages.core.toy_tasks import ground_truth, require_truth
-from stages.core.values import DEFAULT_RULE, RULES, select_critical, stable_seed
+from stages.core.pipeline.runner import Context, Stage
+from stages.core.generation.sampling import sampled_with
+from stages.core.pipeline.settings import setting
+from stages.core.sources.toy_tasks import ground_truth, require_truth
+from stages.core.method.values import DEFAULT_RULE, RULES, select_critical
+from stages.core.pipeline.hashing import stable_seed
 
 LOCATE_SCHEMA = pa.schema([
     ("problem_id", pa.string()), ("sample_idx", pa.int32()), ("rule", pa.string()),
@@ -98,7 +99,7 @@ def process(steps: pa.Table, ctx: Context) -> dict[str, pa.Table]:
 
 
 def validate(s: LocateSettings) -> None:
-    from stages.core.errors import GpoError
+    from stages.core.pipeline.errors import GpoError
 
     if s.rule not in RULES:
         raise GpoError(f"--rule must be one of {', '.join(RULES)}, not {s.rule!r}")

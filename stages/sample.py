@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from stages.core.runner import Context, Stage
-from stages.core.sampling import SAMPLE_SCHEMA, SampleSettings, sample_rows
+from stages.core.pipeline.runner import Context, Stage
+from stages.core.generation.sampling import SAMPLE_SCHEMA, SampleSettings, sample_rows
 
 __all__ = ["STAGE", "SampleSettings", "process"]
 

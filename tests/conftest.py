@@ -55,7 +55,7 @@ def toy_policy(tokenizer, flip=lambda seed: seed % 2 == 1):
 
 @pytest.fixture
 def fake_generator(toy_tokenizer):
-    from stages.core.backends import FakeGenerator
+    from stages.core.generation.backends import FakeGenerator
 
     def make(**kwargs):
         return FakeGenerator(toy_tokenizer, toy_policy(toy_tokenizer, **kwargs))

@@ -1,4 +1,4 @@
-"""Tests for stages.core.answers: extraction, the three checkers, bad rows, the math timeout."""
+"""Tests for stages.core.scoring.answers: extraction, the three checkers, bad rows, the math timeout."""
 
 import os
 import subprocess
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from stages.core.answers import (
+from stages.core.scoring.answers import (
     Verdict,
     extract_answer,
     extract_choice,
@@ -154,7 +154,8 @@ def test_length_mismatch_is_a_caller_error():
 
 def test_import_is_light():
     # `gpo --help` imports the stages; math_verify (and sympy) must wait for the math checker.
-    code = "import sys, stages.core.answers; assert 'math_verify' not in sys.modules; assert 'typer' not in sys.modules"
+    code = ("import sys, stages.core.scoring.answers; "
+            "assert 'math_verify' not in sys.modules; assert 'typer' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 
 

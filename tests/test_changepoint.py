@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from stages.core.changepoint import change_point, log_prob_greater, posterior
-from stages.core.estimators import Plan
-from stages.core.values import Critical, select_critical
+from stages.core.method.changepoint import change_point, log_prob_greater, posterior
+from stages.core.method.estimators import Plan
+from stages.core.method.values import Critical, select_critical
 
 
 def test_prob_greater_matches_closed_forms():
@@ -144,7 +144,7 @@ def test_oracle_estimator_rolls_out_only_at_the_truth():
 
 
 def test_settings_refuse_what_would_be_ignored_or_meaningless():
-    from stages.core.errors import GpoError
+    from stages.core.pipeline.errors import GpoError
     from stages.estimate import EstimateSettings
     from stages.locate import LocateSettings
 

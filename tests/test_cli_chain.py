@@ -6,8 +6,8 @@ import pytest
 from typer.testing import CliRunner
 
 from gpo_cli.main import app
-from stages.core import artifacts
-from stages.core.query import run_query
+from stages.core.pipeline import artifacts
+from stages.core.pipeline.query import run_query
 from tests.conftest import TOY_MODEL, gpo
 
 pytestmark = pytest.mark.skipif(not (TOY_MODEL / "config.json").exists(), reason="data/toy-model not built")

@@ -72,7 +72,7 @@ def test_non_parquet_file(tmp_path, model_dir):
 
 
 def test_bad_rows_are_counted_not_fatal(tmp_path):
-    from stages.core.sources import Fields, load_problems
+    from stages.core.sources.problems import Fields, load_problems
 
     f = tmp_path / "p.jsonl"
     rows = [{"question": "ok?", "answer": "#### 4"}, {"question": "", "answer": "1"}, {"question": "x?"},
@@ -119,7 +119,7 @@ def test_contradictory_or_invalid_options(tmp_path, model_dir):
 
 
 def test_run_dir_of_another_stage_or_schema(tmp_path):
-    from stages.core.runner import SCHEMA_VERSION
+    from stages.core.pipeline.runner import SCHEMA_VERSION
 
     (tmp_path / "sample").mkdir()
     (tmp_path / "sample" / "_SUCCESS").write_text("{}")

@@ -6,8 +6,8 @@ import pytest
 from typer.testing import CliRunner
 
 from gpo_cli.main import app
-from stages.core import artifacts
-from stages.core.errors import GpoError
+from stages.core.pipeline import artifacts
+from stages.core.pipeline.errors import GpoError
 from tests.conftest import TOY_MODEL, gpo
 
 pytestmark = pytest.mark.skipif(not (TOY_MODEL / "config.json").exists(), reason="data/toy-model not built")
@@ -115,7 +115,7 @@ def test_toml_reads_with_tomli_where_python_has_no_tomllib(tmp_path, monkeypatch
     import sys
     import tomllib
 
-    from stages.core.config import load_config_file
+    from stages.core.pipeline.config import load_config_file
 
     path = tmp_path / "s.toml"
     path.write_text("n = 2\n[trl]\nwarmup_ratio = 0.1\n")

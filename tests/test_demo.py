@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from gpo_cli.demo import CHOICE, PLANS
 from gpo_cli.demo_arms import GPO_ARMS, NAMES
 from gpo_cli.main import app
-from stages.core.toy_tasks import TASKS
+from stages.core.sources.toy_tasks import TASKS
 
 REPO = TASKS["arith"].model_dir.parent.parent
 sys.path.insert(0, str(REPO / "bench"))
@@ -45,7 +45,7 @@ def test_quick_demo_trains_every_arm_on_full_batches_and_names_its_primary_compa
     assert summary["accuracy"]["gpo"]["greedy"]["problems"] == plan.greedy_problems
     assert summary["accuracy"]["gpo"]["sampled"]["problems"] == plan.test_problems
     assert set(summary["probe"]["gpo"]) == {"operation", "answer"}
-    from stages.core.query import run_query
+    from stages.core.pipeline.query import run_query
 
     # the accuracies are the eval tables' per-problem means
     (acc,), = run_query(tmp_path / "gpo", "select avg(a) from (select avg(reward) a from evals "

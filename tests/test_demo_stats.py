@@ -9,13 +9,13 @@ import pytest
 
 from gpo_cli.demo import PLANS
 from gpo_cli.demo_arms import NAMES
-from stages.core.toy_tasks import TASKS
+from stages.core.sources.toy_tasks import TASKS
 
 sys.path.insert(0, str(TASKS["arith"].model_dir.parent.parent / "bench"))
 
 
 def test_holm_multiplies_the_ith_smallest_by_the_remaining_count_and_stays_monotone():
-    from stages.core.values import holm
+    from stages.core.method.values import holm
 
     assert holm([0.01, 0.04, 0.03, 0.2]) == pytest.approx([0.04, 0.09, 0.09, 0.2])
     assert holm([0.5, 0.6]) == [1.0, 1.0]  # capped at 1
@@ -23,7 +23,7 @@ def test_holm_multiplies_the_ith_smallest_by_the_remaining_count_and_stays_monot
 
 
 def test_p_value_from_a_95_interval():
-    from stages.core.values import interval_p_value
+    from stages.core.method.values import interval_p_value
 
     assert interval_p_value(0.0, -0.1, 0.1) == 1.0
     assert interval_p_value(0.1, 0.0, 0.2) == pytest.approx(0.05, abs=1e-4)  # the interval just touches 0

@@ -11,11 +11,11 @@ from typer.testing import CliRunner
 from gpo_cli.diagnose_cmd import headline
 from gpo_cli.main import app
 from stages import branch, estimate, locate, sample
-from stages.core import artifacts
-from stages.core.runner import run_stage
-from stages.core.sampling import SAMPLE_SCHEMA
-from stages.core.sources import load_problems
-from stages.core.toy import toy_problems
+from stages.core.pipeline import artifacts
+from stages.core.pipeline.runner import run_stage
+from stages.core.generation.sampling import SAMPLE_SCHEMA
+from stages.core.sources.problems import load_problems
+from stages.core.sources.toy import toy_problems
 from stages.tools import diagnose
 from tests.conftest import gpo, parse_question
 
@@ -151,7 +151,7 @@ def run_chain(run, gen, n_problems=24, stages=4):
 
 def test_real_chain_with_problem_specific_traps_is_repeatable_and_pairs_diverge_at_the_error(
         tmp_path, toy_tokenizer):
-    from stages.core.backends import FakeGenerator
+    from stages.core.generation.backends import FakeGenerator
 
     run = run_chain(tmp_path / "trap", FakeGenerator(toy_tokenizer, trap_policy(toy_tokenizer)))
     s = diagnose.diagnose(run, permutations=50)
@@ -194,7 +194,7 @@ def test_real_chain_with_problem_specific_traps_is_repeatable_and_pairs_diverge_
 
 
 def test_a_sample_only_toy_run_is_judged_on_its_first_wrong_lines(tmp_path, toy_tokenizer):
-    from stages.core.backends import FakeGenerator
+    from stages.core.generation.backends import FakeGenerator
 
     run = run_chain(tmp_path, FakeGenerator(toy_tokenizer, trap_policy(toy_tokenizer)), stages=1)
     s = diagnose.diagnose(run, permutations=50)

@@ -6,9 +6,9 @@ import subprocess
 import pytest
 
 from stages import estimate, sample
-from stages.core import artifacts
-from stages.core.runner import run_stage
-from stages.core.sources import load_problems
+from stages.core.pipeline import artifacts
+from stages.core.pipeline.runner import run_stage
+from stages.core.sources.problems import load_problems
 
 
 @pytest.fixture

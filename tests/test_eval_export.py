@@ -6,10 +6,10 @@ import math
 import pytest
 
 from stages import eval as evaluation
-from stages.core import artifacts
-from stages.core.errors import GpoError
-from stages.core.runner import run_stage
-from stages.core.sources import load_problems
+from stages.core.pipeline import artifacts
+from stages.core.pipeline.errors import GpoError
+from stages.core.pipeline.runner import run_stage
+from stages.core.sources.problems import load_problems
 
 
 @pytest.mark.parametrize("n,c,k", [(8, 0, 1), (8, 3, 1), (8, 3, 4), (8, 8, 4), (5, 2, 5), (10, 1, 3)])
@@ -73,7 +73,7 @@ def test_compare_refuses_evaluations_of_other_questions_under_the_same_problem_i
     from typer.testing import CliRunner
 
     from gpo_cli.main import app
-    from stages.core.backends import FakeGenerator
+    from stages.core.generation.backends import FakeGenerator
     from stages.tools.toy_build import build_toy_tokenizer
 
     gen = FakeGenerator(build_toy_tokenizer("borrow"), lambda ids, seed: "answer: 0")

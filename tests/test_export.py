@@ -21,10 +21,10 @@ from types import SimpleNamespace
 import pyarrow.parquet as pq
 import pytest
 
-from stages.core import artifacts
-from stages.core.backends import FakeGenerator
-from stages.core.errors import GpoError
-from stages.core.prompts import DEFAULT_INSTRUCTION, DEFAULT_SYSTEM
+from stages.core.pipeline import artifacts
+from stages.core.generation.backends import FakeGenerator
+from stages.core.pipeline.errors import GpoError
+from stages.core.generation.prompts import DEFAULT_INSTRUCTION, DEFAULT_SYSTEM
 from stages.tools.export import CONTINUE_NOTE, export
 from stages.train.data import trainable
 from tests.conftest import gpo, toy_policy
@@ -364,11 +364,11 @@ def test_export_into_a_non_empty_folder_is_refused_and_overwrite_replaces_it_who
 @pytest.mark.slow  # 23 s wall on this loaded 2-core machine (one GRPO step: generation + update)
 def test_trl_grpo_script_trains_with_gpos_reward_on_the_prompts_export(chat_run, chat_tokenizer, tmp_path,
                                                                          monkeypatch):
-    """Issue 21.8: `trl grpo --reward_funcs stages.core.rewards.correct --dataset_name DIR/prompts` (TRL's own
+    """Issue 21.8: `trl grpo --reward_funcs stages.core.scoring.rewards.correct --dataset_name DIR/prompts` (TRL's own
     script, in-process, one step on CPU): the export's columns reach the reward as they are, and it gives gpo's
     verdicts, both on the policy's completions and on the branch stage's own scored continuations."""
-    from stages.core.answers import make_checker
-    from stages.core.rewards import AnswerReward, correct
+    from stages.core.scoring.answers import make_checker
+    from stages.core.scoring.rewards import AnswerReward, correct
 
     export(chat_run, "trl", tmp_path / "trl")
     prompts = load(tmp_path / "trl" / "prompts")
@@ -395,7 +395,7 @@ def test_trl_grpo_script_trains_with_gpos_reward_on_the_prompts_export(chat_run,
     tiny_model(chat_tokenizer).save_pretrained(model_dir)
     chat_tokenizer.save_pretrained(model_dir)
     argv = ["--model_name_or_path", model_dir, "--dataset_name", tmp_path / "trl" / "prompts",
-            "--reward_funcs", "stages.core.rewards.correct", "--output_dir", tmp_path / "out", "--max_steps", 1,
+            "--reward_funcs", "stages.core.scoring.rewards.correct", "--output_dir", tmp_path / "out", "--max_steps", 1,
             "--per_device_train_batch_size", 4, "--num_generations", 2, "--max_completion_length", 8,
             "--use_cpu", "--use_vllm", "false", "--report_to", "none", "--save_strategy", "no"]
     script.main(*script.make_parser().parse_args_and_config([str(a) for a in argv]))

@@ -15,8 +15,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from stages.core import artifacts
-from stages.core.query import run_query
+from stages.core.pipeline import artifacts
+from stages.core.pipeline.query import run_query
 from tests.conftest import TOY_MODEL
 from tests.helpers import stall_env, wait_for_stall
 

@@ -7,8 +7,8 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 
 def test_hf_backend_on_cuda_matches_cpu_greedy():
-    from stages.core.backends import Request, Sampling
-    from stages.core.hf_backend import HFGenerator
+    from stages.core.generation.backends import Request, Sampling
+    from stages.core.generation.hf_backend import HFGenerator
     from tests.conftest import TOY_MODEL
 
     cpu = HFGenerator(str(TOY_MODEL), dtype="fp32", device="cpu")

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from stages.core.backends import Request, Sampling
-from stages.core.values import stable_seed
-from stages.core.hf_backend import HFGenerator, grouped_order, prefix_groups
+from stages.core.generation.backends import Request, Sampling
+from stages.core.pipeline.hashing import stable_seed
+from stages.core.generation.hf_backend import HFGenerator, grouped_order, prefix_groups
 from tests.conftest import TOY_MODEL
 
 
@@ -36,8 +36,8 @@ def state_requests(per_state):
     """Every line state of 4 sampled toy trajectories (K=3 each, rollouts cut at 16 tokens to keep it quick),
     plus a duplicate and an unrelated prompt, interleaved as estimate might send them; and the trajectories'
     lengths."""
-    from stages.core.sources import load_problems
-    from stages.core.steps import make_splitter
+    from stages.core.sources.problems import load_problems
+    from stages.core.method.steps import make_splitter
 
     tok = per_state.tokenizer
     problems = load_problems("toy:arith?n=4&seed=3&split=train").table.to_pylist()

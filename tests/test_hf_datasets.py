@@ -13,8 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from gpo_cli.main import app
-from stages.core.errors import GpoError
-from stages.core.sources import Fields, load_problems
+from stages.core.pipeline.errors import GpoError
+from stages.core.sources.problems import Fields, load_problems
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 GSM8K = [

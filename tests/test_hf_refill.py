@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from stages.core.backends import Request, Sampling
-from stages.core.hf_backend import HFGenerator
-from stages.core.values import stable_seed
+from stages.core.generation.backends import Request, Sampling
+from stages.core.generation.hf_backend import HFGenerator
+from stages.core.pipeline.hashing import stable_seed
 from tests.conftest import TOY_MODEL
 
 pytestmark = pytest.mark.skipif(not (TOY_MODEL / "config.json").exists(), reason="data/toy-model not built")
@@ -26,7 +26,7 @@ def refill_gen(static, batch_size=8):
 @pytest.fixture(scope="module")
 def ragged(static):
     """Prompts of 2 to ~40 tokens, some prefixes of others, budgets of 1 to 40 tokens, n of 1 to 3."""
-    from stages.core.sources import load_problems
+    from stages.core.sources.problems import load_problems
 
     tok = static.tokenizer
     problems = load_problems("toy:arith?n=6&seed=5&split=train").table.to_pylist()

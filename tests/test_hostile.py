@@ -5,10 +5,10 @@ import json
 import pytest
 
 from stages import branch, estimate, locate, sample
-from stages.core import artifacts
-from stages.core.backends import FakeGenerator
-from stages.core.runner import run_stage
-from stages.core.sources import load_problems
+from stages.core.pipeline import artifacts
+from stages.core.generation.backends import FakeGenerator
+from stages.core.pipeline.runner import run_stage
+from stages.core.sources.problems import load_problems
 
 HOSTILE = [
     "",                                                   # empty
@@ -72,8 +72,8 @@ HANG = r"so it is \boxed{2^{2^{2^{99999}}}}"  # sympy grinds on this for minutes
 def test_every_scored_row_and_timeout_is_counted_in_the_stage_s_stats():
     from pathlib import Path
 
-    from stages.core.answers import Verdict, timeout_summary
-    from stages.core.runner import Context
+    from stages.core.scoring.answers import Verdict, timeout_summary
+    from stages.core.pipeline.runner import Context
 
     class OutOfTime:  # a checker whose second row ran over its time
         name = "math"

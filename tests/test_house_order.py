@@ -12,7 +12,7 @@ import typer.main
 
 from gpo_cli.adapter import COMMANDS
 from gpo_cli.main import app
-from stages.core.settings import Runtime
+from stages.core.pipeline.settings import Runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("sample", "estimate", "locate", "branch", "train", "eval")

@@ -18,11 +18,12 @@ from typer.testing import CliRunner
 
 from gpo_cli.main import app
 from stages import branch, estimate, locate, sample
-from stages.core import artifacts, lineage, sampling
-from stages.core.errors import GpoError
-from stages.core.query import run_query, stage_status, views_sql
-from stages.core.runner import run_stage, shard_lock
-from stages.core.sources import load_problems
+from stages.core.pipeline import artifacts, lineage
+from stages.core.generation import sampling
+from stages.core.pipeline.errors import GpoError
+from stages.core.pipeline.query import run_query, stage_status, views_sql
+from stages.core.pipeline.runner import run_stage, shard_lock
+from stages.core.sources.problems import load_problems
 
 runner = CliRunner()
 SAMPLE = sample.SampleSettings(problems="toy", model="fake", n=4, max_new_tokens=64)
@@ -133,7 +134,7 @@ def test_temp_files_left_by_a_kill_are_removed_on_the_next_run_of_that_shard(cha
     assert not any(p.exists() for p in left) and other.exists()
 
 
-WRITER = ("import sys, time; from pathlib import Path; from stages.core import artifacts\n"
+WRITER = ("import sys, time; from pathlib import Path; from stages.core.pipeline import artifacts\n"
           "for p in sys.argv[2:]:\n    t = artifacts._tmp_path(Path(p)); t.write_bytes(b'partial'); print(t)\n"
           "sys.stdout.flush(); time.sleep(float(sys.argv[1]))")
 
@@ -378,6 +379,6 @@ def test_views_sql_has_the_manifests_view_that_gpo_sql_has(chain):
         con.execute(statement)
     got = con.execute("select stage, shard, content from manifests order by stage, shard").fetchall()
     assert got and got == run_query(chain, "select stage, shard, content from manifests order by stage, shard")[1]
-    from stages.core.query import describe_views
+    from stages.core.pipeline.query import describe_views
 
     assert [(c, t) for c, t, *_ in con.execute("describe manifests").fetchall()] == describe_views(chain)["manifests"]

@@ -13,8 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from gpo_cli.main import app
-from stages.core.errors import GpoError
-from stages.core.models import plain_folder, resolve_model
+from stages.core.pipeline.errors import GpoError
+from stages.core.generation.models import plain_folder, resolve_model
 
 from tests.conftest import TOY_MODEL
 
@@ -224,9 +224,9 @@ def test_sample_from_a_gguf_file(tmp_path):
 def test_vllm_serves_an_adapter_merged(tmp_path, monkeypatch):
     """vLLM loads the adapter merged into its base (a cached safetensors folder): greedy tokens equal the
     transformers backend's, which merges in memory."""
-    from stages.core.backends import Request, Sampling
-    from stages.core.hf_backend import HFGenerator
-    from stages.core.vllm_backend import VLLMGenerator
+    from stages.core.generation.backends import Request, Sampling
+    from stages.core.generation.hf_backend import HFGenerator
+    from stages.core.generation.vllm_backend import VLLMGenerator
 
     monkeypatch.setenv("GPO_CACHE_DIR", str(tmp_path / "gpo-cache"))
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")

@@ -6,10 +6,10 @@ import math
 import pyarrow as pa
 import pytest
 
-from stages.core import probe
-from stages.core.errors import GpoError
-from stages.core.runner import run_stage
-from stages.core.sources import load_problems
+from stages.core.method import probe
+from stages.core.pipeline.errors import GpoError
+from stages.core.pipeline.runner import run_stage
+from stages.core.sources.problems import load_problems
 
 # Three hand-written problems; every gold line's result follows "=" or "answer:" in the toy vocabulary.
 SOLUTIONS = ["a: 26 + 2 = 28\nanswer: 28", "a: 26 + 3 = 29\nanswer: 29", "a: 10 + 18 = 28\nanswer: 28"]
@@ -72,7 +72,7 @@ def test_probe_gives_the_exact_probability_and_top_share_of_each_gold_result(tmp
         1: [(1 / z3, False), (math.e / z1, True)],
         2: [(math.e ** 3 / z3, True), (1 / z1, False)],
     }
-    from stages.core import artifacts
+    from stages.core.pipeline import artifacts
 
     rows = sorted(artifacts.read_table(tmp_path / "run", "probe_hand").to_pylist(),
                   key=lambda r: (r["problem_id"], r["line_idx"]))
@@ -107,7 +107,8 @@ def test_compare_pairs_two_models_per_problem(tmp_path, toy_tokenizer):
 
 
 def test_toy_kinds_come_from_the_task_and_sources_without_gold_are_skipped(tmp_path, toy_tokenizer):
-    from stages.core import artifacts, toy_borrow
+    from stages.core.pipeline import artifacts
+    from stages.core.sources import toy_borrow
     from stages.tools.toy_build import build_toy_tokenizer
 
     tok = build_toy_tokenizer("borrow")
@@ -147,8 +148,8 @@ def test_gpo_eval_probe_writes_a_table_sql_reads_and_compare_pairs_it(tmp_path):
     from typer.testing import CliRunner
 
     from gpo_cli.main import app
-    from stages.core.query import run_query
-    from stages.core.toy_tasks import TASKS
+    from stages.core.pipeline.query import run_query
+    from stages.core.sources.toy_tasks import TASKS
 
     run, src = tmp_path / "run", "toy:arith?n=3&split=test"
     for label in ("a", "b"):

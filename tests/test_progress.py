@@ -13,10 +13,10 @@ import pytest
 
 
 from stages import estimate, sample
-from stages.core import artifacts, progress
-from stages.core.backends import FakeGenerator
-from stages.core.runner import run_stage
-from stages.core.sources import load_problems
+from stages.core.pipeline import artifacts, progress
+from stages.core.generation.backends import FakeGenerator
+from stages.core.pipeline.runner import run_stage
+from stages.core.sources.problems import load_problems
 from tests.conftest import REPO, TOY_MODEL, gpo
 from tests.test_train import base_model, quiet, run_dir, settings  # noqa: F401 - fixtures reused
 
@@ -140,9 +140,9 @@ def test_terminal_gets_a_rich_bar_that_goes_away(monkeypatch):
 
 
 def test_hf_backend_reports_every_decode_step():
-    from stages.core.backends import Request, Sampling, load_tokenizer
-    from stages.core.hf_backend import HFGenerator
-    from stages.core.prompts import build_prompt
+    from stages.core.generation.backends import Request, Sampling, load_tokenizer
+    from stages.core.generation.hf_backend import HFGenerator
+    from stages.core.generation.prompts import build_prompt
 
     calls = []
 

@@ -13,11 +13,11 @@ import pytest
 from stages import eval as evaluation
 from stages import sample
 from stages.train.checkpoints import metrics_table
-from stages.core import artifacts
-from stages.core.errors import GpoError
-from stages.core.query import run_query
-from stages.core.runner import run_stage
-from stages.core.sources import load_problems
+from stages.core.pipeline import artifacts
+from stages.core.pipeline.errors import GpoError
+from stages.core.pipeline.query import run_query
+from stages.core.pipeline.runner import run_stage
+from stages.core.sources.problems import load_problems
 from stages.tools.report import build_report
 from tests.conftest import REPO, toy_policy
 from tests.test_stages import run_chain
@@ -28,7 +28,7 @@ FULL = ["sample", "value_curves", "critical_positions", "advantages", "toy_agree
 
 
 def _make(toy_tokenizer):
-    from stages.core.backends import FakeGenerator
+    from stages.core.generation.backends import FakeGenerator
 
     return lambda **kw: FakeGenerator(toy_tokenizer, toy_policy(toy_tokenizer, **kw))
 

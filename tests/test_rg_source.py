@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from stages.core.errors import GpoError
-from stages.core.sources import load_problems
+from stages.core.pipeline.errors import GpoError
+from stages.core.sources.problems import load_problems
 from tests.test_cli_errors import fails_cleanly, model_dir  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("reasoning_gym") is None,

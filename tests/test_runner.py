@@ -7,10 +7,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from stages.core import artifacts
-from stages.core.errors import GpoError
-from stages.core.query import array_spec, run_query, stage_status
-from stages.core.runner import Stage, parse_shard, run_stage, shard_groups
+from stages.core.pipeline import artifacts
+from stages.core.pipeline.errors import GpoError
+from stages.core.pipeline.query import array_spec, run_query, stage_status
+from stages.core.pipeline.runner import Stage, parse_shard, run_stage, shard_groups
 
 SCHEMA = pa.schema([("problem_id", pa.string()), ("value", pa.int64())])
 EXTRA = pa.schema([("problem_id", pa.string()), ("twice", pa.int64())])
@@ -190,13 +190,13 @@ def test_second_process_on_the_same_shard_is_refused(tmp_path):
     import sys
     import time
 
-    from stages.core.runner import shard_lock
+    from stages.core.pipeline.runner import shard_lock
 
     out = tmp_path / "toy"
     out.mkdir()
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; sys.path.insert(0, '.'); from pathlib import Path; "
-        "from stages.core.runner import shard_lock\n"
+        "from stages.core.pipeline.runner import shard_lock\n"
         f"with shard_lock(Path({str(out)!r}), 0):\n    print('held', flush=True); time.sleep(30)")],
         stdout=subprocess.PIPE, text=True)
     try:

@@ -22,9 +22,9 @@ import pytest
 
 from conftest import REPO, TOY_MODEL
 from stages.tools import slurm
-from stages.core import artifacts
-from stages.core.errors import GpoError
-from stages.core.query import stage_status
+from stages.core.pipeline import artifacts
+from stages.core.pipeline.errors import GpoError
+from stages.core.pipeline.query import stage_status
 
 GPO = str(Path(sys.executable).parent / "gpo")
 PROBLEMS = "toy:arith?n=12&seed=0&split=train"
@@ -277,7 +277,7 @@ def test_sharded_pipeline_on_slurm_matches_local_run(cluster_run, local_run):
 STALL = """\
 import os, sys, time
 from pathlib import Path
-import stages.core.runner as runner
+import stages.core.pipeline.runner as runner
 from gpo_cli.main import app
 
 marker, original = Path({marker!r}), runner._run_chunk

@@ -5,7 +5,7 @@ import importlib.util
 
 import pytest
 
-from stages.core import artifacts
+from stages.core.pipeline import artifacts
 from tests.conftest import gpo
 
 pytestmark = [

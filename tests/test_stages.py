@@ -3,10 +3,10 @@
 import pytest
 
 from stages import branch, estimate, locate, sample
-from stages.core import artifacts
-from stages.core.errors import GpoError
-from stages.core.runner import run_stage
-from stages.core.sources import load_problems
+from stages.core.pipeline import artifacts
+from stages.core.pipeline.errors import GpoError
+from stages.core.pipeline.runner import run_stage
+from stages.core.sources.problems import load_problems
 from tests.conftest import hard_line, parse_question
 
 

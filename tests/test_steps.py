@@ -5,7 +5,7 @@ import random
 import pytest
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
 
-from stages.core.steps import (
+from stages.core.method.steps import (
     AuthorsSplitter,
     ChunkSplitter,
     LineSplitter,

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from stages.core.backends import default_threads
-from stages.core.errors import GpoError
-from stages.core.settings import Runtime
+from stages.core.generation.backends import default_threads
+from stages.core.pipeline.errors import GpoError
+from stages.core.pipeline.settings import Runtime
 from tests.conftest import TOY_MODEL, gpo
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from stages.core.toy import (
+from stages.core.sources.toy import (
     NUM_MAX,
     NUM_MIN,
     first_wrong_line,

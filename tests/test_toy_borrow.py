@@ -5,8 +5,8 @@ import random
 
 import pytest
 
-from stages.core import toy_borrow as tb
-from stages.core.errors import GpoError
+from stages.core.sources import toy_borrow as tb
+from stages.core.pipeline.errors import GpoError
 
 
 def _meta(p):
@@ -122,7 +122,7 @@ def test_premise_stats_diversity():
 
 
 def test_source_and_ground_truth_in_locate():
-    from stages.core.sources import load_problems
+    from stages.core.sources.problems import load_problems
     from stages.locate import ground_truth
 
     table = load_problems("toy:borrow?n=5&seed=2&split=valid").table.to_pylist()

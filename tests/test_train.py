@@ -14,8 +14,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from stages.core.artifacts import write_json_atomic, write_parquet_atomic
-from stages.core.errors import GpoError
+from stages.core.pipeline.artifacts import write_json_atomic, write_parquet_atomic
+from stages.core.pipeline.errors import GpoError
 
 torch = pytest.importorskip("torch")
 
@@ -160,7 +160,7 @@ def read_metrics(out: Path) -> list[dict]:
 def test_each_method_trains_and_saves_a_changed_model(method, base_model, run_dir, tmp_path):
     from stages.train import train
 
-    from stages.core.artifacts import list_tables
+    from stages.core.pipeline.artifacts import list_tables
 
     # kto goes to the default RUN/train/kto-gpo, whose metrics `gpo sql RUN` must see
     out = None if method == "kto" else tmp_path / method
@@ -287,7 +287,7 @@ def test_config_file_overrides_settings_and_trl_args(tmp_path, base_model):
     import dataclasses
 
     from gpo_cli.adapter import COMMANDS, merge
-    from stages.core.config import load_config_file
+    from stages.core.pipeline.config import load_config_file
     from stages.train.settings import TrainSettings, resolve
     from stages.train.trl_adapter import build_config
 
@@ -339,7 +339,7 @@ def test_starting_policy_by_hub_id_then_from_a_lora_train_output(base_model, run
     `gpo train --out` folder whose LoRA adapter (not merged there) is merged into its base to start from."""
     import shutil
 
-    from stages.core.models import plain_folder, resolve_model
+    from stages.core.generation.models import plain_folder, resolve_model
     from stages.train import train
 
     sha = "89abcdef0123456789abcdef0123456789abcdef"

@@ -9,9 +9,9 @@ import pyarrow as pa
 import pytest
 
 from stages.branch import PAIR_SCHEMA
-from stages.core import artifacts
-from stages.core.query import run_query
-from stages.core.toy import toy_problems
+from stages.core.pipeline import artifacts
+from stages.core.pipeline.query import run_query
+from stages.core.sources.toy import toy_problems
 from tests.conftest import TOY_MODEL, gpo
 from tests.helpers import stall_env, wait_for_stall
 

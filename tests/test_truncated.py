@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 
 from stages import branch, estimate, locate, sample
-from stages.core import artifacts
-from stages.core.errors import GpoError
-from stages.core.runner import run_stage
-from stages.core.sources import load_problems
+from stages.core.pipeline import artifacts
+from stages.core.pipeline.errors import GpoError
+from stages.core.pipeline.runner import run_stage
+from stages.core.sources.problems import load_problems
 from tests.conftest import TOY_MODEL, toy_policy
 
 MAX_NEW = 48
@@ -29,7 +29,7 @@ def rambling_policy(tok):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, toy_tokenizer):
-    from stages.core.backends import FakeGenerator
+    from stages.core.generation.backends import FakeGenerator
 
     run = tmp_path_factory.mktemp("truncated")
     gen = FakeGenerator(toy_tokenizer, rambling_policy(toy_tokenizer))

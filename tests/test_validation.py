@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from gpo_cli.main import app
 from stages import branch, estimate, eval as evaluate, locate, sample
-from stages.core.errors import GpoError
+from stages.core.pipeline.errors import GpoError
 from tests.conftest import TOY_MODEL
 
 runner = CliRunner()
@@ -170,8 +170,8 @@ def test_every_cli_default_equals_the_settings_default(command):
 def test_a_failed_start_does_not_poison_the_corrected_command(tmp_path, fake_generator):
     """A start that wrote config.json and failed before any part (e.g. the model failed to load) leaves
     nothing to protect: the corrected command runs without --overwrite."""
-    from stages.core.runner import run_stage
-    from stages.core.sources import load_problems
+    from stages.core.pipeline.runner import run_stage
+    from stages.core.sources.problems import load_problems
 
     problems = load_problems("toy:arith?n=2&seed=0&split=train").table
 

@@ -6,16 +6,16 @@ import sys
 
 import pytest
 
-from stages.core.values import (
+from stages.core.method.values import (
     DEFAULT_RULE,
     RULES,
     Critical,
     advantages,
     decided,
     select_critical,
-    stable_seed,
     wilson_interval,
 )
+from stages.core.pipeline.hashing import stable_seed
 
 # ---- Wilson intervals ----------------------------------------------------------------------------
 
@@ -62,7 +62,7 @@ def test_stable_seed_is_63_bit_and_deterministic_across_processes():
     assert seed == 2759160641083661602  # pinned: artifacts of earlier runs depend on it
     assert seed == stable_seed("7", "gsm8k/0012", "3")  # parts are joined as strings
     assert seed != stable_seed(7, "gsm8k/0012", 4)
-    code = "from stages.core.values import stable_seed; print(stable_seed(7, 'gsm8k/0012', 3))"
+    code = "from stages.core.pipeline.hashing import stable_seed; print(stable_seed(7, 'gsm8k/0012', 3))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert int(out.stdout) == seed
 
@@ -178,7 +178,7 @@ def test_one_interval_definition_eval_and_report_sql_agree():
     """eval (problem_mean_ci) and the report's SQL give the same problem-clustered interval."""
     import duckdb
 
-    from stages.core.values import problem_mean_ci
+    from stages.core.method.values import problem_mean_ci
     from stages.tools.report import accuracy_sql
 
     rng = random.Random(0)
@@ -198,6 +198,6 @@ def test_one_interval_definition_eval_and_report_sql_agree():
     # clustered by problem: wider than treating the 160 sampled answers as independent
     sampled = [sum(r[4] for r in rows if r[1] == "sampled" and r[2] == f"p{i}") / 4 for i in range(40)]
     _, lo, hi = problem_mean_ci(sampled)
-    from stages.core.values import wilson_interval
+    from stages.core.method.values import wilson_interval
     wlo, whi = wilson_interval(sum(r[4] for r in rows if r[1] == "sampled"), 160)
     assert hi - lo > whi - wlo

@@ -11,7 +11,7 @@ import random
 
 import pytest
 
-from stages.core.backends import Request, Sampling
+from stages.core.generation.backends import Request, Sampling
 
 pytestmark = [pytest.mark.vllm, pytest.mark.skipif(
     importlib.util.find_spec("vllm") is None,
@@ -52,14 +52,14 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def vllm_gen(model_dir):
-    from stages.core.vllm_backend import VLLMGenerator
+    from stages.core.generation.vllm_backend import VLLMGenerator
 
     return VLLMGenerator(model_dir, dtype="fp32", max_model_len=512, seed=0)
 
 
 @pytest.fixture(scope="module")
 def hf_gen(model_dir):
-    from stages.core.hf_backend import HFGenerator
+    from stages.core.generation.hf_backend import HFGenerator
 
     return HFGenerator(model_dir, dtype="fp32", device="cpu")
 
@@ -84,7 +84,7 @@ def _next_greedy_token(hf_gen, ids) -> int:
 def test_vllm_available_needs_a_gpu():
     import torch
 
-    from stages.core.vllm_backend import vllm_available
+    from stages.core.generation.vllm_backend import vllm_available
 
     if not torch.cuda.is_available():
         assert vllm_available() is False  # --backend auto stays on transformers on CPU machines

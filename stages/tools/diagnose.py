@@ -33,7 +33,7 @@ behind it) and RUN/diagnose/summary.json. Definitions:
 3. Critical steps: share of locate rows located, share of located with a positive advantage, step index
    histogram, relative_position quantiles, agreement with the first wrong line over all rows with a ground
    truth (an unlocated row counts as a miss); and every selection rule's agreement on the run's own
-   estimate, over all failed samples with a ground truth (section `rules`; core/values.agreement_by_rule).
+   estimate, over all failed samples with a ground truth (section `rules`; core/method/values.agreement_by_rule).
 4. Truncation: share of samples (and Monte Carlo rollouts) with finish_reason = 'length'.
 5. Preference pairs (`pair_divergence`): per `data` of the branch table, where chosen and rejected first
    differ (tokens into the full response, prefix included, and as a share of the rejected length), the
@@ -50,10 +50,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stages.core import artifacts
-from stages.core.errors import GpoError, UsageError
-from stages.core.toy_tasks import ground_truth
-from stages.core.values import agreement_by_rule
+from stages.core.pipeline import artifacts
+from stages.core.pipeline.errors import GpoError, UsageError
+from stages.core.sources.toy_tasks import ground_truth
+from stages.core.method.values import agreement_by_rule
 
 MIN_PAIRS = 10
 REPEAT_RATIO = 1.5

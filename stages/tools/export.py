@@ -11,7 +11,7 @@ A run sampled without a chat template (`--template plain`) is exported as the ex
 trl:          one folder per table, each a `datasets` folder on its own (`trl dpo --dataset_name DIR/preference`):
               preference/ (prompt, chosen, rejected), unpaired/ (prompt, completion, label) and prompts/
               (prompt, gold_answer, checker, reset_prefix), all with problem_id and pair_id / state ids;
-              GRPO's reward: `trl grpo --reward_funcs stages.core.rewards.correct`.
+              GRPO's reward: `trl grpo --reward_funcs stages.core.scoring.rewards.correct`.
 verl:         train.parquet (data_source, prompt messages, ability, reward_model.ground_truth, extra_info with
               checker and reset_prefix); score with gpo's stages/tools/verl_reward.py `compute_score`.
 llamafactory: gpo_<data>_pairwise.json (ranking) and gpo_<data>_kto.json (kto_tag), alpaca columns with
@@ -36,9 +36,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from stages.core import artifacts, lineage
-from stages.core.errors import GpoError, UsageError
-from stages.core.prompts import PLAIN_TEMPLATE
+from stages.core.pipeline import artifacts, lineage
+from stages.core.pipeline.errors import GpoError, UsageError
+from stages.core.generation.prompts import PLAIN_TEMPLATE
 from stages.tools import export_folder as folder
 from stages.train.data import cut, trainable
 
@@ -55,7 +55,7 @@ class Prompting:
     instruction: str | None
 
     def user(self, question: str) -> str:
-        # The same user turn stages/core/prompts.py builds, so the exported messages re-template exactly.
+        # The same user turn stages/core/generation/prompts.py builds, so the exported messages re-template exactly.
         return f"{question}\n{self.instruction}" if self.chat and self.instruction else question
 
     def messages(self, question: str, prefix: str = "") -> list[dict]:

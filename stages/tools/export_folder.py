@@ -18,8 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from stages.core import artifacts
-from stages.core.errors import GpoError
+from stages.core.pipeline import artifacts
+from stages.core.pipeline.errors import GpoError
 
 RECORD = ".gpo-export.json"
 

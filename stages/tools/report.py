@@ -16,9 +16,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stages.core import artifacts
-from stages.core.errors import GpoError
-from stages.core.query import PIPELINE, connect
+from stages.core.pipeline import artifacts
+from stages.core.pipeline.errors import GpoError
+from stages.core.pipeline.query import PIPELINE, connect
 from stages.tools import report_plots as plots
 
 MAX_CURVES = 12

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from stages.core.errors import GpoError, UsageError
-from stages.core.query import array_spec
+from stages.core.pipeline.errors import GpoError, UsageError
+from stages.core.pipeline.query import array_spec
 
 SHARDED = ("sample", "estimate", "locate", "branch", "eval")
 UNSHARDED = ("train",)

@@ -15,8 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from stages.core.errors import GpoError
-from stages.core.progress import library_bars_off, quiet_library_bars
+from stages.core.pipeline.errors import GpoError
+from stages.core.pipeline.progress import library_bars_off, quiet_library_bars
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

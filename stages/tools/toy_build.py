@@ -20,9 +20,9 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from stages.core import toy
-from stages.core.toy import toy_prompt_text  # one prompt rule for both toy tasks
-from stages.core.toy_tasks import ToyTask, get
+from stages.core.sources import toy
+from stages.core.sources.toy import toy_prompt_text  # one prompt rule for both toy tasks
+from stages.core.sources.toy_tasks import ToyTask, get
 
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
 # The arguments each shipped model was built with (`gpo toy build --task NAME`); see its README.
@@ -179,7 +179,7 @@ def evaluate_toy_model(model, tok, n: int = 200, seed: int = 0, task: str = "ari
     result = {"eval_n": n, "greedy": greedy, "sampled": _score(spec, problems, responses),
               "sample_responses": responses[:3]}
     if task == "borrow":
-        from stages.core.toy_borrow import premise_stats
+        from stages.core.sources.toy_borrow import premise_stats
 
         result["premise"] = premise_stats(problems, samples)
         result["premise_greedy"] = premise_stats(problems, [[r] for r in greedy_text])
@@ -252,7 +252,7 @@ Made by `gpo toy build --task arith --out data/toy-model`, which calls
 `stages.tools.toy_build.build_toy_model(out_dir, {call_args})`
 on CPU ({a["threads"]} threads), deterministic for the same arguments and machine.
 
-- Task: `stages/core/toy.py` (`toy_problems`, `first_wrong_line`, `noisy_solution`).
+- Task: `stages/core/sources/toy.py` (`toy_problems`, `first_wrong_line`, `noisy_solution`).
   Question `start: 47 a: + 5 b: - 3 c: + 8`, prompt = question + "\\n",
   solution lines `a: 47 + 5 = 52` ... and a last line `answer: 57`.
 - Tokenizer: word level, {m["vocab_size"]} tokens: numbers {toy.NUM_MIN}..{toy.NUM_MAX} are single tokens,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stages.core import toy_borrow
+from stages.core.sources import toy_borrow
 
 
 def _pct(x) -> str:
@@ -27,7 +27,7 @@ Made by `gpo toy build --task borrow --out data/borrow-model`, which calls
 `stages.tools.toy_build.build_toy_model(out_dir, {call_args})`
 on CPU ({a["threads"]} threads), deterministic for the same arguments and machine.
 
-- Task: `stages/core/toy_borrow.py`. A 2-digit start and {toy_borrow.MIN_OPS}-{toy_borrow.MAX_OPS} labelled
+- Task: `stages/core/sources/toy_borrow.py`. A 2-digit start and {toy_borrow.MIN_OPS}-{toy_borrow.MAX_OPS} labelled
   one-digit additions and subtractions, one solution line each plus `answer: N`. An addition line may be
   written `v + d = r` or `d + v = r` (many valid texts); the first borrowing subtraction (the *trap*)
   sits in the second half ({toy_borrow.P_HARD:.0%} hard: d in {toy_borrow.HARD_DIGITS}); after it only

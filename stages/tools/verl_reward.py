@@ -7,13 +7,13 @@
 verl calls compute_score(data_source, solution_str, ground_truth, extra_info) per response. A reset
 row's prompt holds the kept prefix, and the response continues it, so the answer is judged on
 extra_info["reset_prefix"] + response with the row's checker, exactly as gpo's branch stage scores
-a branch: the one reward of stages/core/rewards.py, which TRL and `gpo train` use too. Rows without
+a branch: the one reward of stages/core/scoring/rewards.py, which TRL and `gpo train` use too. Rows without
 gpo's extra_info are judged by the "math" checker on the response alone.
 """
 
 from __future__ import annotations
 
-from stages.core.rewards import correct
+from stages.core.scoring.rewards import correct
 
 
 def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs) -> float:

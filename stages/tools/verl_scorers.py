@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 
-from stages.core.errors import GpoError
+from stages.core.pipeline.errors import GpoError
 
 _BOXED = ("\\boxed{...}", re.compile(r"\\boxed\s*\{"))
 _DAPO = ("an 'Answer: ...' line", re.compile(r"(?i)Answer\s*:\s*([^\n]+)"))

@@ -26,7 +26,7 @@ import dataclasses
 import math
 from pathlib import Path
 
-from stages.core import artifacts, lineage
+from stages.core.pipeline import artifacts, lineage
 from stages.train.checkpoints import (
     _barrier,
     _is_main,
@@ -55,7 +55,7 @@ def train(run: Path, settings: TrainSettings, out: Path | None = None, *, config
     out = Path(out) if out is not None else default_out(run, s)
     from transformers import AutoTokenizer
 
-    from stages.core.models import plain_folder, resolve_model
+    from stages.core.generation.models import plain_folder, resolve_model
 
     model_ref = resolve_model(s.model)  # a folder, hub id, train output, adapter or .gguf, as for sample
     load_from = plain_folder(model_ref)  # TRL loads by path: adapters merged, GGUF dequantized (cached)

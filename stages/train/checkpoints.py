@@ -6,8 +6,8 @@ import os
 import shutil
 from pathlib import Path
 
-from stages.core import artifacts
-from stages.core.errors import GpoError
+from stages.core.pipeline import artifacts
+from stages.core.pipeline.errors import GpoError
 from stages.train.settings import RESUME_FREE, TrainSettings
 
 

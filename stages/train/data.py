@@ -7,8 +7,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from stages.core import artifacts
-from stages.core.errors import GpoError
+from stages.core.pipeline import artifacts
+from stages.core.pipeline.errors import GpoError
 from stages.train.settings import ONLINE, TrainSettings
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from stages.core.errors import GpoError
-from stages.core.models import MODEL_HELP
-from stages.core.settings import require, setting
+from stages.core.pipeline.errors import GpoError
+from stages.core.generation.models import MODEL_HELP
+from stages.core.pipeline.settings import require, setting
 
 METHODS = ("dpo", "kto", "simpo", "orpo", "grpo", "rloo")
 # How a response cut at max-new-tokens (finish_reason "length") trains. TRL appends EOS to every response,

@@ -13,7 +13,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from stages.core.errors import GpoError
+from stages.core.pipeline.errors import GpoError
 from stages.train.settings import ONLINE, TrainSettings
 
 
@@ -28,7 +28,7 @@ def trl_args(s: TrainSettings, extra: dict, out: Path) -> dict:
                 save_total_limit=2, logging_steps=1, seed=s.seed, data_seed=s.seed, report_to=[],
                 bf16=s.bf16, fp16=False, use_cpu=not cuda, dataloader_num_workers=0,
                 gradient_checkpointing=cuda, push_to_hub=False, beta=s.beta,
-                disable_tqdm=True)  # gpo's own progress on stderr (stages/core/train_progress.py)
+                disable_tqdm=True)  # gpo's own progress on stderr (stages/train/progress.py)
     if s.method not in ONLINE:
         # Every optimizer step carries the same number of rows: without this, the last batch of each pass over
         # the data is short, so arms with different row counts would take different-sized steps.
@@ -93,7 +93,7 @@ def lora_config(s: TrainSettings):
 
 
 def make_trainer(s: TrainSettings, config, tok, dataset, callbacks: list):
-    from stages.core import train_progress
+    from stages.train import progress as train_progress
 
     train_progress.quiet_library_bars(datasets=True)  # in logs: before TRL loads the model and maps the data
     close = None
@@ -115,10 +115,10 @@ def make_trainer(s: TrainSettings, config, tok, dataset, callbacks: list):
 
 
 def online_trainer(s, config, tok, dataset, callbacks: list, peft_config):
-    from stages.core.rewards import AnswerReward
+    from stages.core.scoring.rewards import AnswerReward
 
     Trainer = trl_class(s.method, "Trainer")
-    reward = AnswerReward()  # the one `trl grpo --reward_funcs stages.core.rewards.correct` uses
+    reward = AnswerReward()  # the one `trl grpo --reward_funcs stages.core.scoring.rewards.correct` uses
     trainer = Trainer(model=s.model, reward_funcs=reward, args=config, train_dataset=dataset,
                       processing_class=tok, callbacks=callbacks, peft_config=peft_config)
     return trainer, reward.close

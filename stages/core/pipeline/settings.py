@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import MISSING, dataclass
 
-from stages.core.errors import GpoError
+from stages.core.pipeline.errors import GpoError
 
 
 def setting(default=MISSING, help: str = "", *, flag: str | None = None):

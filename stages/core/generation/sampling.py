@@ -14,15 +14,15 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from stages.core import artifacts
-from stages.core.answers import CHECKERS
-from stages.core.backends import BACKENDS, Request, Sampling
-from stages.core.errors import GpoError
-from stages.core.models import MODEL_HELP
-from stages.core.prompts import DEFAULT_INSTRUCTION, DEFAULT_SYSTEM, build_prompt
-from stages.core.runner import Context, check_identity
-from stages.core.settings import require, setting
-from stages.core.values import stable_seed
+from stages.core.pipeline import artifacts
+from stages.core.scoring.answers import CHECKERS
+from stages.core.generation.backends import BACKENDS, Request, Sampling
+from stages.core.pipeline.errors import GpoError
+from stages.core.generation.models import MODEL_HELP
+from stages.core.generation.prompts import DEFAULT_INSTRUCTION, DEFAULT_SYSTEM, build_prompt
+from stages.core.pipeline.runner import Context, check_identity
+from stages.core.pipeline.settings import require, setting
+from stages.core.pipeline.hashing import stable_seed
 
 IDS = pa.list_(pa.int32())
 SAMPLE_SCHEMA = pa.schema([

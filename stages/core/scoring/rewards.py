@@ -4,7 +4,7 @@ One reward for `gpo train --method grpo|rloo`, for TRL's own scripts on `gpo exp
 and for verl (stages/tools/verl_reward.py):
 
     trl grpo --model_name_or_path MODEL --dataset_name exports/trl/prompts \
-        --reward_funcs stages.core.rewards.correct --output_dir out/grpo
+        --reward_funcs stages.core.scoring.rewards.correct --output_dir out/grpo
 
 TRL passes a dataset's columns as keyword arguments, one list entry per completion: the export's
 `prompts` table (and gpo train's online rows) carry gold_answer, checker and reset_prefix. A reset
@@ -32,7 +32,7 @@ class AnswerReward:
         self.checkers: dict = {}
 
     def __call__(self, prompts, completions, gold_answer, checker, reset_prefix=None, **kwargs) -> list[float]:
-        from stages.core.answers import make_checker
+        from stages.core.scoring.answers import make_checker
 
         prefixes = reset_prefix if reset_prefix is not None else [""] * len(completions)
         texts = [(p or "") + completion_text(c) for p, c in zip(prefixes, completions)]
@@ -53,5 +53,5 @@ class AnswerReward:
         self.checkers.clear()
 
 
-# What `--reward_funcs stages.core.rewards.correct` imports: TRL's script takes a module attribute by name.
+# What `--reward_funcs stages.core.scoring.rewards.correct` imports: TRL's script takes a module attribute by name.
 correct = AnswerReward()

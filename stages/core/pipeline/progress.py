@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 DEFAULT_EVERY_S = 30.0
-_quiet = False  # --quiet: set once per command by the CLI (stages.core.settings.Runtime.quiet)
+_quiet = False  # --quiet: set once per command by the CLI (stages.core.pipeline.settings.Runtime.quiet)
 # A share of cut responses above this is worth a warning: a few long outliers are normal, but one in ten
 # cut means the budget is shaping the data (a cut response never reaches its answer, so it scores wrong).
 TRUNCATION_WARN_SHARE = 0.10

@@ -3,7 +3,7 @@
     toy:arith?n=500&seed=0&split=train
     reasoning-gym:gsm_symbolic?size=50&seed=0
     reasoning-gym:chain_sum?size=64&seed=1&min_terms=2&max_terms=3   (any option of the dataset's config)
-    hf:openai/gsm8k?config=main&split=test   (local HF datasets cache only: stages/core/hf_datasets.py)
+    hf:openai/gsm8k?config=main&split=test   (local HF datasets cache only: stages/core/sources/hf_datasets.py)
     path/to/problems.jsonl   (fields named by --question-field / --answer-field / --id-field)
 Every source becomes one table: problem_id, question, gold_answer, source, checker, meta (JSON).
 Bad rows (empty question, missing gold answer) are skipped and counted, never fatal.
@@ -18,8 +18,8 @@ from urllib.parse import parse_qsl
 
 import pyarrow as pa
 
-from stages.core.answers import gsm8k_gold
-from stages.core.errors import GpoError
+from stages.core.scoring.answers import gsm8k_gold
+from stages.core.pipeline.errors import GpoError
 
 PROBLEM_SCHEMA = pa.schema([
     ("problem_id", pa.string()), ("question", pa.string()), ("gold_answer", pa.string()),
@@ -67,7 +67,7 @@ def load_problems(spec: str, fields: Fields = Fields(), checker: str | None = No
     elif kind == "reasoning-gym":
         rows = _reasoning_gym_rows(name, params)
     elif kind == "hf":
-        from stages.core.hf_datasets import hf_rows
+        from stages.core.sources.hf_datasets import hf_rows
 
         rows = hf_rows(name, params, fields)
     else:
@@ -99,7 +99,7 @@ def _to_table(rows: list[dict], spec: str, checker: str | None) -> Problems:
 
 
 def _toy_rows(name: str, params: dict) -> list[dict]:
-    from stages.core import toy_tasks
+    from stages.core.sources import toy_tasks
 
     task = toy_tasks.get(name)
     params = dict(params)
@@ -118,7 +118,7 @@ def _reasoning_gym_rows(name: str, params: dict) -> list[dict]:
         import reasoning_gym
     except ImportError:
         raise GpoError("reasoning-gym is not installed: pip install 'gpo[data]'") from None
-    from stages.core.rg_config import option_names, typed_options
+    from stages.core.sources.rg_config import option_names, typed_options
 
     options = {"size": 50, "seed": 0, **typed_options(name, params)}
     seed = options["seed"]

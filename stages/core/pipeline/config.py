@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from stages.core.errors import GpoError
+from stages.core.pipeline.errors import GpoError
 
 
 SUFFIXES = (".yaml", ".yml", ".toml", ".json")

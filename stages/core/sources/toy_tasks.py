@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from stages.core import toy, toy_borrow
-from stages.core.errors import GpoError
+from stages.core.sources import toy, toy_borrow
+from stages.core.pipeline.errors import GpoError
 
 DATA = Path(__file__).resolve().parent.parent.parent / "data"
 

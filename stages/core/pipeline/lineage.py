@@ -12,8 +12,8 @@ import json
 import logging
 from pathlib import Path
 
-from stages.core import artifacts
-from stages.core.errors import GpoError
+from stages.core.pipeline import artifacts
+from stages.core.pipeline.errors import GpoError
 
 log = logging.getLogger("gpo")
 

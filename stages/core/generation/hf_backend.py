@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from stages.core.generation import (
+from stages.core.generation.base import (
     Completion,
     Request,
     Sampling,
@@ -27,8 +27,8 @@ from stages.core.generation import (
     resolve_device,
     resolve_dtype,
 )
-from stages.core.kv_cache import join_caches, make_growing, trim_left
-from stages.core.values import stable_seed
+from stages.core.generation.kv_cache import join_caches, make_growing, trim_left
+from stages.core.pipeline.hashing import stable_seed
 
 
 class HFGenerator:
@@ -37,7 +37,7 @@ class HFGenerator:
                  refill: bool = True, inplace_cache: bool = True):
         import torch
 
-        from stages.core.models import load_causal_lm, resolve_model
+        from stages.core.generation.models import load_causal_lm, resolve_model
 
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
@@ -55,7 +55,7 @@ class HFGenerator:
         self.refill = refill
         self.inplace_cache = inplace_cache  # kv_cache.GrowingLayer: decode steps write in place, no torch.cat
         self.stats: Counter = Counter()
-        self.progress = None  # a stages.core.progress.Reporter while a stage generates
+        self.progress = None  # a stages.core.pipeline.progress.Reporter while a stage generates
         self._torch = torch
 
     def describe(self) -> dict:

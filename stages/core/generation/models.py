@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from stages.core.errors import GpoError
+from stages.core.pipeline.errors import GpoError
 
 MODEL_HELP = ("Model: a local folder, a Hugging Face id org/name[@revision] (from the local HF cache, offline), "
               "a PEFT adapter folder, a `gpo train` output folder or a .gguf file.")

@@ -2,7 +2,7 @@
 
 One interface, used by sample, estimate, branch and eval:
     generator.generate(requests, sampling) -> one list of n Completions per Request
-Implementations: HFGenerator (transformers, here), VLLMGenerator (stages/core/vllm_backend.py) and
+Implementations: HFGenerator (transformers, here), VLLMGenerator (stages/core/generation/vllm_backend.py) and
 FakeGenerator (tests). Heavy packages are imported lazily so `gpo --help` needs neither.
 """
 
@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from stages.core.errors import GpoError, UsageError
-from stages.core.generation import (  # noqa: F401  (part of this module's interface: re-exported)
+from stages.core.pipeline.errors import GpoError, UsageError
+from stages.core.generation.base import (  # noqa: F401  (part of this module's interface: re-exported)
     Completion,
     Generator,
     Request,
@@ -24,7 +24,7 @@ from stages.core.generation import (  # noqa: F401  (part of this module's inter
     resolve_device,
     resolve_dtype,
 )
-from stages.core.values import stable_seed
+from stages.core.pipeline.hashing import stable_seed
 
 
 def check_model_dir(model: str) -> Path:
@@ -65,7 +65,7 @@ def check_runtime(backend: str, dtype: str, device: str) -> None:
 def preflight_model(model: str, trust_remote_code: bool = False):
     """Load what is cheap to load (config, tokenizer, the weights' headers) so a broken model folder is
     refused before a stage folder is written. Returns (config, tokenizer)."""
-    from stages.core.models import load_config, resolve_model, weights_ref
+    from stages.core.generation.models import load_config, resolve_model, weights_ref
 
     ref = resolve_model(model)  # what the user typed -> a folder, hub snapshot, adapter or .gguf
     base = weights_ref(ref)  # an adapter's architecture and weights are its base's
@@ -144,7 +144,7 @@ def _first_line(e: Exception) -> str:
 
 def _preflight_gguf(ref, base):
     """A .gguf file: its header gives the config, its metadata the tokenizer (transformers' gguf_file=)."""
-    from stages.core.models import load_config
+    from stages.core.generation.models import load_config
 
     try:
         config = load_config(base)
@@ -232,20 +232,20 @@ def make_generator(backend: str, model: str, *, dtype: str = "auto", device: str
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend '{backend}' (choose auto, hf or vllm)")
     threads = set_threads(threads)
-    from stages.core.models import resolve_model
+    from stages.core.generation.models import resolve_model
 
     resolve_model(model)  # refuses a name that resolves to nothing before any engine starts
     # The implementations are imported only when chosen: neither transformers nor vLLM loads for `gpo --help`.
     if backend == "auto":
-        from stages.core.vllm_backend import vllm_available
+        from stages.core.generation.vllm_backend import vllm_available
 
         backend = "vllm" if vllm_available() else "hf"
     if backend == "vllm":
-        from stages.core.vllm_backend import VLLMGenerator
+        from stages.core.generation.vllm_backend import VLLMGenerator
 
         return VLLMGenerator(model, dtype=dtype, trust_remote_code=trust_remote_code,
                              threads=threads, **(vllm_options or {}))
-    from stages.core.hf_backend import HFGenerator
+    from stages.core.generation.hf_backend import HFGenerator
 
     return HFGenerator(model, dtype=dtype, device=device, batch_size=batch_size, trust_remote_code=trust_remote_code)
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from stages.core.errors import GpoError
+from stages.core.pipeline.errors import GpoError
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def eos_ids(tokenizer, model_config=None) -> set[int]:
 
 
 def load_tokenizer(model: str, trust_remote_code: bool = False):
-    from stages.core import models
+    from stages.core.generation import models
 
     ref = models.resolve_model(model)
     own = models.tokenizer_ref(ref)

@@ -24,8 +24,8 @@ from typing import Any, Callable, Iterator
 
 import pyarrow as pa
 
-from stages.core import artifacts, lineage
-from stages.core.errors import GpoError, Preempted, UsageError
+from stages.core.pipeline import artifacts, lineage
+from stages.core.pipeline.errors import GpoError, Preempted, UsageError
 
 SCHEMA_VERSION = 1
 
@@ -56,7 +56,7 @@ class Context:
     num_shards: int
     stats: Counter = field(default_factory=Counter)
     make_generator: Callable[[], Any] | None = None
-    progress: Any = None  # stages.core.progress.ChunkProgress: what the generator reports to, per chunk
+    progress: Any = None  # stages.core.pipeline.progress.ChunkProgress: what the generator reports to, per chunk
     _generator: Any = None
     _checkers: dict = field(default_factory=dict)
 
@@ -64,11 +64,11 @@ class Context:
         if self._generator is None:
             if self.make_generator is None:
                 raise GpoError(f"stage '{self.stage.name}' needs a model but none was given")
-            from stages.core.progress import quiet_library_bars
+            from stages.core.pipeline.progress import quiet_library_bars
 
             quiet_library_bars()  # before the model loads: its weight-loading bar is one of them
             self._generator = self.make_generator()
-        from stages.core.progress import ReportingGenerator
+        from stages.core.pipeline.progress import ReportingGenerator
 
         return ReportingGenerator(self._generator, self)
 
@@ -78,7 +78,7 @@ class Context:
         GPO_CHECK_TIMEOUT_S (default 5) bounds one math check, in CPU seconds of its worker; a check that
         runs over is judged wrong and counted (`check_timeouts` in the manifest's stats)."""
         if name not in self._checkers:
-            from stages.core.answers import make_checker
+            from stages.core.scoring.answers import make_checker
 
             timeout_s = float(os.environ.get("GPO_CHECK_TIMEOUT_S", "5"))
             self._checkers[name] = make_checker(name, timeout_s=timeout_s)
@@ -131,7 +131,7 @@ def resolve_config(stage: Stage, run: Path, settings: Any, num_shards: int, chun
         "schema_version": SCHEMA_VERSION,
         "settings": dataclasses.asdict(settings),
         "chunk_groups": chunk_groups,
-        "inputs": inputs,  # lineage: what this stage was built on (see stages/core/lineage.py)
+        "inputs": inputs,  # lineage: what this stage was built on (see stages/core/pipeline/lineage.py)
     }
     return {**body, "config_hash": config_hash(body), "num_shards": num_shards}
 
@@ -294,7 +294,7 @@ def _run_shard(stage: Stage, run: Path, out: Path, settings: Any, config: dict, 
     groups = shard_groups(input_table.column(stage.group_column).to_pylist(), index, num_shards)
     chunks = [groups[k:k + chunk_groups] for k in range(0, len(groups), chunk_groups)]
     meta = {"stage": stage.name, "schema_version": str(SCHEMA_VERSION), "config_hash": config["config_hash"]}
-    from stages.core.progress import ChunkProgress
+    from stages.core.pipeline.progress import ChunkProgress
 
     ctx = Context(run, stage, settings, index, num_shards, make_generator=make_generator,
                   progress=ChunkProgress(stage.name))

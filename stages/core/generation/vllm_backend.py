@@ -20,7 +20,7 @@ import os
 from collections import Counter
 from types import SimpleNamespace
 
-from stages.core.generation import Completion, Request, Sampling, eos_ids, load_tokenizer
+from stages.core.generation.base import Completion, Request, Sampling, eos_ids, load_tokenizer
 
 _DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16",
            "fp32": "float32", "float32": "float32"}
@@ -84,7 +84,7 @@ class VLLMGenerator:
                  tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9,
                  max_model_len: int | None = None, max_num_seqs: int = 256, seed: int = 0,
                  enforce_eager: bool | None = None, threads: int | None = None, **engine_kwargs):
-        from stages.core.models import plain_folder, resolve_model
+        from stages.core.generation.models import plain_folder, resolve_model
 
         self.model_path = model
         self.model_ref = resolve_model(model)
@@ -108,7 +108,7 @@ class VLLMGenerator:
                             gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
                             max_num_seqs=max_num_seqs, enable_prefix_caching=True, **engine_kwargs)
         self.stats: Counter = Counter()
-        self.progress = None  # a stages.core.progress.Reporter while a stage generates
+        self.progress = None  # a stages.core.pipeline.progress.Reporter while a stage generates
 
     def describe(self) -> dict:
         seq_prompt = self.stats["prompt_tokens"] + self.stats["prompt_tokens_shared"]
@@ -123,7 +123,7 @@ class VLLMGenerator:
         prompts, params, owner = self._expand(requests, sampling)
         if not prompts:
             return [[] for _ in requests]
-        from stages.core.progress import EngineBar
+        from stages.core.pipeline.progress import EngineBar
 
         # vLLM's own bar stays off; finished requests are reported to gpo's progress instead.
         bar = EngineBar.factory(self.progress) if self.progress is not None else False

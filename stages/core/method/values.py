@@ -18,13 +18,12 @@ Selection rules (``select_critical``), ties to the earliest step throughout:
 
 from __future__ import annotations
 
-import hashlib
 import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from stages.core.changepoint import change_point
+from stages.core.method.changepoint import change_point
 
 RULES = ("abs-advantage", "advantage", "max-value", "random", "changepoint", "oracle")
 # changepoint by default: on toy:borrow it finds the first wrong line far more often than argmax |A| on the
@@ -99,18 +98,6 @@ def decided(n_correct: int, n: int, threshold: float = 0.5, z: float = 1.96) -> 
     """True once the Wilson interval excludes ``threshold``: an adaptive-K estimator may stop."""
     lo, hi = wilson_interval(n_correct, n, z)
     return lo > threshold or hi < threshold
-
-
-def stable_hash(*parts: object) -> int:
-    """A 64-bit hash of stable ids, the same in every process (Python's ``hash()`` is salted per process)."""
-    digest = hashlib.blake2b("/".join(map(str, parts)).encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big")
-
-
-def stable_seed(*parts: object) -> int:
-    """A 63-bit seed from stable ids (run seed, problem id, sample index), so resumed work reproduces its
-    samples."""
-    return stable_hash(*parts) & ((1 << 63) - 1)
 
 
 def advantages(values: Sequence[float | None]) -> list[float]:

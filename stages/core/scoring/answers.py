@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 
-from stages.core.verdicts import (  # noqa: F401  (extraction is part of this module's interface: re-exported)
+from stages.core.scoring.verdicts import (  # noqa: F401  (extraction is part of this module's interface: re-exported)
     Checker,
     Verdict,
     _bad_row,
@@ -123,7 +123,7 @@ def make_checker(name: str, *, timeout_s: float = 5.0, workers: int | None = Non
     if name == "choice":
         return ChoiceChecker()
     if name == "math":  # imported here, not at the top: the pool is needed only by the math checker
-        from stages.core.math_pool import MathChecker
+        from stages.core.scoring.math_pool import MathChecker
 
         return MathChecker(timeout_s=timeout_s, workers=workers)
     raise ValueError(f"unknown checker {name!r}; valid names: {', '.join(CHECKERS)}")

@@ -16,8 +16,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from stages.core.errors import GpoError
-from stages.core.values import stable_hash
+from stages.core.pipeline.errors import GpoError
+from stages.core.pipeline.hashing import stable_hash
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -7,7 +7,7 @@
 
 One forward pass per problem over prompt + gold solution (transformers, whatever backend eval generated
 with); per gold line, the probability of its result token given the gold text before it, and whether it is
-the most probable token (stages/core/teacher_forcing.py). No sampling: the numbers are deterministic. Per
+the most probable token (stages/core/generation/teacher_forcing.py). No sampling: the numbers are deterministic. Per
 line kind (the task names its kinds: toy:borrow's trap-hard, trap-easy, later-borrow, routine, answer) the
 summary gives the mean probability and the top-token share, each with a 95% interval clustered by problem
 (a problem's lines of one kind are averaged first). Rows: RUN/probe_<label>/*.parquet (`gpo sql`: the
@@ -21,14 +21,14 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from stages.core import artifacts
-from stages.core.errors import GpoError
-from stages.core.models import MODEL_HELP
-from stages.core.prompts import DEFAULT_INSTRUCTION, DEFAULT_SYSTEM, build_prompt
-from stages.core.runner import Context, Stage
-from stages.core.settings import require, setting
-from stages.core.teacher_forcing import gold_lines, result_token_positions, score_positions
-from stages.core.values import paired_difference_ci, problem_mean_ci
+from stages.core.pipeline import artifacts
+from stages.core.pipeline.errors import GpoError
+from stages.core.generation.models import MODEL_HELP
+from stages.core.generation.prompts import DEFAULT_INSTRUCTION, DEFAULT_SYSTEM, build_prompt
+from stages.core.pipeline.runner import Context, Stage
+from stages.core.pipeline.settings import require, setting
+from stages.core.generation.teacher_forcing import gold_lines, result_token_positions, score_positions
+from stages.core.method.values import paired_difference_ci, problem_mean_ci
 
 PREFIX = "probe_"
 PROBE_SCHEMA = pa.schema([

@@ -14,7 +14,7 @@ import dataclasses
 import types
 import typing
 
-from stages.core.errors import GpoError
+from stages.core.pipeline.errors import GpoError
 
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stages.core import artifacts, lineage
-from stages.core.errors import GpoError
+from stages.core.pipeline import artifacts, lineage
+from stages.core.pipeline.errors import GpoError
 
 PIPELINE = ("sample", "estimate", "locate", "branch", "train", "eval")
 READ_ONLY_STATEMENTS = ("SELECT", "EXPLAIN")

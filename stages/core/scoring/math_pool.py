@@ -2,7 +2,7 @@
 
 math-verify (sympy underneath) can run for minutes on an adversarial answer and cannot be interrupted
 inside a thread, so each check runs in a worker process that is killed and replaced when it overruns;
-`stages.core.answers.make_checker("math")` builds one.
+`stages.core.scoring.answers.make_checker("math")` builds one.
 
 The timeout counts the worker's CPU time, not the wall clock: on a busy machine a worker gets a fraction of
 a core, and a wall-clock limit judged correct answers wrong depending on the load. A worker also warms up
@@ -24,7 +24,7 @@ from collections import deque
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
-from stages.core.verdicts import (
+from stages.core.scoring.verdicts import (
     Verdict,
     _bad_row,
     _check_lengths,

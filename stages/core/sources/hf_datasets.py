@@ -17,7 +17,7 @@ import json
 import os
 from pathlib import Path
 
-from stages.core.errors import GpoError
+from stages.core.pipeline.errors import GpoError
 
 PARAMS = ("config", "split", "n")
 FALLBACKS = {"question": ("problem", "prompt"), "answer": ("solution",)}
@@ -44,7 +44,7 @@ def hf_rows(name: str, params: dict, fields) -> list[dict]:
                         _field(records[0], fields.answer, "answer", name))
     if fields.id and fields.id not in records[0]:
         raise GpoError(f"hf:{name} has no field {fields.id!r}; it has {sorted(records[0])}")
-    from stages.core.answers import gsm8k_gold, normalize_gold
+    from stages.core.scoring.answers import gsm8k_gold, normalize_gold
 
     # A worked solution holds its answer in the last \boxed{}; an answer field may be GSM8K's '#### n'.
     gold_of = normalize_gold if answer == "solution" else gsm8k_gold
@@ -122,7 +122,7 @@ def _hub_parquet(name: str, config: str | None, split: str) -> tuple[list[dict],
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
-    from stages.core.models import hub_cache_dir
+    from stages.core.generation.models import hub_cache_dir
 
     try:
         folder = Path(snapshot_download(name, repo_type="dataset", cache_dir=hub_cache_dir(),

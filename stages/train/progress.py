@@ -7,7 +7,7 @@ every GPO_PROGRESS_EVERY seconds in a log.
 
 from __future__ import annotations
 
-from stages.core.progress import Reporter, quiet_library_bars  # noqa: F401 - train.py calls it from here
+from stages.core.pipeline.progress import Reporter, quiet_library_bars  # noqa: F401 - train.py calls it from here
 
 
 def progress_callback():

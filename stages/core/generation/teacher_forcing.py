@@ -1,5 +1,5 @@
 """Teacher forcing along a gold solution: where each line's result token sits, and the model's probability
-of it given everything before it (what `gpo eval --probe` measures; stages/core/probe.py is the stage).
+of it given everything before it (what `gpo eval --probe` measures; stages/core/method/probe.py is the stage).
 
 A gold line's *result* is its last number (`a: 23 + 5 = 28` -> `28`, `answer: 31` -> `31`); its *result
 token* is the first token that holds a character of that number (the whole number in the toy tasks'
@@ -13,8 +13,8 @@ import json
 import re
 from dataclasses import dataclass
 
-from stages.core.errors import GpoError
-from stages.core.sources import GOLD_SOLUTION_FIELD
+from stages.core.pipeline.errors import GpoError
+from stages.core.sources.problems import GOLD_SOLUTION_FIELD
 
 _LAST_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?=\D*$)")
 FILE_KIND = "line"
@@ -36,7 +36,7 @@ def result_offset(line: str) -> int | None:
 
 def gold_lines(row: dict) -> tuple[str, list[GoldLine]] | None:
     """(solution text, its probed lines) for a problem row, or None when its source has no gold solution."""
-    from stages.core.toy_tasks import for_source
+    from stages.core.sources.toy_tasks import for_source
 
     task = for_source(row.get("source") or "")
     if task is not None:

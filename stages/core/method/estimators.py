@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from stages.core.changepoint import change_point
+from stages.core.method.changepoint import change_point
 
 ESTIMATORS = ("full", "adaptive", "bisect", "changepoint", "oracle")
 

@@ -1,0 +1,1 @@
+"""Generation backends, models, prompts, the sampling policy, teacher forcing."""

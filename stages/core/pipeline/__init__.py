@@ -1,0 +1,1 @@
+"""The run: runner, artifacts, lineage, settings, config, errors, progress, queries."""

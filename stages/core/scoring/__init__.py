@@ -1,0 +1,1 @@
+"""Answer checkers and the online reward."""
