@@ -175,8 +175,10 @@ def critical_steps(run: Path) -> dict:
 
 def stage_cost(folder: Path) -> dict:
     """Stats and wall seconds summed over a finished stage's shard manifests."""
+    from stages.core.pipeline import layout
+
     total = {"wall_seconds": 0.0}
-    for path in sorted((folder / "_shards").glob("*.json")):
+    for path in sorted(layout.shards_dir(folder).glob("*.json")):
         manifest = json.loads(path.read_text())
         total["wall_seconds"] += manifest.get("wall_seconds", 0.0)
         for k, v in manifest.get("stats", {}).items():

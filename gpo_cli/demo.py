@@ -24,6 +24,7 @@ from pathlib import Path
 from gpo_cli.common import err
 from gpo_cli.demo_arms import ARMS, NAMES, PAPER, arm_data, by_name, sampled_label
 from gpo_cli.demo_summary import query, scalar
+from stages.core.pipeline import layout
 from stages.core.pipeline.errors import GpoError
 
 
@@ -158,11 +159,11 @@ def generate_data(root: Path, plan: DemoPlan, model: Path, seed: int, gpo: Runne
 
 def copy_stage(src_run: Path, dst_run: Path, stage: str) -> None:
     dst = dst_run / stage
-    if (dst / "_SUCCESS").exists():
+    if layout.success_path(dst).exists():
         return
     tmp = dst_run / f".tmp-{stage}"
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src_run / stage, tmp, ignore=shutil.ignore_patterns("*.lock"))
+    shutil.copytree(src_run / stage, tmp, ignore=shutil.ignore_patterns(layout.LOCK_GLOB))
     shutil.rmtree(dst, ignore_errors=True)
     tmp.rename(dst)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from stages.core.pipeline import artifacts
+from stages.core.pipeline import artifacts, layout
 from stages.core.pipeline.errors import GpoError
 from stages.core.pipeline.runner import Context, Stage
 from stages.core.generation.sampling import SAMPLE_SCHEMA, SampleSettings, sample_rows
@@ -111,11 +111,11 @@ def summarize(rows: list[dict], ks: tuple[int, ...] = (1, 4, 8)) -> dict:
 
 
 def write_summary(run: Path, label: str, ks: tuple[int, ...]) -> dict | None:
-    folder = Path(run) / stage_name(label)
-    if not (folder / "_SUCCESS").exists():
+    folder = layout.stage_dir(run, stage_name(label))
+    if not layout.success_path(folder).exists():
         return None
     rows = artifacts.read_table(run, folder.name).to_pylist()
-    config = artifacts.load_json(folder / "config.json")["settings"]
+    config = artifacts.load_json(layout.config_path(folder))["settings"]
     summary = {"label": label, "model": config["model"], "problems": config["problems"],
                "per_problem": per_problem_scores(rows), "questions": question_hashes(rows),
                "modes": summarize(rows, ks)}
