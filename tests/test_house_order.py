@@ -64,6 +64,14 @@ def test_stage_modules_import_only_core_and_core_imports_no_stage():
             assert not bad, f"{name} imports {bad}"
 
 
+def test_nothing_in_stages_imports_the_cli():
+    """The library (stages, core, tools, the demo's driver) sits below the CLI: gpo_cli imports it, never back."""
+    known = modules()
+    bad = {name: sorted(d for d in imports(path, known) if d.split(".")[0] == "gpo_cli")
+           for name, path in known.items() if name.startswith("stages")}
+    assert not {name: deps for name, deps in bad.items() if deps}
+
+
 def test_no_import_circles():
     known = modules()
     graph = {name: imports(path, known) - {name} for name, path in known.items()}

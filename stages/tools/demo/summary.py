@@ -8,7 +8,7 @@ import json
 import math
 from pathlib import Path
 
-from gpo_cli.demo_arms import ARMS, BASELINE, GPO_ARMS, PAPER, arm_data, by_name, sampled_label
+from stages.tools.demo.arms import ARMS, BASELINE, GPO_ARMS, PAPER, arm_data, by_name, sampled_label
 from stages.core.pipeline import artifacts
 
 PRIMARY_KIND = "trap-hard"  # the probe's kind in the primary comparison (toy:borrow's decisive line)
@@ -138,8 +138,8 @@ def collect(plan, data: dict, labels: list[str], root: Path, timings, wall: floa
                            if (n := needed_problems(r["ci_low"], r["ci_high"], r["problems"])) is not None),
                           default=None)
               for metric in ("greedy", f"probe {PRIMARY_KIND} P(gold)")}
-    from gpo_cli.diagnose_cmd import headline
     from stages.tools import diagnose
+    from stages.tools.diagnose_headline import headline
 
     premise = diagnose.diagnose(root / "gpo", permutations=100)
     diagnose.write(root / "gpo", premise)
