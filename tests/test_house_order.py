@@ -155,3 +155,12 @@ def test_bench_imports_nothing_from_the_cli():
         if found:
             bad[path.name] = sorted(found)
     assert not bad, bad
+
+
+def test_paths_made_from_a_module_s_own_file_point_into_the_repository():
+    """A module moved a folder deeper keeps finding the toy models and the chosen hyperparameters."""
+    from stages.core.sources.toy_tasks import DATA
+    from stages.tools.demo.plan import CHOICE
+
+    assert DATA == ROOT / "data"
+    assert CHOICE == ROOT / "bench" / "results" / "select_hparams.json"
