@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from gpo_cli.common import err, handle_errors, out
+from stages.core.pipeline import layout
 from stages.tools.diagnose_headline import headline
 
 
@@ -37,7 +38,7 @@ def diagnose(
         out.print(line)
     out.print(f"[bold]verdict:[/bold] {summary['verdict']}")
     folder = d.write(run, summary)
-    err.print(f"[dim]wrote {folder / 'diagnose.parquet'} and {folder / 'summary.json'}[/dim]")
+    err.print(f"[dim]wrote {folder / 'diagnose.parquet'} and {layout.summary_path(folder)}[/dim]")
 
 
 def register(app: typer.Typer) -> None:

@@ -119,7 +119,7 @@ def write_summary(run: Path, label: str, ks: tuple[int, ...]) -> dict | None:
     summary = {"label": label, "model": config["model"], "problems": config["problems"],
                "per_problem": per_problem_scores(rows), "questions": question_hashes(rows),
                "modes": summarize(rows, ks)}
-    artifacts.write_json_atomic(folder / "summary.json", summary)
+    artifacts.write_json_atomic(layout.summary_path(folder), summary)
     return summary
 
 
@@ -173,9 +173,9 @@ def compare(summaries: list[dict]) -> list[dict]:
 
 
 def load_summary(folder: Path) -> dict:
-    path = Path(folder) / "summary.json"
+    path = layout.summary_path(folder)
     if not path.exists():
-        raise GpoError(f"{folder} has no summary.json: is it a finished `gpo eval` folder (RUN/eval_<label>)?")
+        raise GpoError(f"{folder} has no {layout.SUMMARY}: is it a finished `gpo eval` folder (RUN/eval_<label>)?")
     summary = artifacts.load_json(path)
     if not isinstance(summary.get("per_problem"), dict):
         raise GpoError(f"{path} has no per-problem scores (written by an older or interrupted `gpo eval`): "

@@ -407,5 +407,5 @@ def write(run: Path, summary: dict) -> Path:
     folder = Path(run) / "diagnose"
     table = pa.Table.from_pylist(rows(summary), schema=DIAGNOSE_SCHEMA)
     artifacts.write_parquet_atomic(table, folder / "diagnose.parquet", {"stage": "diagnose"})
-    artifacts.write_json_atomic(folder / "summary.json", summary)
+    artifacts.write_json_atomic(layout.summary_path(folder), summary)
     return folder

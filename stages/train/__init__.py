@@ -99,7 +99,7 @@ def train(run: Path, settings: TrainSettings, out: Path | None = None, *, config
     write_metrics()
     summary = summarize(s, trainer, result, rows, inputs, checks, resume)
     if _is_main():
-        artifacts.write_json_atomic(out / "summary.json", summary)
+        artifacts.write_json_atomic(layout.summary_path(out), summary)
         artifacts.write_json_atomic(layout.success_path(out), {"global_step": summary["global_step"]})
     log(f"train: done at step {summary['global_step']}, model in {out / 'model'}")
     return summary

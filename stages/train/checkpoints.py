@@ -150,7 +150,7 @@ def check_rerun(out: Path, config: dict, overwrite: bool) -> dict | None:
         _barrier()
         return None
     if layout.success_path(out).exists() and (out / "model").is_dir():
-        return artifacts.load_json(out / "summary.json")
+        return artifacts.load_json(layout.summary_path(out))
     return None
 
 

@@ -130,7 +130,7 @@ def write_summary(run: Path, label: str) -> dict | None:
     config = artifacts.load_json(layout.config_path(folder))["settings"]
     summary = {"label": label, "model": config["model"], "problems": config["problems"],
                "kinds": summarize(rows), "per_problem": per_problem(rows)}
-    artifacts.write_json_atomic(folder / "summary.json", summary)
+    artifacts.write_json_atomic(layout.summary_path(folder), summary)
     return summary
 
 
@@ -142,7 +142,7 @@ def folder_for(eval_folder: Path) -> Path:
 
 
 def load_summary(folder: Path) -> dict:
-    path = Path(folder) / "summary.json"
+    path = layout.summary_path(folder)
     if not path.exists():
         raise GpoError(f"{folder} has no probe summary: run that evaluation with `gpo eval --probe`")
     return artifacts.load_json(path)

@@ -8,6 +8,7 @@
     RUN/<stage>/_shards/00003.lock                   lock_path(out, 3): held while shard 3 runs
     RUN/<stage>/_SUCCESS                             success_path(out): all shards done
     RUN/<stage>/_logs/                               logs_dir(out): Slurm job logs
+    RUN/<folder>/summary.json                        summary_path(out): eval, probe, diagnose, train summaries
     .../.tmp-<name>.<pid>@<host>                     temp_path(path): an atomic write in progress
 
 `gpo train`'s output folder shares config_path and success_path (its own files are listed in stages/train).
@@ -24,6 +25,7 @@ CONFIG = "config.json"
 SUCCESS = "_SUCCESS"
 SHARDS = "_shards"
 LOGS = "_logs"
+SUMMARY = "summary.json"
 TEMP_PREFIX = ".tmp-"
 
 MANIFEST_GLOB = "[0-9]" * 5 + ".json"  # _shards/00003.json; a file named otherwise is not a manifest
@@ -42,6 +44,10 @@ def config_path(out: Path) -> Path:
 
 def success_path(out: Path) -> Path:
     return Path(out) / SUCCESS
+
+
+def summary_path(out: Path) -> Path:
+    return Path(out) / SUMMARY
 
 
 def logs_dir(out: Path) -> Path:

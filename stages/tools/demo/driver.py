@@ -149,7 +149,7 @@ def run_demo(root: Path, quick: bool, task: str = "borrow", seed: int = 0, model
 
     results = collect(plan, data, labels, root, gpo.timings, time.time() - started)
     show(results)
-    write_json_atomic(root / "summary.json", results)
+    write_json_atomic(layout.summary_path(root), results)
     return results
 
 

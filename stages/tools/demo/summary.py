@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 
 from stages.tools.demo.arms import ARMS, BASELINE, GPO_ARMS, PAPER, arm_data, by_name, sampled_label
-from stages.core.pipeline import artifacts
+from stages.core.pipeline import artifacts, layout
 
 PRIMARY_KIND = "trap-hard"  # the probe's kind in the primary comparison (toy:borrow's decisive line)
 RESOLVE = 0.02  # the 95% half-width the test set should reach on a paired difference
@@ -129,7 +129,7 @@ def collect(plan, data: dict, labels: list[str], root: Path, timings, wall: floa
     for arm in labels:
         if arm == "base":
             continue
-        s = json.loads((root / "train" / f"dpo-{arm}" / "summary.json").read_text())
+        s = json.loads(layout.summary_path(root / "train" / f"dpo-{arm}").read_text())
         training[arm] = {"optimizer_steps": s["global_step"], "planned_batch": plan.batch_size,
                          "pairs_presented": s.get("pairs_presented"), "pairs_per_step": s.get("pairs_per_step"),
                          "learning_rate": s["learning_rate"], "beta": s["beta"], "distinct_pairs": s["rows"],
