@@ -148,13 +148,13 @@ def run_backend(work: dict, k: int, variant: str, batch_size: int, threads: int)
 
 def run_stage(work: dict, k: int, batch_size: int, threads: int, split: str) -> dict:
     """`gpo estimate` through the CLI on the workload's own sample run; the chunks' time from its manifest."""
-    from stages.core.pipeline import artifacts
+    from stages.core.pipeline import artifacts, layout
 
     run = Path(work["run"])
     shutil.rmtree(run / "estimate", ignore_errors=True)
     gpo("estimate", "--run", run, "--k", k, "--estimator", "full", "--split", split, "--backend", "hf",
         "--batch-size", batch_size, *(["--threads", threads] if threads else []))
-    manifest = json.loads((run / "estimate" / "_shards" / "00000.json").read_text())
+    manifest = json.loads(layout.manifest_path(layout.stage_dir(run, "estimate"), 0).read_text())
     prompt_len = {(r["problem_id"], r["sample_idx"]): r["num_prompt_tokens"]
                   for r in artifacts.read_table(run, "sample").to_pylist()}
     decode = [decode_steps(prompt_len[(r["problem_id"], r["sample_idx"])] + r["prefix_tokens"], r["num_tokens"],

@@ -134,14 +134,15 @@ def evaluate(trajectories: list[dict], config: dict) -> dict:
 
 def real_rows(run: Path, trajectories: list[dict]) -> list[tuple[dict, dict]]:
     """Rows for a run whose estimate was generated for real: every rule on its own counts."""
-    from stages.core.pipeline import artifacts
+    from stages.core.pipeline import artifacts, layout
 
     rows, truth = [], {t["key"]: t["truth"] for t in trajectories}
     steps: dict = {}
     for r in artifacts.read_table(run, "estimate").to_pylist():
         steps.setdefault((r["problem_id"], r["sample_idx"]), []).append(r)
-    manifest = artifacts.load_json(run / "estimate" / "_shards" / "00000.json")
-    config = artifacts.load_json(run / "estimate" / "config.json")["settings"]
+    estimate = layout.stage_dir(run, "estimate")
+    manifest = artifacts.load_json(layout.manifest_path(estimate, 0))
+    config = artifacts.load_json(layout.config_path(estimate))["settings"]
     rules = ("abs-advantage", "changepoint") + (("oracle",) if config["estimator"] == "oracle" else ())
     for rule in rules:
         hits, located = {}, 0

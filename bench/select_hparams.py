@@ -41,19 +41,30 @@ def choose(grid: list[dict], arms) -> dict:
     return chosen
 
 
-def select(task: str, quick: bool, work: Path, lrs, betas, valid_problems: int, arms,
-           train_problems: int | None = None) -> dict:
-    from gpo_cli.demo import PLANS, Runner, generate_data, shown, source, train_arms
-    from stages import eval as evaluation
-    from stages.core.sources.toy_tasks import get
+def gpo_program():
+    """The installed `gpo` program, found by its console-script entry point (pyproject.toml) as the shell finds
+    it, run in this process as `gpo demo` runs it: bench drives the program, and imports none of its modules."""
+    from importlib.metadata import entry_points
+
     from typer.main import get_command
 
-    from gpo_cli.main import app
+    found = entry_points(group="console_scripts", name="gpo")
+    if not found:
+        raise SystemExit("error: the gpo program is not installed here: `pip install -e .` (scripts/setup.sh)")
+    return get_command(next(iter(found)).load())
+
+
+def select(task: str, quick: bool, work: Path, lrs, betas, valid_problems: int, arms,
+           train_problems: int | None = None) -> dict:
+    from stages import eval as evaluation
+    from stages.core.sources.toy_tasks import get
+    from stages.tools.demo.driver import Runner, generate_data, train_arms
+    from stages.tools.demo.plan import PLANS, shown, source
 
     plan = PLANS[(task, quick)]
     plan = replace(plan, train_problems=train_problems or plan.train_problems)
     model = shown(get(task).model_dir)  # as `gpo demo` names it, so its seed 0 reuses this data
-    gpo, started = Runner(get_command(app)), time.time()
+    gpo, started = Runner(gpo_program()), time.time()
     data = generate_data(work, plan, model, 0, gpo)
     valid = source(plan, "valid" if "valid" in get(task).splits else "train", valid_problems, 1)
     tokens = ("--max-new-tokens", get(task).max_new_tokens, "--backend", "hf", "--no-greedy")
@@ -95,7 +106,7 @@ def merge(old: dict, new: dict) -> dict:
 
 
 def main() -> None:
-    from gpo_cli.demo_arms import NAMES
+    from stages.tools.demo.arms import NAMES
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--task", default="borrow")

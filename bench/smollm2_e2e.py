@@ -175,8 +175,10 @@ def critical_steps(run: Path) -> dict:
 
 def stage_cost(folder: Path) -> dict:
     """Stats and wall seconds summed over a finished stage's shard manifests."""
+    from stages.core.pipeline import layout
+
     total = {"wall_seconds": 0.0}
-    for path in sorted((folder / "_shards").glob("*.json")):
+    for path in sorted(layout.shards_dir(folder).glob("*.json")):
         manifest = json.loads(path.read_text())
         total["wall_seconds"] += manifest.get("wall_seconds", 0.0)
         for k, v in manifest.get("stats", {}).items():
@@ -196,6 +198,8 @@ def shown(path: Path) -> str:
 
 
 def collect(a: argparse.Namespace, chain: dict, gpo: Gpo, started: float) -> dict:
+    from stages.core.pipeline import layout
+
     run = chain["run"]
     labels = list(chain["models"])
     stages = {s: stage_cost(run / s) for s in ("sample", "estimate", "locate", "branch")}
@@ -204,13 +208,13 @@ def collect(a: argparse.Namespace, chain: dict, gpo: Gpo, started: float) -> dic
         stages.setdefault(name, {})["subprocess_seconds"] = seconds
     training = {}
     for arm in ("gpo", "baseline"):
-        s = json.loads((a.out / "train" / f"dpo-{arm}" / "summary.json").read_text())
+        s = json.loads(layout.summary_path(a.out / "train" / f"dpo-{arm}").read_text())
         training[arm] = {"optimizer_steps": s.get("global_step"), "batch_size": a.batch_size,
                          "distinct_pairs": s.get("rows"), "duplicates_dropped": s.get("duplicates_dropped", 0)}
     pairs = dict(sql(f"select data, count(*) from read_parquet('{run}/branch/*.parquet') group by 1"))
     train_acc = sql(f"select count(*), avg(reward), avg((finish_reason = 'length')::int) "
                     f"from read_parquet('{run}/sample/*.parquet')")[0]
-    diag = json.loads((run / "diagnose" / "summary.json").read_text())
+    diag = json.loads(layout.summary_path(run / "diagnose").read_text())
     headline = [line for line in chain["diagnose_stdout"].splitlines()
                 if line.startswith(("critical steps", "distinct correct", "truncated", "pairs ", "verdict"))]
     return {

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from gpo_cli.common import out, wide
-from gpo_cli.demo_arms import BASELINE
-from gpo_cli.demo_summary import PRIMARY_KIND, RESOLVE
+from stages.tools.demo.arms import BASELINE
+from stages.tools.demo.summary import PRIMARY_KIND, RESOLVE
 
 WIDE = 160
 

@@ -105,9 +105,14 @@ def demo(
     seed: Annotated[int, typer.Option(help="Seed of the training problems, sampling, rollouts and training.")] = 0,
 ):
     """A controlled GPO experiment on a built-in toy task and its tiny model (CPU, no network), reported."""
-    from gpo_cli.demo import run_demo
+    from gpo_cli.demo_print import print_demo_summary
+    from stages.tools.demo.driver import CommandFailed, run_demo
 
-    run_demo(out, quick, task=task, seed=seed, command=typer.main.get_command(app))
+    try:
+        run_demo(out, quick, task=task, seed=seed, command=typer.main.get_command(app), echo=err.print,
+                 show=print_demo_summary)
+    except CommandFailed as e:  # that command already printed its one-line error
+        raise typer.Exit(e.code) from None
 
 
 @app.command()

@@ -8,6 +8,7 @@ from rich.table import Table
 
 from gpo_cli.common import err, log, wide
 from stages.core.method import probe
+from stages.core.pipeline import layout
 from stages.core.pipeline.settings import Runtime
 
 
@@ -48,7 +49,7 @@ def print_probe_summary(summary: dict) -> None:
 def compare_probes(folders: list[Path]) -> None:
     """With every compared evaluation probed, their paired differences per line kind; else a note."""
     found = [probe.folder_for(f) for f in folders]
-    have = [f for f in found if (f / "summary.json").exists()]
+    have = [f for f in found if layout.summary_path(f).exists()]
     if not have:
         return
     if len(have) < len(found):

@@ -8,7 +8,8 @@ record that `core/pipeline/runner.py` runs; stages import only `stages.core` (ne
                (TRL configs and trainers, online reward), checkpoints.py (pointer, metrics, final model),
                progress.py
     core/      what stages share, one folder per family:
-               pipeline/    runner.py (chunks, atomic writes, rerun rules), artifacts.py, lineage.py, hashing.py,
+               pipeline/    runner.py (chunks, atomic writes, rerun rules), layout.py (the run folder's file
+                            names, spelled once), artifacts.py, lineage.py, hashing.py,
                             settings.py (setting(), Runtime), config.py (settings files), errors.py,
                             progress.py, query.py (DuckDB views)
                generation/  backends.py + hf_backend.py + vllm_backend.py on base.py, kv_cache.py, models.py,
@@ -17,9 +18,9 @@ record that `core/pipeline/runner.py` runs; stages import only `stages.core` (ne
                sources/     problems.py (load_problems), hf_datasets.py, rg_config.py, toy.py, toy_borrow.py,
                             toy_tasks.py (the toy tasks' interface and ground truth)
                method/      steps.py, estimators.py, values.py, changepoint.py, probe.py (`gpo eval --probe`)
-    tools/     around the stages, not stages: report, diagnose, export (+ export_folder, verl_reward,
-               verl_scorers), slurm, toy_build,
-               smollm2
+    tools/     around the stages, not stages: report, diagnose (+ diagnose_headline), export (+ export_folder,
+               verl_reward, verl_scorers), slurm, toy_build, smollm2, demo/ (the `gpo demo` experiment: plan,
+               arms, driver, summary; the CLI only prints it)
 
 Where to change ...
     the splitting rule          core/method/steps.py (make_splitter, splitter_spec, split_response)

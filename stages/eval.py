@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from stages.core.pipeline import artifacts
+from stages.core.pipeline import artifacts, layout
 from stages.core.pipeline.errors import GpoError
 from stages.core.pipeline.runner import Context, Stage
 from stages.core.generation.sampling import SAMPLE_SCHEMA, SampleSettings, sample_rows
@@ -111,15 +111,15 @@ def summarize(rows: list[dict], ks: tuple[int, ...] = (1, 4, 8)) -> dict:
 
 
 def write_summary(run: Path, label: str, ks: tuple[int, ...]) -> dict | None:
-    folder = Path(run) / stage_name(label)
-    if not (folder / "_SUCCESS").exists():
+    folder = layout.stage_dir(run, stage_name(label))
+    if not layout.success_path(folder).exists():
         return None
     rows = artifacts.read_table(run, folder.name).to_pylist()
-    config = artifacts.load_json(folder / "config.json")["settings"]
+    config = artifacts.load_json(layout.config_path(folder))["settings"]
     summary = {"label": label, "model": config["model"], "problems": config["problems"],
                "per_problem": per_problem_scores(rows), "questions": question_hashes(rows),
                "modes": summarize(rows, ks)}
-    artifacts.write_json_atomic(folder / "summary.json", summary)
+    artifacts.write_json_atomic(layout.summary_path(folder), summary)
     return summary
 
 
@@ -173,9 +173,9 @@ def compare(summaries: list[dict]) -> list[dict]:
 
 
 def load_summary(folder: Path) -> dict:
-    path = Path(folder) / "summary.json"
+    path = layout.summary_path(folder)
     if not path.exists():
-        raise GpoError(f"{folder} has no summary.json: is it a finished `gpo eval` folder (RUN/eval_<label>)?")
+        raise GpoError(f"{folder} has no {layout.SUMMARY}: is it a finished `gpo eval` folder (RUN/eval_<label>)?")
     summary = artifacts.load_json(path)
     if not isinstance(summary.get("per_problem"), dict):
         raise GpoError(f"{path} has no per-problem scores (written by an older or interrupted `gpo eval`): "

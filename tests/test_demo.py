@@ -7,8 +7,8 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from gpo_cli.demo import CHOICE, PLANS
-from gpo_cli.demo_arms import GPO_ARMS, NAMES
+from stages.tools.demo.plan import CHOICE, PLANS
+from stages.tools.demo.arms import GPO_ARMS, NAMES
 from gpo_cli.main import app
 from stages.core.sources.toy_tasks import TASKS
 

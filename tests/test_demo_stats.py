@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from gpo_cli.demo import PLANS
-from gpo_cli.demo_arms import NAMES
+from stages.tools.demo.plan import PLANS
+from stages.tools.demo.arms import NAMES
 from stages.core.sources.toy_tasks import TASKS
 
 sys.path.insert(0, str(TASKS["arith"].model_dir.parent.parent / "bench"))
@@ -31,7 +31,7 @@ def test_p_value_from_a_95_interval():
 
 
 def test_needed_problems_for_two_points_from_a_measured_interval():
-    from gpo_cli.demo_summary import needed_problems
+    from stages.tools.demo.summary import needed_problems
 
     # issue 20's greedy difference: +0.040 [-0.001, +0.081] over 150 problems -> SD 0.256 -> ~630 problems
     n = needed_problems(-0.001, 0.081, 150)
@@ -42,7 +42,7 @@ def test_needed_problems_for_two_points_from_a_measured_interval():
 
 
 def test_each_arm_gets_its_own_best_cell_and_the_demo_uses_it():
-    from gpo_cli.demo import CHOICE, with_chosen_hparams
+    from stages.tools.demo.plan import CHOICE, with_chosen_hparams
     from select_hparams import choose
 
     grid = [{"learning_rate": 1e-5, "beta": 0.1, "per_arm": {"a": 0.30, "b": 0.40}},
@@ -63,8 +63,8 @@ def test_each_arm_gets_its_own_best_cell_and_the_demo_uses_it():
 
 
 def test_the_primary_family_is_each_gpo_arm_minus_same_samples_on_greedy_and_the_trap_probe():
-    from gpo_cli.demo_arms import BASELINE, GPO_ARMS
-    from gpo_cli.demo_summary import PRIMARY_KIND, differences
+    from stages.tools.demo.arms import BASELINE, GPO_ARMS
+    from stages.tools.demo.summary import PRIMARY_KIND, differences
 
     problems = [f"p{i}" for i in range(40)]
 

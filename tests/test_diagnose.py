@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
-from gpo_cli.diagnose_cmd import headline
+from stages.tools.diagnose_headline import headline
 from gpo_cli.main import app
 from stages import branch, estimate, locate, sample
 from stages.core.pipeline import artifacts

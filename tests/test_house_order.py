@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,14 @@ def test_stage_modules_import_only_core_and_core_imports_no_stage():
             assert not bad, f"{name} imports {bad}"
 
 
+def test_nothing_in_stages_imports_the_cli():
+    """The library (stages, core, tools, the demo's driver) sits below the CLI: gpo_cli imports it, never back."""
+    known = modules()
+    bad = {name: sorted(d for d in imports(path, known) if d.split(".")[0] == "gpo_cli")
+           for name, path in known.items() if name.startswith("stages")}
+    assert not {name: deps for name, deps in bad.items() if deps}
+
+
 def test_no_import_circles():
     known = modules()
     graph = {name: imports(path, known) - {name} for name, path in known.items()}
@@ -105,3 +114,53 @@ def test_each_stage_option_is_derived_from_its_settings_field(stage):
             assert param.default is None and not param.required  # a config file may supply it
     for name in command.runtime:
         assert params[name].default == Runtime.__dataclass_fields__[name].default
+
+
+LAYOUT = ROOT / "stages" / "core" / "pipeline" / "layout.py"
+# the success marker, the manifests' folder (not `num_shards`), the part names
+LAYOUT_NAMES = {"_SUCCESS": re.compile(r"(?<!\w)_SUCCESS(?!\w)"), "_shards": re.compile(r"(?<!\w)_shards(?!\w)"),
+                ".chunk-": re.compile(r"\.chunk-")}
+
+
+def code_strings(path: Path) -> list[str]:
+    """The string constants of a file (f-string pieces included), docstrings left out: what the code spells."""
+    tree = ast.parse(path.read_text())
+    docs = {id(node.body[0].value) for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body
+            and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    return [n.value for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs]
+
+
+def project_files() -> list[Path]:
+    return [p for package in ("stages", "gpo_cli", "bench") for p in sorted((ROOT / package).rglob("*.py"))]
+
+
+def test_only_the_layout_module_spells_the_run_folder_s_file_names():
+    """_shards/NNNNN.json, _SUCCESS and the chunk names come from stages/core/pipeline/layout.py alone."""
+    def names(path: Path) -> set[str]:
+        return {name for s in code_strings(path) for name, pattern in LAYOUT_NAMES.items() if pattern.search(s)}
+
+    spelled = {str(p.relative_to(ROOT)): sorted(found) for p in project_files() if p != LAYOUT and (found := names(p))}
+    assert not spelled, f"spell these through stages/core/pipeline/layout.py: {spelled}"
+    assert names(LAYOUT) == set(LAYOUT_NAMES)  # the check looks for what the layout module really spells
+
+
+def test_bench_imports_nothing_from_the_cli():
+    """bench/ drives the library (stages, stages.tools), never gpo_cli: the CLI is only typer and printing."""
+    known = {**modules(), "gpo_cli": ROOT / "gpo_cli" / "__init__.py"}
+    bad = {}
+    for path in sorted((ROOT / "bench").rglob("*.py")):
+        found = {m for m in imports(path, known) if m == "gpo_cli" or m.startswith("gpo_cli.")}
+        if found:
+            bad[path.name] = sorted(found)
+    assert not bad, bad
+
+
+def test_paths_made_from_a_module_s_own_file_point_into_the_repository():
+    """A module moved a folder deeper keeps finding the toy models and the chosen hyperparameters."""
+    from stages.core.sources.toy_tasks import DATA
+    from stages.tools.demo.plan import CHOICE
+
+    assert DATA == ROOT / "data"
+    assert CHOICE == ROOT / "bench" / "results" / "select_hparams.json"

@@ -134,8 +134,8 @@ def test_temp_files_left_by_a_kill_are_removed_on_the_next_run_of_that_shard(cha
     assert not any(p.exists() for p in left) and other.exists()
 
 
-WRITER = ("import sys, time; from pathlib import Path; from stages.core.pipeline import artifacts\n"
-          "for p in sys.argv[2:]:\n    t = artifacts._tmp_path(Path(p)); t.write_bytes(b'partial'); print(t)\n"
+WRITER = ("import sys, time; from pathlib import Path; from stages.core.pipeline import layout\n"
+          "for p in sys.argv[2:]:\n    t = layout.temp_path(Path(p)); t.write_bytes(b'partial'); print(t)\n"
           "sys.stdout.flush(); time.sleep(float(sys.argv[1]))")
 
 

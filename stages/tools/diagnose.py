@@ -50,7 +50,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stages.core.pipeline import artifacts
+from stages.core.pipeline import artifacts, layout
 from stages.core.pipeline.errors import GpoError, UsageError
 from stages.core.sources.toy_tasks import ground_truth
 from stages.core.method.values import agreement_by_rule
@@ -90,7 +90,7 @@ def load_run(run: Path) -> dict:
     if not tables["sample"]:
         raise GpoError(f"{run} has no sample table: run `gpo sample --run {run}` first")
     tables["incomplete"] = [s for s in ("sample", "estimate", "locate", "branch")
-                            if (run / s).is_dir() and not (run / s / "_SUCCESS").exists()]
+                            if (out := layout.stage_dir(run, s)).is_dir() and not layout.success_path(out).exists()]
     return tables
 
 
@@ -407,5 +407,5 @@ def write(run: Path, summary: dict) -> Path:
     folder = Path(run) / "diagnose"
     table = pa.Table.from_pylist(rows(summary), schema=DIAGNOSE_SCHEMA)
     artifacts.write_parquet_atomic(table, folder / "diagnose.parquet", {"stage": "diagnose"})
-    artifacts.write_json_atomic(folder / "summary.json", summary)
+    artifacts.write_json_atomic(layout.summary_path(folder), summary)
     return folder

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from stages.core.pipeline import artifacts, lineage
+from stages.core.pipeline import artifacts, layout, lineage
 from stages.core.pipeline.errors import GpoError, UsageError
 from stages.core.generation.prompts import PLAIN_TEMPLATE
 from stages.tools import export_folder as folder
@@ -75,7 +75,7 @@ class _Run:
         self.samples = {(r["problem_id"], r["sample_idx"]): r for r in artifacts.read_table(run, "sample").to_pylist()}
         if not self.samples:
             raise GpoError(f"{run}/sample has no rows")
-        settings = artifacts.load_json(run / "sample" / "config.json")["settings"]
+        settings = artifacts.load_json(layout.config_path(layout.stage_dir(run, "sample")))["settings"]
         first = next(iter(self.samples.values()))
         # "auto" resolved per model at sampling time; the stored prompt text tells which one it chose.
         chat = first["prompt_text"] != PLAIN_TEMPLATE.format(question=first["question"])

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stages.core.pipeline import artifacts
+from stages.core.pipeline import artifacts, layout
 from stages.core.pipeline.errors import GpoError
 from stages.core.pipeline.query import PIPELINE, connect
 from stages.tools import report_plots as plots
@@ -227,7 +227,7 @@ def cost_section(c: RunViews) -> Section | None:
         order = ", ".join(f"'{s}'" for s in PIPELINE)
         tokens = _stats_sum(("generated_tokens", "gpo_generated_tokens", "random_reset_generated_tokens"))
         rollouts = _stats_sum(("rollouts", "gpo_branches_sampled", "random_reset_branches_sampled"))
-        q = c.q("per stage, from the shard manifests RUN/<stage>/_shards/*.json", f"""
+        q = c.q(f"per stage, from the shard manifests RUN/<stage>/{layout.SHARDS}/*.json", f"""
 WITH m AS (SELECT stage, content::JSON AS j FROM manifests)
 SELECT stage, count(*) AS shards, {tokens} AS generated_tokens,
        {rollouts} AS rollouts_and_branches,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from stages.core.pipeline import layout
 from stages.core.pipeline.errors import GpoError, UsageError
 from stages.core.pipeline.query import array_spec
 
@@ -90,7 +91,7 @@ def render_script(run: Path, stage: str, argv: Sequence[str], shards: int, optio
     """The text of RUN/slurm/<stage>.sbatch (a plain template: edit it, then sbatch it)."""
     run = Path(run).resolve()
     sharded = is_sharded(stage)
-    logs = run / stage / "_logs"
+    logs = layout.logs_dir(layout.stage_dir(run, stage))
     header = [f"--job-name=gpo-{stage}"]
     if sharded:
         header.append(f"--array=0-{shards - 1}")
@@ -169,7 +170,7 @@ def write_scripts(run: Path, commands: Mapping[str, Sequence[str]], shards: int 
         if is_sharded(stage) and "--overwrite" in argv:  # each task would clear what the others wrote
             raise UsageError(f"--overwrite cannot go into the {stage} array: clear {Path(run) / stage} once "
                            "(or use a new run directory), then submit")
-        (Path(run) / stage / "_logs").mkdir(parents=True, exist_ok=True)  # sbatch does not create it
+        layout.logs_dir(layout.stage_dir(run, stage)).mkdir(parents=True, exist_ok=True)  # sbatch does not create it
         path = script_path(run, stage)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")

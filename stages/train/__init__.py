@@ -26,7 +26,7 @@ import dataclasses
 import math
 from pathlib import Path
 
-from stages.core.pipeline import artifacts, lineage
+from stages.core.pipeline import artifacts, layout, lineage
 from stages.train.checkpoints import (
     _barrier,
     _is_main,
@@ -72,7 +72,7 @@ def train(run: Path, settings: TrainSettings, out: Path | None = None, *, config
         return done
     trl_config = build_config(s, extra, out)  # refuses bad TRL arguments before anything is written
     if _is_main():
-        artifacts.write_json_atomic(out / "config.json", config)
+        artifacts.write_json_atomic(layout.config_path(out), config)
     if checks["mismatch"]:
         log(f"train: warning: for {checks['mismatch']} of {len(dataset)} rows TRL's tokenization of the prompt "
             f"differs from the ids used at sampling time")
@@ -99,8 +99,8 @@ def train(run: Path, settings: TrainSettings, out: Path | None = None, *, config
     write_metrics()
     summary = summarize(s, trainer, result, rows, inputs, checks, resume)
     if _is_main():
-        artifacts.write_json_atomic(out / "summary.json", summary)
-        artifacts.write_json_atomic(out / "_SUCCESS", {"global_step": summary["global_step"]})
+        artifacts.write_json_atomic(layout.summary_path(out), summary)
+        artifacts.write_json_atomic(layout.success_path(out), {"global_step": summary["global_step"]})
     log(f"train: done at step {summary['global_step']}, model in {out / 'model'}")
     return summary
 

@@ -6,7 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
-from stages.core.pipeline import artifacts
+from stages.core.pipeline import artifacts, layout
 from stages.core.pipeline.errors import GpoError
 from stages.train.settings import RESUME_FREE, TrainSettings
 
@@ -133,7 +133,7 @@ def default_out(run: Path, s: TrainSettings) -> Path:
 
 def check_rerun(out: Path, config: dict, overwrite: bool) -> dict | None:
     """Return the stored summary of a finished identical run; refuse a different one; None to (re)start."""
-    path = out / "config.json"
+    path = layout.config_path(out)
     if not path.exists():
         return None
     old = artifacts.load_json(path)
@@ -149,8 +149,8 @@ def check_rerun(out: Path, config: dict, overwrite: bool) -> dict | None:
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
         _barrier()
         return None
-    if (out / "_SUCCESS").exists() and (out / "model").is_dir():
-        return artifacts.load_json(out / "summary.json")
+    if layout.success_path(out).exists() and (out / "model").is_dir():
+        return artifacts.load_json(layout.summary_path(out))
     return None
 
 

@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from stages.core.pipeline import layout
 from stages.core.pipeline.errors import GpoError
 
 MODEL_HELP = ("Model: a local folder, a Hugging Face id org/name[@revision] (from the local HF cache, offline), "
@@ -90,7 +91,7 @@ def _resolve_folder(given: str, path: Path, depth: int, revision: str | None = N
 def _is_train_output(path: Path) -> bool:
     """`gpo train --out DIR` writes DIR/config.json (its own settings, stage "train") and DIR/model."""
     try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        config = json.loads(layout.config_path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False  # no config.json, or a broken one: preflight reports it as a model config
     return isinstance(config, dict) and config.get("stage") == "train"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from stages.core.pipeline import artifacts
+from stages.core.pipeline import artifacts, layout
 from stages.core.scoring.answers import CHECKERS
 from stages.core.generation.backends import BACKENDS, Request, Sampling
 from stages.core.pipeline.errors import GpoError
@@ -132,7 +132,7 @@ def validate(s: SampleSettings) -> None:
 def with_policy(run: Path, settings):
     """Rollouts and branches come from the policy that sampled: settings left unset (None) take sample's
     model, backend and sampling values, so they are stored and hashed with the stage that uses them."""
-    path = Path(run) / "sample" / "config.json"
+    path = layout.config_path(layout.stage_dir(run, "sample"))
     config = artifacts.load_json(path)
     check_identity(config, "sample", path)
     base = config["settings"]
@@ -141,7 +141,7 @@ def with_policy(run: Path, settings):
 
 def sampled_with(run: Path) -> dict:
     """The settings the sample stage ran with."""
-    return artifacts.load_json(Path(run) / "sample" / "config.json")["settings"]
+    return artifacts.load_json(layout.config_path(layout.stage_dir(run, "sample")))["settings"]
 
 
 def rollout_sampling(s, base: dict) -> Sampling:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from stages.core.pipeline import artifacts
+from stages.core.pipeline import artifacts, layout
 from stages.core.pipeline.errors import GpoError
 from stages.core.generation.models import MODEL_HELP
 from stages.core.generation.prompts import DEFAULT_INSTRUCTION, DEFAULT_SYSTEM, build_prompt
@@ -120,17 +120,17 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def write_summary(run: Path, label: str) -> dict | None:
-    folder = Path(run) / stage_name(label)
-    if not (folder / "_SUCCESS").exists():
+    folder = layout.stage_dir(run, stage_name(label))
+    if not layout.success_path(folder).exists():
         return None
     rows = artifacts.read_table(run, folder.name).to_pylist()
     if not rows:
         raise GpoError(f"the probe found no gold solution in {label}'s problems (toy tasks have them; a file "
                        "needs a gold_solution field)")
-    config = artifacts.load_json(folder / "config.json")["settings"]
+    config = artifacts.load_json(layout.config_path(folder))["settings"]
     summary = {"label": label, "model": config["model"], "problems": config["problems"],
                "kinds": summarize(rows), "per_problem": per_problem(rows)}
-    artifacts.write_json_atomic(folder / "summary.json", summary)
+    artifacts.write_json_atomic(layout.summary_path(folder), summary)
     return summary
 
 
@@ -142,7 +142,7 @@ def folder_for(eval_folder: Path) -> Path:
 
 
 def load_summary(folder: Path) -> dict:
-    path = Path(folder) / "summary.json"
+    path = layout.summary_path(folder)
     if not path.exists():
         raise GpoError(f"{folder} has no probe summary: run that evaluation with `gpo eval --probe`")
     return artifacts.load_json(path)

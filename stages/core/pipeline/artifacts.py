@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from stages.core.pipeline import layout
 from stages.core.pipeline.errors import GpoError
 from stages.core.pipeline.hashing import stable_hash
 
@@ -37,15 +38,6 @@ def shard_of(group_id: str, num_shards: int) -> int:
     return stable_hash(group_id) % num_shards
 
 
-def _tmp_path(path: Path) -> Path:
-    # Dot-prefixed and not ending in .parquet: globs over a stage folder never see it. The writer's pid and
-    # host are in the name so a later run can tell a dead writer's leftovers (remove_stale_temp_files).
-    return path.parent / f".tmp-{path.name}.{os.getpid()}@{socket.gethostname()}"
-
-
-_TMP = re.compile(r"\.tmp-.+\.(\d+)(?:@([^/]*))?")
-
-
 def remove_stale_temp_files(out: Path) -> None:
     """Temp files of any kind in a stage folder (config.json, _SUCCESS, parts, manifests) whose writer is
     provably dead: written on this host by a pid that no longer runs. A name without a host comes from a gpo
@@ -53,9 +45,9 @@ def remove_stale_temp_files(out: Path) -> None:
     (remove_temp_files, under the shard's lock), since its pid cannot be checked from here."""
     host = socket.gethostname()
     for folder in [out, *(p for p in out.iterdir() if p.is_dir())]:
-        for path in folder.glob(".tmp-*"):
-            m = _TMP.fullmatch(path.name)
-            if m and m.group(2) in (None, host) and not _pid_alive(int(m.group(1))) and path.is_file():
+        for path in folder.glob(layout.TEMP_PREFIX + "*"):
+            writer = layout.temp_writer(path.name)
+            if writer and writer[1] in (None, host) and not _pid_alive(writer[0]) and path.is_file():
                 path.unlink(missing_ok=True)
 
 
@@ -77,7 +69,7 @@ def _replace_atomically(tmp: Path, path: Path) -> None:
 
 def write_parquet_atomic(table: pa.Table, path: Path, kv_metadata: dict[str, str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
+    tmp = layout.temp_path(path)
     meta = dict(table.schema.metadata or {})
     meta.update({f"gpo.{k}".encode(): str(v).encode() for k, v in kv_metadata.items()})
     try:
@@ -89,7 +81,7 @@ def write_parquet_atomic(table: pa.Table, path: Path, kv_metadata: dict[str, str
 
 def write_json_atomic(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
+    tmp = layout.temp_path(path)
     try:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
         _replace_atomically(tmp, path)
@@ -140,21 +132,15 @@ def verify_files(out: Path, manifest: dict) -> list[str]:
 
 def verify_stage(run: Path, stage: str) -> None:
     """Refuse to read a finished stage whose parts no longer match their manifests (truncated, edited)."""
-    out = stage_dir(run, stage)
-    for path in sorted((out / "_shards").glob(_MANIFEST_NAMES)):
+    out = layout.stage_dir(run, stage)
+    for path in layout.manifest_paths(out):
         bad = verify_files(out, load_manifest(path, out))
         if bad:
             raise GpoError(f"{out / bad[0]} does not match its manifest (truncated or modified); "
                            f"rerun `gpo {stage}` with the same arguments to redo it")
 
 
-def stage_dir(run: Path, stage: str) -> Path:
-    return Path(run) / stage
-
-
 _TABLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-_MANIFEST_NAMES = "[0-9]" * 5 + ".json"  # _shards/00003.json; a file named otherwise is not a manifest
-_CHUNK = re.compile(r"shard-(\d{5})\.chunk-\d{5}\.parquet")
 _digests: dict[tuple[str, int, int], str] = {}  # (path, size, mtime): sha256, so a part is hashed once a process
 _warned: set[str] = set()
 log = logging.getLogger("gpo")
@@ -162,7 +148,7 @@ log = logging.getLogger("gpo")
 
 def runner_config(out: Path) -> dict | None:
     """config.json of a folder written by the stage runner (sharded, with manifests); None for anything else."""
-    path = out / "config.json"
+    path = layout.config_path(out)
     if not path.is_file():
         return None
     config = load_json(path)
@@ -196,7 +182,7 @@ def finished_manifests(out: Path, config: dict, damaged: list[str] | None = None
     A damaged manifest is refused; given a `damaged` list, it is skipped and its error appended there."""
     found = {}
     for i in range(int(config["num_shards"])):
-        path = out / "_shards" / f"{i:05d}.json"
+        path = layout.manifest_path(out, i)
         if path.is_file():
             try:
                 manifest = load_manifest(path, out)
@@ -293,9 +279,8 @@ def _warn_stray(out: Path, folder: Path, listed: set[Path]) -> None:
     config = runner_config(out) or {}
     finished = set(finished_manifests(out, config)) if config else set()
     for path in sorted(folder.glob("*.parquet")):
-        m = _CHUNK.fullmatch(path.name)
-        running = m is not None and int(m.group(1)) < int(config.get("num_shards", 0)) \
-            and int(m.group(1)) not in finished
+        shard = layout.chunk_shard(path.name)
+        running = shard is not None and shard < int(config.get("num_shards", 0)) and shard not in finished
         if path not in listed and not running:
             _warn_once(str(path), f"warning: ignoring {path}: no manifest of {out.name} lists it "
                                   "(copied in or left over); remove it")
@@ -304,7 +289,7 @@ def _warn_stray(out: Path, folder: Path, listed: set[Path]) -> None:
 def remove_temp_files(out: Path, shard: int) -> None:
     """Temp files a killed writer of this shard left behind (its parts and its manifest)."""
     for folder in [out, *(p for p in out.iterdir() if p.is_dir())]:
-        for pattern in (f".tmp-shard-{shard:05d}.*", f".tmp-{shard:05d}.json.*"):
+        for pattern in layout.shard_temp_globs(shard):
             for path in folder.glob(pattern):
                 path.unlink(missing_ok=True)
 
@@ -325,7 +310,7 @@ def filter_groups(table: pa.Table, column: str, groups: list[str]) -> pa.Table:
 
 
 def require_success(run: Path, stage: str) -> None:
-    if not (stage_dir(run, stage) / "_SUCCESS").exists():
+    if not layout.success_path(layout.stage_dir(run, stage)).exists():
         raise GpoError(f"stage '{stage}' has not finished in {run}: run `gpo {stage}` first "
                        f"(`gpo status {run}` lists unfinished shards)")
 
@@ -333,7 +318,7 @@ def require_success(run: Path, stage: str) -> None:
 def finished_shards(out: Path, config_hash: str) -> list[int]:
     """Shards whose manifest is intact and of this config (a damaged manifest's shard is not done)."""
     done = []
-    for path in sorted((out / "_shards").glob(_MANIFEST_NAMES)):
+    for path in layout.manifest_paths(out):
         try:
             if load_manifest(path, out).get("config_hash") == config_hash:
                 done.append(int(path.stem))
@@ -344,14 +329,14 @@ def finished_shards(out: Path, config_hash: str) -> list[int]:
 
 def mark_success_if_complete(out: Path, num_shards: int, config_hash: str) -> bool:
     if len(set(finished_shards(out, config_hash)) & set(range(num_shards))) == num_shards:
-        write_json_atomic(out / "_SUCCESS", {"config_hash": config_hash, "num_shards": num_shards})
+        write_json_atomic(layout.success_path(out), {"config_hash": config_hash, "num_shards": num_shards})
         return True
     return False
 
 
 def has_outputs(out: Path) -> bool:
     """Whether a stage folder holds any part or manifest (a folder with only config.json lost nothing)."""
-    return any(out.rglob("*.parquet")) or any((out / "_shards").glob("*.json"))
+    return any(out.rglob("*.parquet")) or layout.has_manifest_files(out)
 
 
 def remove_stage_outputs(out: Path) -> None:
@@ -359,11 +344,11 @@ def remove_stage_outputs(out: Path) -> None:
 
     _logs stays: Slurm may be writing the current job's log there."""
     for child in out.iterdir():
-        if child.name == "_logs":
+        if child.name == layout.LOGS:
             continue
         if child.is_dir():
             shutil.rmtree(child)
-        elif child.name != "config.json":
+        elif child.name != layout.CONFIG:
             child.unlink()
 
 

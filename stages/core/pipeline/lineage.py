@@ -12,7 +12,7 @@ import json
 import logging
 from pathlib import Path
 
-from stages.core.pipeline import artifacts
+from stages.core.pipeline import artifacts, layout
 from stages.core.pipeline.errors import GpoError
 
 log = logging.getLogger("gpo")
@@ -20,9 +20,9 @@ log = logging.getLogger("gpo")
 
 def identity(run: Path, stage: str) -> str | None:
     """The identity of a finished stage; None while it is unfinished (or not a runner stage)."""
-    out = artifacts.stage_dir(run, stage)
+    out = layout.stage_dir(run, stage)
     config = artifacts.runner_config(out) if out.is_dir() else None
-    if config is None or not (out / "_SUCCESS").exists():
+    if config is None or not layout.success_path(out).exists():
         return None
     manifests = artifacts.finished_manifests(out, config)
     if len(manifests) != int(config["num_shards"]):
@@ -35,11 +35,11 @@ def stale_reason(run: Path, stage: str) -> tuple[str, str] | None:
     """(the earliest stage to redo, why) when `stage` or anything it was built on changed after it ran.
 
     Why is "unfinished" when that stage was started again (e.g. with --overwrite) and has not finished."""
-    config = artifacts.runner_config(artifacts.stage_dir(run, stage))
+    config = artifacts.runner_config(layout.stage_dir(run, stage))
     if config is None:
         return None
     for upstream, recorded in (config.get("inputs") or {}).items():
-        if not (artifacts.stage_dir(run, upstream) / "_SUCCESS").exists():
+        if not layout.success_path(layout.stage_dir(run, upstream)).exists():
             return upstream, "unfinished"
         deeper = stale_reason(run, upstream)
         if deeper is not None:

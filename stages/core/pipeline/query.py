@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stages.core.pipeline import artifacts, lineage
+from stages.core.pipeline import artifacts, layout, lineage
 from stages.core.pipeline.errors import GpoError
 
 PIPELINE = ("sample", "estimate", "locate", "branch", "train", "eval")
@@ -178,29 +178,28 @@ def stage_status(run: Path) -> list[dict]:
     run = Path(run)
     if not run.is_dir():
         raise GpoError(f"run directory {run} does not exist")
-    names = [s for s in PIPELINE if (run / s).is_dir()]
+    names = [s for s in PIPELINE if layout.stage_dir(run, s).is_dir()]
     names += sorted(p.name for p in run.iterdir() if p.is_dir() and p.name not in PIPELINE
-                    and (p / "config.json").exists())
+                    and layout.config_path(p).exists())
     result = []
     for name in names:
-        out = run / name
-        if (out / "config.json").exists():
+        if layout.config_path(layout.stage_dir(run, name)).exists():
             result.append(_one_stage_status(run, name))
     return result
 
 
 def _one_stage_status(run: Path, name: str) -> dict:
-    out = run / name
+    out = layout.stage_dir(run, name)
     row = {"stage": name, "num_shards": 0, "done": 0, "rows": 0, "unfinished": [],
-           "success": (out / "_SUCCESS").exists(), "stale": None, "damaged": None, "input_damaged": False}
+           "success": layout.success_path(out).exists(), "stale": None, "damaged": None, "input_damaged": False}
     damaged: list[str] = []
     try:
-        cfg = artifacts.load_json(out / "config.json")
+        cfg = artifacts.load_json(layout.config_path(out))
         total = int(cfg.get("num_shards", 1))
         done = artifacts.finished_manifests(out, {"num_shards": total, "config_hash": cfg.get("config_hash")},
                                             damaged)
     except (GpoError, TypeError, ValueError) as e:  # TypeError/ValueError: a config.json edited by hand
-        row["damaged"] = str(e) if isinstance(e, GpoError) else f"{out / 'config.json'} is damaged ({e})"
+        row["damaged"] = str(e) if isinstance(e, GpoError) else f"{layout.config_path(out)} is damaged ({e})"
         return row
     row.update(num_shards=total, done=len(done), rows=sum(m.get("rows", 0) for m in done.values()),
                unfinished=sorted(set(range(total)) - set(done)), damaged=damaged[0] if damaged else None)

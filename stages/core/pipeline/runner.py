@@ -1,11 +1,7 @@
 """The one stage runner: pick this shard's groups, skip finished chunks, run, validate, write atomically.
 
-Layout of a run directory (see docs/artifacts.md):
-    RUN/<stage>/config.json                          resolved settings and their hash
-    RUN/<stage>/shard-00003.chunk-00007.parquet      the stage's primary table
-    RUN/<stage>/<table>/shard-00003.chunk-00007.parquet  its other tables (e.g. estimate/rollouts)
-    RUN/<stage>/_shards/00003.json                   shard manifest, written last
-    RUN/<stage>/_SUCCESS                             all shards done
+The layout of a run directory (config, chunks, shard manifests and locks, the success marker) is
+stages/core/pipeline/layout.py's; docs/artifacts.md describes it.
 """
 
 from __future__ import annotations
@@ -24,7 +20,7 @@ from typing import Any, Callable, Iterator
 
 import pyarrow as pa
 
-from stages.core.pipeline import artifacts, lineage
+from stages.core.pipeline import artifacts, layout, lineage
 from stages.core.pipeline.errors import GpoError, Preempted, UsageError
 
 SCHEMA_VERSION = 1
@@ -123,7 +119,7 @@ def check_identity(config: dict, stage: str, path: Path) -> None:
 def resolve_config(stage: Stage, run: Path, settings: Any, num_shards: int, chunk_groups: int) -> dict:
     inputs = {}
     if stage.input is not None:
-        path = artifacts.stage_dir(run, stage.input) / "config.json"
+        path = layout.config_path(layout.stage_dir(run, stage.input))
         check_identity(artifacts.load_json(path), stage.input, path)
         inputs[stage.input] = lineage.identity(run, stage.input)
     body = {
@@ -147,8 +143,8 @@ def _changed_keys(old: dict, new: dict) -> list[str]:
 
 def prepare_stage_dir(stage: Stage, run: Path, config: dict, overwrite: bool) -> Path:
     """Apply the rerun rules, then (re)write config.json. Returns the stage folder."""
-    out = artifacts.stage_dir(run, stage.name)
-    old_path = out / "config.json"
+    out = layout.stage_dir(run, stage.name)
+    old_path = layout.config_path(out)
     if old_path.exists():
         old = artifacts.load_json(old_path)
         check_identity(old, stage.name, old_path)
@@ -175,10 +171,6 @@ def prepare_stage_dir(stage: Stage, run: Path, config: dict, overwrite: bool) ->
 
 def shard_groups(groups: list[str], shard: int, num_shards: int) -> list[str]:
     return sorted(g for g in set(groups) if artifacts.shard_of(g, num_shards) == shard)
-
-
-def chunk_name(shard: int, chunk: int) -> str:
-    return f"shard-{shard:05d}.chunk-{chunk:05d}.parquet"
 
 
 def conform(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
@@ -238,7 +230,7 @@ def all_shard_locks(out: Path, action: str = "overwrite it") -> Iterator[None]:
     from contextlib import ExitStack
 
     with ExitStack() as stack:
-        for path in sorted((out / "_shards").glob("*.lock")):
+        for path in layout.lock_paths(out):
             stack.enter_context(shard_lock(out, int(path.stem), action=action))
         yield
 
@@ -248,7 +240,7 @@ def shard_lock(out: Path, index: int, action: str = "not starting a second one")
     """One process per shard: a second one started by mistake says so and exits (the lock dies with its owner)."""
     import fcntl
 
-    path = out / "_shards" / f"{index:05d}.lock"
+    path = layout.lock_path(out, index)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as handle:
         try:
@@ -266,7 +258,7 @@ def shard_lock(out: Path, index: int, action: str = "not starting a second one")
 
 def finished_manifest(stage: Stage, out: Path, config: dict, index: int, log) -> dict | None:
     """The shard's manifest if it is finished and its files are intact; damaged chunks are removed for redo."""
-    path = out / "_shards" / f"{index:05d}.json"
+    path = layout.manifest_path(out, index)
     if not path.exists():
         return None
     manifest = artifacts.load_manifest(path, out)
@@ -280,7 +272,7 @@ def finished_manifest(stage: Stage, out: Path, config: dict, index: int, log) ->
         for name in {Path(b).name for b in bad}:  # a chunk is redone whole: drop it from every table
             for folder in [out, *(out / t for t in stage.outputs if t != stage.name)]:
                 (folder / name).unlink(missing_ok=True)
-    (out / "_SUCCESS").unlink(missing_ok=True)
+    layout.success_path(out).unlink(missing_ok=True)
     path.unlink()
     return None
 
@@ -288,7 +280,7 @@ def finished_manifest(stage: Stage, out: Path, config: dict, index: int, log) ->
 def _run_shard(stage: Stage, run: Path, out: Path, settings: Any, config: dict, shard: tuple[int, int],
                chunk_groups: int, input_table: pa.Table | None, make_generator, log, after_chunk) -> dict:
     index, num_shards = shard
-    manifest_path = out / "_shards" / f"{index:05d}.json"
+    manifest_path = layout.manifest_path(out, index)
     if input_table is None:
         input_table = artifacts.read_table(run, stage.input)
     groups = shard_groups(input_table.column(stage.group_column).to_pylist(), index, num_shards)
@@ -323,7 +315,7 @@ def cpu_seconds() -> float:
 
 def _run_chunk(stage: Stage, out: Path, ctx: Context, rows: pa.Table, k: int, num_chunks: int,
                meta: dict, log: Callable[[str], None]) -> None:
-    primary = out / chunk_name(ctx.shard, k)
+    primary = out / layout.chunk_name(ctx.shard, k)
     parts = [primary, *(out / name / primary.name for name in stage.outputs if name != stage.name)]
     if all([artifacts.valid_part(p, meta["config_hash"]) for p in parts]):  # list: check (and clean) every part
         return
@@ -335,7 +327,7 @@ def _run_chunk(stage: Stage, out: Path, ctx: Context, rows: pa.Table, k: int, nu
                   "stats": json.dumps(dict(ctx.stats))}
     # Secondary tables first, the primary last: the primary's presence marks the chunk done.
     for name, schema in reversed(list(stage.outputs.items())):
-        path = primary if name == stage.name else out / name / chunk_name(ctx.shard, k)
+        path = primary if name == stage.name else out / name / layout.chunk_name(ctx.shard, k)
         table = conform(tables[name], schema, f"{stage.name}/{name}")
         artifacts.write_parquet_atomic(table, path, chunk_meta)
     log(f"{stage.name} shard {ctx.shard}/{ctx.num_shards} chunk {k + 1}/{num_chunks}: "
@@ -348,7 +340,7 @@ def build_manifest(stage: Stage, out: Path, config: dict, index: int, num_shards
     for name in stage.outputs:
         folder = out if name == stage.name else out / name
         for k in range(num_chunks):
-            path = folder / chunk_name(index, k)
+            path = folder / layout.chunk_name(index, k)
             info = artifacts.part_info(path)
             files.append({"table": name, "path": str(path.relative_to(out)), **info})
             if name == stage.name:

@@ -15,7 +15,7 @@ from typing import Callable
 from stages.core.sources import toy, toy_borrow
 from stages.core.pipeline.errors import GpoError
 
-DATA = Path(__file__).resolve().parent.parent.parent / "data"
+DATA = Path(__file__).resolve().parents[3] / "data"  # stages/core/sources/ -> the repository
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ import json
 import math
 from pathlib import Path
 
-from gpo_cli.demo_arms import ARMS, BASELINE, GPO_ARMS, PAPER, arm_data, by_name, sampled_label
-from stages.core.pipeline import artifacts
+from stages.tools.demo.arms import ARMS, BASELINE, GPO_ARMS, PAPER, arm_data, by_name, sampled_label
+from stages.core.pipeline import artifacts, layout
 
 PRIMARY_KIND = "trap-hard"  # the probe's kind in the primary comparison (toy:borrow's decisive line)
 RESOLVE = 0.02  # the 95% half-width the test set should reach on a paired difference
@@ -129,7 +129,7 @@ def collect(plan, data: dict, labels: list[str], root: Path, timings, wall: floa
     for arm in labels:
         if arm == "base":
             continue
-        s = json.loads((root / "train" / f"dpo-{arm}" / "summary.json").read_text())
+        s = json.loads(layout.summary_path(root / "train" / f"dpo-{arm}").read_text())
         training[arm] = {"optimizer_steps": s["global_step"], "planned_batch": plan.batch_size,
                          "pairs_presented": s.get("pairs_presented"), "pairs_per_step": s.get("pairs_per_step"),
                          "learning_rate": s["learning_rate"], "beta": s["beta"], "distinct_pairs": s["rows"],
@@ -138,8 +138,8 @@ def collect(plan, data: dict, labels: list[str], root: Path, timings, wall: floa
                            if (n := needed_problems(r["ci_low"], r["ci_high"], r["problems"])) is not None),
                           default=None)
               for metric in ("greedy", f"probe {PRIMARY_KIND} P(gold)")}
-    from gpo_cli.diagnose_cmd import headline
     from stages.tools import diagnose
+    from stages.tools.diagnose_headline import headline
 
     premise = diagnose.diagnose(root / "gpo", permutations=100)
     diagnose.write(root / "gpo", premise)

@@ -1,107 +1,50 @@
-"""`gpo demo`: a controlled GPO experiment on a built-in toy task and its tiny model (CPU, no network).
-
-It runs the commands a user would (each printed, copy-pasteable, resumable: a finished stage is a no-op on
-rerun), then reads every number of its summary back from the run's tables. The arms are the rows of
-gpo_cli/demo_arms.py (the paper's GPO, the other GPO estimators and rules, random reset, the same-sample
-baseline, the tokens-matched baseline); all are DPO from the same base, each with its own learning rate and
-beta chosen on the validation split (`bench/select_hparams.py`), the same optimizer steps and a full batch
-at every step.
-
-Measured on the test split, problems drawn by the seed: greedy accuracy and the teacher-forced probe
-(`gpo eval --probe`) on `greedy_problems`, sampled pass@1 on the first `test_problems` of them. The
-primary comparison, named before any number: each GPO arm minus same-samples on greedy accuracy and on
-the probe at the hard trap line, Holm-adjusted over that family (gpo_cli/demo_summary.py).
-"""
+"""The demo's steps: a runner of gpo commands (printed, timed), every arm's data, its training, the evaluation
+of every model, and run_demo, which does them in order and writes summary.json (see __init__.py)."""
 
 from __future__ import annotations
 
 import shlex
 import shutil
 import time
-from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
-from gpo_cli.common import err
-from gpo_cli.demo_arms import ARMS, NAMES, PAPER, arm_data, by_name, sampled_label
-from gpo_cli.demo_summary import query, scalar
+from stages.core.pipeline import layout
 from stages.core.pipeline.errors import GpoError
+from stages.tools.demo.arms import ARMS, PAPER, arm_data, by_name, sampled_label
+from stages.tools.demo.plan import PLANS, DemoPlan, max_new_tokens, shown, source, with_chosen_hparams
+from stages.tools.demo.summary import query, scalar
 
 
-def shown(path: Path) -> Path:
-    """Relative to the working directory when inside it, so printed commands are short and portable."""
-    try:
-        return path.resolve().relative_to(Path.cwd().resolve())
-    except ValueError:
-        return path
+class CommandFailed(Exception):
+    """A gpo command exited non-zero; it already printed its one-line error. `code`: its exit status."""
+
+    def __init__(self, code: int):
+        super().__init__(f"gpo exited with {code}")
+        self.code = code
 
 
-# Paired SD of greedy accuracy between two trained arms, measured on toy:borrow (issue 20: oracle minus
-# same-samples, +0.040 [-0.001, +0.081] over 150 problems, so SD = 0.041 / 1.96 * sqrt(150) = 0.256). For a
-# 95% half-width of 2 points: (1.96 * 0.256 / 0.02)^2 = 630 problems; the summary recomputes it per run.
-GREEDY_PROBLEMS = 640
+def _stderr_print(text: str) -> None:
+    from rich.console import Console
 
-
-@dataclass(frozen=True)
-class DemoPlan:
-    task: str
-    train_problems: int
-    test_problems: int  # sampled pass@1 (eval_n samples each): the first test_problems of the greedy set
-    greedy_problems: int = GREEDY_PROBLEMS  # greedy accuracy and the probe (cheap: one pass per problem)
-    n: int = 4  # samples per training problem
-    k: int = 4  # Monte Carlo rollouts per state (the paper)
-    m: int = 5  # branches at the critical state: its 4 rollouts + the trajectory's own continuation
-    eval_n: int = 4  # samples per test problem
-    # Training, identical for every arm but for learning rate and beta: arm -> (learning_rate, beta), read
-    # from the validation-split choice of bench/select_hparams.py (bench/results/select_hparams.json).
-    steps: int = 30
-    batch_size: int = 8
-    hparams: dict = field(default_factory=dict)
-
-
-PLANS = {
-    ("borrow", False): DemoPlan("borrow", train_problems=40, test_problems=150),
-    ("borrow", True): DemoPlan("borrow", train_problems=12, test_problems=40, greedy_problems=60, eval_n=2,
-                               steps=6),
-    ("arith", False): DemoPlan("arith", train_problems=150, test_problems=300),
-    ("arith", True): DemoPlan("arith", train_problems=64, test_problems=40, greedy_problems=60, eval_n=2,
-                              steps=6),
-}
-
-
-CHOICE = Path(__file__).resolve().parent.parent / "bench" / "results" / "select_hparams.json"
-
-
-def with_chosen_hparams(plan: DemoPlan, arms=NAMES) -> DemoPlan:
-    """Each arm's learning rate and beta from the validation-split choice (toy:borrow's; toy:arith uses it too)."""
-    import json
-
-    if not CHOICE.exists():
-        raise GpoError(f"{CHOICE} is missing: run `python bench/select_hparams.py` to choose each arm's learning "
-                       "rate and beta on the validation split")
-    chosen = json.loads(CHOICE.read_text())["chosen"]
-    missing = [arm for arm in arms if arm not in chosen]
-    if missing:
-        raise GpoError(f"{CHOICE} has no choice for arm(s) {', '.join(missing)}: run `python bench/select_hparams.py"
-                       f" --arms {','.join(missing)}`")
-    return replace(plan, hparams={arm: (chosen[arm]["learning_rate"], chosen[arm]["beta"]) for arm in arms})
+    Console(stderr=True, highlight=False, soft_wrap=True).print(text)
 
 
 class Runner:
     """Runs `gpo` commands in this process, printing each one and timing it."""
 
-    def __init__(self, command):
+    def __init__(self, command, echo: Callable[[str], None] = _stderr_print):
         self.command = command  # gpo's click command, handed in by `gpo demo` (no import of gpo_cli.main here)
+        self.echo = echo  # prints each command (rich markup): `gpo demo` hands in its stderr console
         self.timings: list[tuple[str, float, float]] = []  # (command, wall seconds, CPU seconds)
 
     def __call__(self, name: str, *args) -> None:
         argv = [str(a) for a in args]
-        err.print(f"[bold cyan]$ gpo {shlex.join(argv)}[/bold cyan]")
+        self.echo(f"[bold cyan]$ gpo {shlex.join(argv)}[/bold cyan]")
         t0, c0 = time.time(), cpu_seconds()
         code = self.command.main(args=argv, prog_name="gpo", standalone_mode=False)
         if isinstance(code, int) and code != 0:  # the command already printed its one-line error
-            import typer
-
-            raise typer.Exit(code)
+            raise CommandFailed(code)
         self.timings.append((name, time.time() - t0, cpu_seconds() - c0))
 
 
@@ -111,16 +54,6 @@ def cpu_seconds() -> float:
 
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
-def source(plan: DemoPlan, split: str, n: int, seed: int) -> str:
-    return f"toy:{plan.task}?n={n}&seed={seed}&split={split}"
-
-
-def max_new_tokens(plan: DemoPlan) -> int:
-    from stages.core.sources.toy_tasks import get
-
-    return get(plan.task).max_new_tokens
 
 
 def generate_data(root: Path, plan: DemoPlan, model: Path, seed: int, gpo: Runner) -> dict:
@@ -158,11 +91,11 @@ def generate_data(root: Path, plan: DemoPlan, model: Path, seed: int, gpo: Runne
 
 def copy_stage(src_run: Path, dst_run: Path, stage: str) -> None:
     dst = dst_run / stage
-    if (dst / "_SUCCESS").exists():
+    if layout.success_path(dst).exists():
         return
     tmp = dst_run / f".tmp-{stage}"
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src_run / stage, tmp, ignore=shutil.ignore_patterns("*.lock"))
+    shutil.copytree(src_run / stage, tmp, ignore=shutil.ignore_patterns(layout.LOCK_GLOB))
     shutil.rmtree(dst, ignore_errors=True)
     tmp.rename(dst)
 
@@ -196,8 +129,10 @@ def evaluate(run: Path, plan: DemoPlan, models: dict, split: str, seed: int, gpo
 
 
 def run_demo(root: Path, quick: bool, task: str = "borrow", seed: int = 0, model: Path | None = None, *,
-             command) -> dict:
-    """`command`: gpo's click command, which runs each step in this process."""
+             command, echo: Callable[[str], None] = _stderr_print,
+             show: Callable[[dict], None] = lambda r: None) -> dict:
+    """`command`: gpo's click command, which runs each step in this process; `echo` prints each command;
+    `show` is handed the summary (to print it) before summary.json is written."""
     from stages.core.pipeline.artifacts import write_json_atomic
     from stages.core.sources.toy_tasks import get
 
@@ -205,17 +140,16 @@ def run_demo(root: Path, quick: bool, task: str = "borrow", seed: int = 0, model
     model = shown(model or get(task).model_dir)
     if not (model / "config.json").exists():
         raise GpoError(f"the {task} model is missing at {model}: run `gpo toy build --task {task}`")
-    gpo, started = Runner(command), time.time()
+    gpo, started = Runner(command, echo), time.time()
     data = generate_data(root, plan, model, seed, gpo)
     models = {"base": model, **train_arms(root / "train", plan, model, seed, root, gpo)}
     labels = evaluate(root / PAPER, plan, models, "test", seed, gpo)
     gpo("report", "report", root / PAPER)
-    from gpo_cli.demo_print import print_demo_summary
-    from gpo_cli.demo_summary import collect
+    from stages.tools.demo.summary import collect
 
     results = collect(plan, data, labels, root, gpo.timings, time.time() - started)
-    print_demo_summary(results)
-    write_json_atomic(root / "summary.json", results)
+    show(results)
+    write_json_atomic(layout.summary_path(root), results)
     return results
 
 
