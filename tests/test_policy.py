@@ -136,7 +136,7 @@ def test_train_settings_check_themselves():
     with pytest.raises(GpoError, match="--method must be one of"):
         train.TrainSettings(method="ppo", model="m")
     with pytest.raises(GpoError, match="missing option '--model'"):
-        train.TrainSettings(method="dpo")
+        train.TrainSettings(method="dpo", model=None)
     with pytest.raises(GpoError, match="no-eos is not available for simpo"):
         train.TrainSettings(method="simpo", model="m", truncated="no-eos")
 
