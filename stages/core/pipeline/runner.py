@@ -206,15 +206,10 @@ def sigterm_stops_work() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def run_stage(stage: Stage, run: Path, settings: Any, *, input_table: pa.Table | None = None,
-              shard: tuple[int, int] = (0, 1), chunk_groups: int = 16, overwrite: bool = False,
-              make_generator: Callable[[], Any] | None = None,
-              log: Callable[[str], None] = lambda s: None,
-              after_chunk: Callable[[int], None] | None = None) -> dict:
-    """Run one shard of a stage to completion (or to the first error) and return its manifest."""
-    settings = resolve_settings(stage, run, settings)
-    return run_resolved(stage, run, settings, input_table=input_table, shard=shard, chunk_groups=chunk_groups,
-                        overwrite=overwrite, make_generator=make_generator, log=log, after_chunk=after_chunk)
+def run_stage(stage: Stage, run: Path, settings: Any, **options: Any) -> dict:
+    """Run one shard of a stage to completion (or to the first error) and return its manifest: the settings
+    resolved (`resolve_settings`), then `run_resolved` with the options (input_table, shard, make_generator...)."""
+    return run_resolved(stage, run, resolve_settings(stage, run, settings), **options)
 
 
 def resolve_settings(stage: Stage, run: Path, settings: Any) -> Any:
@@ -232,8 +227,7 @@ def run_resolved(stage: Stage, run: Path, settings: Any, *, input_table: pa.Tabl
                  make_generator: Callable[[], Any] | None = None,
                  log: Callable[[str], None] = lambda s: None,
                  after_chunk: Callable[[int], None] | None = None) -> dict:
-    """`run_stage` after `resolve_settings` (a caller that needs the resolved settings first, e.g. to load
-    the model they name, resolves them itself and calls this)."""
+    """`run_stage` with settings already resolved (a caller that needs them first, to load their model)."""
     index, num_shards = shard
     run = Path(run)
     config = resolve_config(stage, run, settings, num_shards, chunk_groups)
