@@ -42,6 +42,8 @@ class StageCommand:
     impl: Callable[..., None]
     open_config: bool  # unknown config keys go to impl as `config_extra` (train's TRL arguments)
     validate_hook: Callable | None = None  # (settings, config_extra): checks beyond the settings' own
+    # (merged values) -> the values the settings check sees, or None where this invocation runs no stage
+    check_values: Callable[[dict], dict | None] | None = None
 
     def known(self) -> set[str]:
         return {f.name for f in dataclasses.fields(self.settings)} | set(self.runtime) | set(self.extra)
@@ -79,10 +81,9 @@ class StageCommand:
             config = load_config_file(config_path) if config_path else {}
             merged, leftover = merge(self, config, flags)
             fields = {f.name for f in dataclasses.fields(self.settings)}
-            if self.name == "eval":  # eval names what it misses itself (--model, --problems, --run or --compare)
-                merged = {**merged, "model": merged.get("model") or "-", "problems": merged.get("problems") or "-"}
-            if self.name != "eval" or not merged.get("compare"):
-                settings = self.settings(**{k: v for k, v in merged.items() if k in fields})
+            values = merged if self.check_values is None else self.check_values(merged)
+            if values is not None:
+                settings = self.settings(**{k: v for k, v in values.items() if k in fields})
                 if self.validate_hook is not None:
                     self.validate_hook(settings, leftover)
             runtime = Runtime(**{k: v for k, v in merged.items() if k in self.runtime})
@@ -170,12 +171,12 @@ def _optional(annotation):
 
 def stage_command(app: typer.Typer, name: str, settings: type, *, runtime: tuple[str, ...] = (),
                   extra: dict[str, Extra] | None = None, open_config: bool = False, run_required: bool = True,
-                  validate: Callable | None = None):
+                  validate: Callable | None = None, check_values: Callable[[dict], dict | None] | None = None):
     """Register `impl(run, settings: dict, runtime: Runtime, **extra)` as `gpo <name>`."""
     extra = extra or {}
 
     def decorator(impl: Callable) -> Callable:
-        command = StageCommand(name, settings, tuple(runtime), extra, impl, open_config, validate)
+        command = StageCommand(name, settings, tuple(runtime), extra, impl, open_config, validate, check_values)
         COMMANDS[name] = command
         hints = typing.get_type_hints(settings)
         params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),

@@ -17,16 +17,6 @@ from stages.core.pipeline.errors import UsageError
 from stages.core.pipeline.settings import GENERATING, NON_GENERATING, Runtime
 
 
-def preflight(model: str, trust_remote_code: bool, problems=None, max_new_tokens: int | None = None) -> None:
-    """The model folder loads (config, tokenizer, weights' headers) and the questions fit its context."""
-    from stages.core.generation.backends import check_fits, preflight_model
-
-    config, tokenizer = preflight_model(model, trust_remote_code)
-    if problems is not None:
-        questions = zip(problems.column("problem_id").to_pylist(), problems.column("question").to_pylist())
-        check_fits(model, config, tokenizer, list(questions), max_new_tokens)
-
-
 def report(manifest: dict) -> None:
     from stages.core.scoring.answers import timeout_summary
     from stages.core.pipeline.progress import truncation_summary
@@ -47,47 +37,37 @@ def report(manifest: dict) -> None:
 
 
 def run_generating(stage, run: Path, settings, rt: Runtime, problems=None) -> dict:
-    """Check, then run a stage that generates: from problems (sample, eval) or from upstream tables."""
-    from stages.core.pipeline import lineage
-    from stages.core.generation.backends import generator_factory
-    from stages.core.pipeline.runner import parse_shard, run_stage
-    from stages.core.generation.sampling import with_policy
+    """Check, then run a stage that generates (stages.core.generation.sampling.run_generating), and report it."""
+    from stages.core.generation import sampling
 
-    shard = parse_shard(rt.shard)
-    if problems is None:
-        lineage.require_fresh(run, stage.input)
-        settings = with_policy(run, settings)  # the policy that sampled, unless --model/--backend/... say otherwise
-    make = generator_factory(settings.backend, settings.model, rt.dtype, rt.device, rt.batch_size,
-                             rt.trust_remote_code, rt.vllm, rt.threads)
-    preflight(settings.model, rt.trust_remote_code, problems, settings.max_new_tokens if problems else None)
-    manifest = run_stage(stage, run, settings, input_table=problems, shard=shard,
-                         chunk_groups=rt.chunk_groups or stage.chunk_groups, overwrite=rt.overwrite, log=log,
-                         make_generator=make)
+    manifest = sampling.run_generating(stage, run, settings, rt, problems, log=log)
     report(manifest)
     return manifest
 
 
-def load(problems: str, checker: str | None, fields=None):
-    from stages.core.sources.problems import Fields, load_problems
+def load(problems: str, checker: str | None, fields):
+    from stages.core.sources.problems import load_problems
 
-    loaded = load_problems(problems, fields or Fields(), checker)
+    loaded = load_problems(problems, fields, checker)
     if loaded.skipped:
         err.print(f"[yellow]skipped rows[/yellow]: {loaded.skipped}")
     return loaded.table
 
 
-def register(app: typer.Typer) -> None:
-    @stage_command(app, "sample", sample.SampleSettings, runtime=GENERATING, extra={
-        "question_field": Extra(str, "question", "Field holding the question (.jsonl/.parquet)."),
-        "answer_field": Extra(str, "answer", "Field holding the gold answer."),
-        "id_field": Extra(str | None, None, "Field holding a stable problem id (else file row)."),
-    })
-    def sample_cmd(run, settings, runtime, question_field, answer_field, id_field):
-        """Sample n trajectories per problem and score them: RUN/sample/*.parquet."""
-        from stages.core.sources.problems import Fields
+def eval_values(values: dict) -> dict | None:
+    """What `gpo eval`'s settings check sees: nothing with --compare (no evaluation runs); otherwise every
+    option but --model and --problems, which eval names itself together with --run."""
+    if values.get("compare"):
+        return None
+    return {**values, "model": values.get("model") or "-", "problems": values.get("problems") or "-"}
 
+
+def register(app: typer.Typer) -> None:
+    @stage_command(app, "sample", sample.SampleSettings, runtime=GENERATING)
+    def sample_cmd(run, settings, runtime):
+        """Sample n trajectories per problem and score them: RUN/sample/*.parquet."""
         s = sample.SampleSettings(**settings)  # everything is checked before the run folder is written
-        problems = load(s.problems, s.checker, Fields(question_field, answer_field, id_field))
+        problems = load(s.problems, s.checker, s.fields)
         run_generating(sample.STAGE, run, s, runtime, problems)
 
     @stage_command(app, "estimate", estimate.EstimateSettings, runtime=GENERATING)
@@ -134,15 +114,16 @@ def register(app: typer.Typer) -> None:
                   f"loss {summary.get('first_loss')} -> {summary.get('last_loss', summary.get('train_loss'))}")
 
     @stage_command(app, "eval", evaluation.EvalSettings, runtime=GENERATING, run_required=False, extra={
-        "k": Extra(str, "1,4,8", "k values for pass@k and maj@k, comma-separated."),
+        "pass_at": Extra(str, "1,4,8", "k values for pass@k and maj@k, comma-separated (was --k, the name "
+                                       "estimate uses for rollouts per state)."),
         "compare": Extra(bool, False, "Compare the finished evaluations given as arguments (RUN/eval_<label> "
                                       "folders; the first is the reference) instead of running one."),
         "folders": Extra(list[Path] | None, None, "With --compare: evaluation folders.", argument=True),
         "probe": Extra(bool, False, "Also teacher-force each problem's gold solution (sources that have one): "
                                     "per line kind, the probability of the gold result token and how often it "
                                     "is the top token (RUN/probe_<label>); --compare then pairs the probes too."),
-    })
-    def eval_cmd(run, settings, runtime, k, compare, folders, probe):
+    }, check_values=eval_values)
+    def eval_cmd(run, settings, runtime, pass_at, compare, folders, probe):
         """Score a model: greedy accuracy, sampled pass@1 with a 95% interval, pass@k and maj@k."""
         from gpo_cli.probe_cmd import compare_probes, run_probe
         from stages.core.method.probe import check_has_gold
@@ -158,16 +139,15 @@ def register(app: typer.Typer) -> None:
         if folders:
             raise UsageError(f"unexpected argument {folders[0]} (did you mean --compare?)")
         if settings.get("model") is None or settings.get("problems") is None or run is None:
-            evaluation.EvalSettings(**{**settings, "problems": "-", "model": "-"})  # the other options first
+            evaluation.EvalSettings(**eval_values(settings))  # the other options first
             raise UsageError("gpo eval needs --model, --problems and --run (or --compare EVAL_DIR ...)")
         try:
-            ks = tuple(int(x) for x in k.split(","))
+            ks = tuple(int(x) for x in pass_at.split(","))
         except ValueError:
-            raise UsageError(f"--k must be comma-separated integers, not {k!r}") from None
+            raise UsageError(f"--pass-at must be comma-separated integers, not {pass_at!r}") from None
         stage = evaluation.make_stage(settings["label"])
-        n = settings["n"] if settings["temperature"] > 0 else 1
-        s = evaluation.EvalSettings(**{**settings, "n": n})
-        problems = load(s.problems, s.checker)
+        s = evaluation.EvalSettings(**settings)
+        problems = load(s.problems, s.checker, s.fields)
         if probe:
             check_has_gold(problems)
         run_generating(stage, run, s, runtime, problems)

@@ -13,7 +13,8 @@ record that `core/pipeline/runner.py` runs; stages import only `stages.core` (ne
                             settings.py (setting(), Runtime), config.py (settings files), errors.py,
                             progress.py, query.py (DuckDB views)
                generation/  backends.py + hf_backend.py + vllm_backend.py on base.py, kv_cache.py, models.py,
-                            prompts.py, sampling.py (the shared sampling policy), teacher_forcing.py
+                            prompts.py, sampling.py (the shared sampling policy, what estimate and
+                            branch inherit from sample, run_generating), teacher_forcing.py
                scoring/     answers.py + math_pool.py on verdicts.py, rewards.py (the online-RL reward)
                sources/     problems.py (load_problems), hf_datasets.py, rg_config.py, toy.py, toy_borrow.py,
                             toy_tasks.py (the toy tasks' interface and ground truth)
@@ -30,5 +31,7 @@ Where to change ...
     a generation backend        core/generation/backends.py (make_generator) + a module beside it,
                                 on core/generation/base.py
     an option's default or help the settings dataclass field (`setting(...)`); the CLI derives the flag
+    the inherited policy        core/generation/sampling.py (InheritedPolicy; with_policy, applied once when
+                                the runner resolves a stage's settings)
     a TRL argument              train/trl_adapter.py (trl_args, method_args)
 """

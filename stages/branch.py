@@ -20,10 +20,9 @@ from stages.core.generation.backends import Request
 from stages.core.pipeline.runner import Context, Stage
 from stages.core.generation.sampling import (
     IDS,
+    InheritedPolicy,
     check_count,
     check_policy,
-    rollout_sampling,
-    sampled_with,
     with_policy,
 )
 from stages.core.pipeline.settings import setting
@@ -58,7 +57,7 @@ CONTINUATION_SCHEMA = pa.schema([
 
 
 @dataclass(frozen=True)
-class BranchSettings:
+class BranchSettings(InheritedPolicy):
     m: int = setting(8, "Branches per reset state (reusing estimate's rollouts there).")
     pairs_per_state: int = setting(1, "Preference pairs built per reset state.")
     prefix: str = setting("in-response", "in-response (authors) or in-prompt (masked).")
@@ -67,12 +66,6 @@ class BranchSettings:
     random_m: int | None = setting(None, "Branches per random reset (default: --m; 0 skips random resets); "
                                          "raise it to match GPO's rollout budget.")
     split: str = setting("auto", "Step rule for random resets, as estimate's --split.")
-    temperature: float | None = setting(None, "Default: the sample stage's.")
-    top_p: float | None = setting(None, "Default: the sample stage's.")
-    max_new_tokens: int | None = setting(None, "Response budget incl. the kept prefix (default: sample's).")
-    seed: int = setting(0, "Seed of this stage's sampling.")
-    model: str | None = setting(None, "Policy model, named as for `gpo sample` (default: the one `sample` used).")
-    backend: str | None = setting(None, "auto, hf or vllm (default: sample's).")
 
     def __post_init__(self):
         validate(self)
@@ -109,7 +102,7 @@ def original_branch(reset: Reset, tok) -> dict:
 def sample_branches(resets: list[Reset], ctx: Context, tag: str, m: int) -> None:
     """Top every reset up to m branches with fresh continuations, in one batch, and score them."""
     s: BranchSettings = ctx.settings
-    sampling = rollout_sampling(s, sampled_with(ctx.run))
+    sampling = s.sampling
     todo = [(r, m - len(r.branches)) for r in resets if len(r.branches) < m]
     if not todo:
         return

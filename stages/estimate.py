@@ -19,9 +19,9 @@ from stages.core.method.estimators import ESTIMATORS, Plan
 from stages.core.pipeline.runner import Context, Stage
 from stages.core.generation.sampling import (
     IDS,
+    InheritedPolicy,
     check_count,
     check_policy,
-    rollout_sampling,
     sampled_with,
     with_policy,
 )
@@ -49,7 +49,7 @@ ROLLOUT_SCHEMA = pa.schema([
 
 
 @dataclass(frozen=True)
-class EstimateSettings:
+class EstimateSettings(InheritedPolicy):
     k: int = setting(4, "Rollouts per state (paper: 4).")
     split: str = setting("auto", "auto (line for the toy tasks, authors otherwise), authors[:min=30,max=30], line, "
                                  "regex:<pattern>, chunk:<n>.")
@@ -62,12 +62,6 @@ class EstimateSettings:
                                        "oracle (K at the known first wrong line only; toy tasks).")
     target: float = setting(0.9, "changepoint estimator: stop once the chosen step's confidence reaches this.")
     budget: int = setting(24, "changepoint estimator: most rollouts per trajectory.")
-    temperature: float | None = setting(None, "Default: the sample stage's.")
-    top_p: float | None = setting(None, "Default: the sample stage's.")
-    max_new_tokens: int | None = setting(None, "Response budget incl. the kept prefix (default: sample's).")
-    seed: int = setting(0, "Seed of this stage's sampling.")
-    model: str | None = setting(None, "Policy model, named as for `gpo sample` (default: the one `sample` used).")
-    backend: str | None = setting(None, "auto, hf or vllm (default: sample's).")
 
     def __post_init__(self):
         validate(self)
@@ -186,7 +180,7 @@ def process(samples: pa.Table, ctx: Context) -> dict[str, pa.Table]:
     s: EstimateSettings = ctx.settings
     rows = sorted(samples.to_pylist(), key=lambda r: (r["problem_id"], r["sample_idx"]))
     trajectories = prepare(rows, ctx)
-    run_rounds(trajectories, ctx, rollout_sampling(s, sampled_with(ctx.run)))
+    run_rounds(trajectories, ctx, s.sampling)
     steps = [row for t in trajectories for row in step_rows(t, s.estimator)]
     rollouts = [r for t in trajectories for r in t.rollouts]
     ctx.stats["trajectories"] += len(trajectories)

@@ -1,7 +1,7 @@
 """Stage `eval`: score a model on a problem set: greedy accuracy, sampled pass@1, maj@k and pass@k.
 
     gpo eval --model runs/toy/train/dpo-gpo/model --problems 'toy:arith?n=200&split=test' --run runs/toy \\
-        --label dpo-gpo --n 8 --temperature 1.0 --k 1,4,8
+        --label dpo-gpo --n 8 --temperature 1.0 --pass-at 1,4,8
     gpo eval --compare runs/toy/eval_base runs/toy/eval_dpo-gpo
 
 Rows (RUN/eval_<label>/*.parquet) are `sample` rows plus `mode` (greedy | sampled) and `label`; the
@@ -33,7 +33,13 @@ class EvalSettings(SampleSettings):
     label: str = setting("eval", "Name of this evaluation inside the run (RUN/eval_<label>).")
     greedy: bool = setting(True, "With temperature > 0, also run one greedy pass.")
     n: int = setting(1, "Samples per problem (temperature > 0).")
-    temperature: float = setting(0.0, "0 = greedy only.")
+    temperature: float = setting(0.0, "0 = greedy only (then one sample per problem, whatever --n says).")
+
+    def __post_init__(self):
+        if not self.temperature > 0:  # greedy: one sample per problem (a bad temperature is refused below)
+            object.__setattr__(self, "n", 1)
+        super().__post_init__()
+
 
 def stage_name(label: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", label):

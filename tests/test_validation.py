@@ -11,7 +11,7 @@ from typer.main import get_command
 from typer.testing import CliRunner
 
 from gpo_cli.main import app
-from stages import branch, estimate, eval as evaluate, locate, sample
+from stages import branch, estimate, eval as evaluate, locate, sample, train
 from stages.core.pipeline.errors import GpoError
 from tests.conftest import TOY_MODEL
 
@@ -143,7 +143,8 @@ def test_settings_validate_for_library_callers_too():
 
 
 SETTINGS = {"sample": sample.SampleSettings, "estimate": estimate.EstimateSettings,
-            "locate": locate.LocateSettings, "branch": branch.BranchSettings, "eval": evaluate.EvalSettings}
+            "locate": locate.LocateSettings, "branch": branch.BranchSettings, "eval": evaluate.EvalSettings,
+            "train": train.TrainSettings}
 NOT_SETTINGS = {"system", "instruction"}  # '' on the command line means None in the settings
 
 

@@ -1,4 +1,5 @@
-"""`gpo train`'s settings: methods, per-method defaults, validation (`resolve`)."""
+"""`gpo train`'s settings: methods, validation (`validate`, run by every TrainSettings), per-method defaults
+(`resolve`)."""
 
 from __future__ import annotations
 
@@ -60,14 +61,12 @@ class TrainSettings:
                                           "appends), drop the pair, or eos (TRL's way). Default: no-eos (dpo, kto), "
                                           "drop (simpo, orpo, whose TRL trainers add EOS inside their tokenizer).")
 
+    def __post_init__(self):
+        validate(self)
 
-def resolve(settings: TrainSettings, trl_args: dict | None = None) -> tuple[TrainSettings, dict]:
-    """Check the settings and fill the per-method defaults; `trl_args` (a config file's keys that are not gpo
-    settings, merged by the CLI in gpo_cli/adapter.py) pass through to the method's TRL config."""
-    s, extra = settings, dict(trl_args or {})
-    clash = sorted(set(extra) & {f.name for f in dataclasses.fields(TrainSettings)})
-    if clash:
-        raise GpoError(f"{', '.join(clash)}: gpo train settings, not TRL arguments; set them on TrainSettings")
+
+def validate(s: TrainSettings) -> None:
+    """The settings' own checks (every TrainSettings runs them, the CLI's and a library caller's)."""
     require(s, "method", "model")
     if s.method not in METHODS:
         raise GpoError(f"--method must be one of {', '.join(METHODS)}, not {s.method!r}")
@@ -85,6 +84,16 @@ def resolve(settings: TrainSettings, trl_args: dict | None = None) -> tuple[Trai
     if s.epochs < 0 or s.max_length < 8 or s.save_steps < 1 or s.num_generations < 2 or s.max_completion_length < 1:
         raise GpoError("--epochs must be at least 0, --max-length 8, --save-steps 1, --num-generations 2 and "
                        "--max-completion-length 1")
+
+
+def resolve(settings: TrainSettings, trl_args: dict | None = None) -> tuple[TrainSettings, dict]:
+    """Fill the per-method defaults (the settings checked themselves when made); `trl_args` (a config file's
+    keys that are not gpo settings, merged by the CLI in gpo_cli/adapter.py) pass through to the method's TRL
+    config."""
+    s, extra = settings, dict(trl_args or {})
+    clash = sorted(set(extra) & {f.name for f in dataclasses.fields(TrainSettings)})
+    if clash:
+        raise GpoError(f"{', '.join(clash)}: gpo train settings, not TRL arguments; set them on TrainSettings")
     lr = DEFAULTS[s.method]["learning_rate"] * (LORA_LR_FACTOR if s.lora_r else 1.0)
     s = dataclasses.replace(s, learning_rate=s.learning_rate if s.learning_rate is not None else lr,
                             beta=s.beta if s.beta is not None else DEFAULTS[s.method]["beta"],

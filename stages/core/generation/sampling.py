@@ -1,6 +1,7 @@
 """Sampling from problems, shared by the `sample` and `eval` stages, and the sampling policy every generating
-stage (sample, estimate, branch, eval) shares: its settings, their checks, and "the policy that sampled"
-for the stages downstream of `sample`.
+stage (sample, estimate, branch, eval) shares: its settings, their checks, "the policy that sampled" for the
+stages downstream of `sample` (`InheritedPolicy`, filled once by `with_policy` when the runner resolves a stage's
+settings), and `run_generating`: a generating stage run as the CLI runs it (policy, model check, generator).
 
 Rows keep the exact prompt and response token ids so later stages cut steps on ids and never re-tokenize.
 """
@@ -11,6 +12,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pyarrow as pa
 
@@ -20,8 +22,9 @@ from stages.core.generation.backends import BACKENDS, Request, Sampling
 from stages.core.pipeline.errors import GpoError
 from stages.core.generation.models import MODEL_HELP
 from stages.core.generation.prompts import DEFAULT_INSTRUCTION, DEFAULT_SYSTEM, build_prompt
-from stages.core.pipeline.runner import Context, check_identity
-from stages.core.pipeline.settings import require, setting
+from stages.core.pipeline.runner import Context, Stage, check_identity, parse_shard, resolve_settings, run_resolved
+from stages.core.pipeline.settings import Runtime, require, setting
+from stages.core.sources.problems import Fields
 from stages.core.pipeline.hashing import stable_seed
 
 IDS = pa.list_(pa.int32())
@@ -54,6 +57,13 @@ class SampleSettings:
     system: str | None = setting(DEFAULT_SYSTEM, "System prompt for chat templates ('' for none).")
     instruction: str | None = setting(DEFAULT_INSTRUCTION, "Appended to the question in chat prompts ('' for none).")
     checker: str | None = setting(None, "numeric, math or choice (default: the source's).")
+    # Where a .jsonl/.parquet file's problem fields are (stages.core.sources.problems.Fields); left out of the
+    # stored settings at their defaults, so runs made before these were settings keep their config hash.
+    question_field: str = setting(Fields.question, "Field holding the question (.jsonl/.parquet).",
+                                  omit_default=True)
+    answer_field: str = setting(Fields.answer, "Field holding the gold answer.", omit_default=True)
+    id_field: str | None = setting(Fields.id, "Field holding a stable problem id (else file row).",
+                                   omit_default=True)
 
     def __post_init__(self):
         for name in ("system", "instruction"):  # '' on the command line means none
@@ -63,6 +73,32 @@ class SampleSettings:
 
     @property
     def sampling(self) -> Sampling:
+        return Sampling(self.temperature, self.top_p, self.max_new_tokens)
+
+    @property
+    def fields(self) -> Fields:
+        return Fields(self.question_field, self.answer_field, self.id_field)
+
+
+@dataclass(frozen=True)
+class InheritedPolicy:
+    """The policy settings estimate and branch share. None means the value `sample` ran with: `with_policy`
+    fills it once, when the runner resolves the stage's settings, so it is stored and hashed with the stage."""
+
+    temperature: float | None = setting(None, "Default: the sample stage's.")
+    top_p: float | None = setting(None, "Default: the sample stage's.")
+    max_new_tokens: int | None = setting(None, "Response budget incl. the kept prefix (default: sample's).")
+    seed: int = setting(0, "Seed of this stage's sampling.")
+    model: str | None = setting(None, "Policy model, named as for `gpo sample` (default: the one `sample` used).")
+    backend: str | None = setting(None, "auto, hf or vllm (default: sample's).")
+
+    @property
+    def sampling(self) -> Sampling:
+        """Sampling for rollouts and branches; the settings must be resolved (`with_policy`) first."""
+        unset = [k for k in ("temperature", "top_p", "max_new_tokens") if getattr(self, k) is None]
+        if unset:
+            raise GpoError(f"{type(self).__name__}: {', '.join(unset)} unset; run the stage with run_stage, "
+                           "which fills them from sample's settings")
         return Sampling(self.temperature, self.top_p, self.max_new_tokens)
 
 
@@ -131,7 +167,8 @@ def validate(s: SampleSettings) -> None:
 
 def with_policy(run: Path, settings):
     """Rollouts and branches come from the policy that sampled: settings left unset (None) take sample's
-    model, backend and sampling values, so they are stored and hashed with the stage that uses them."""
+    model, backend and sampling values, so they are stored and hashed with the stage that uses them.
+    The one place this rule is applied: estimate's and branch's `resolve_settings`, called by the runner."""
     path = layout.config_path(layout.stage_dir(run, "sample"))
     config = artifacts.load_json(path)
     check_identity(config, "sample", path)
@@ -144,8 +181,29 @@ def sampled_with(run: Path) -> dict:
     return artifacts.load_json(layout.config_path(layout.stage_dir(run, "sample")))["settings"]
 
 
-def rollout_sampling(s, base: dict) -> Sampling:
-    """Sampling for rollouts and branches: the stage's own values, else those `sample` ran with (`base`)."""
-    pick = lambda mine, key: base[key] if mine is None else mine  # noqa: E731
-    return Sampling(pick(s.temperature, "temperature"), pick(s.top_p, "top_p"),
-                    pick(s.max_new_tokens, "max_new_tokens"))
+def preflight(model: str, trust_remote_code: bool, problems: pa.Table | None = None,
+              max_new_tokens: int | None = None) -> None:
+    """The model folder loads (config, tokenizer, weights' headers) and the questions fit its context."""
+    from stages.core.generation.backends import check_fits, preflight_model
+
+    config, tokenizer = preflight_model(model, trust_remote_code)
+    if problems is not None:
+        questions = zip(problems.column("problem_id").to_pylist(), problems.column("question").to_pylist())
+        check_fits(model, config, tokenizer, list(questions), max_new_tokens)
+
+
+def run_generating(stage: Stage, run: Path, settings, rt: Runtime, problems: pa.Table | None = None,
+                   log: Callable[[str], None] = lambda s: None) -> dict:
+    """Run one shard of a generating stage, from problems (sample, eval) or from upstream tables (estimate,
+    branch), checking in the order a user sees: the shard, the upstream stages and the inherited policy,
+    the runtime, the model (and that the questions fit it); only then is the stage folder written."""
+    from stages.core.generation.backends import generator_factory
+
+    shard = parse_shard(rt.shard)
+    settings = resolve_settings(stage, run, settings)  # estimate, branch: the policy that sampled, unless set
+    make = generator_factory(settings.backend, settings.model, rt.dtype, rt.device, rt.batch_size,
+                             rt.trust_remote_code, rt.vllm, rt.threads)
+    preflight(settings.model, rt.trust_remote_code, problems, settings.max_new_tokens if problems else None)
+    return run_resolved(stage, run, settings, input_table=problems, shard=shard,
+                        chunk_groups=rt.chunk_groups or stage.chunk_groups, overwrite=rt.overwrite, log=log,
+                        make_generator=make)

@@ -6,7 +6,6 @@ stages/core/pipeline/layout.py's; docs/artifacts.md describes it.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal
@@ -22,6 +21,7 @@ import pyarrow as pa
 
 from stages.core.pipeline import artifacts, layout, lineage
 from stages.core.pipeline.errors import GpoError, Preempted, UsageError
+from stages.core.pipeline.settings import stored
 
 SCHEMA_VERSION = 1
 
@@ -125,7 +125,7 @@ def resolve_config(stage: Stage, run: Path, settings: Any, num_shards: int, chun
     body = {
         "stage": stage.name,
         "schema_version": SCHEMA_VERSION,
-        "settings": dataclasses.asdict(settings),
+        "settings": stored(settings),
         "chunk_groups": chunk_groups,
         "inputs": inputs,  # lineage: what this stage was built on (see stages/core/pipeline/lineage.py)
     }
@@ -198,19 +198,30 @@ def sigterm_stops_work() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def run_stage(stage: Stage, run: Path, settings: Any, *, input_table: pa.Table | None = None,
-              shard: tuple[int, int] = (0, 1), chunk_groups: int = 16, overwrite: bool = False,
-              make_generator: Callable[[], Any] | None = None,
-              log: Callable[[str], None] = lambda s: None,
-              after_chunk: Callable[[int], None] | None = None) -> dict:
-    """Run one shard of a stage to completion (or to the first error) and return its manifest."""
-    index, num_shards = shard
+def run_stage(stage: Stage, run: Path, settings: Any, **options: Any) -> dict:
+    """Run one shard of a stage to completion (or to the first error) and return its manifest: the settings
+    resolved (`resolve_settings`), then `run_resolved` with the options (input_table, shard, make_generator...)."""
+    return run_resolved(stage, run, resolve_settings(stage, run, settings), **options)
+
+
+def resolve_settings(stage: Stage, run: Path, settings: Any) -> Any:
+    """The settings the stage runs with, once its upstream stage is finished, fresh and intact: what the
+    stage fills from upstream (estimate, branch: the policy that sampled) is filled here, and only here."""
     run = Path(run)
     if stage.input is not None:
         lineage.require_fresh(run, stage.input)
         artifacts.verify_stage(run, stage.input)
-    if stage.resolve_settings is not None:
-        settings = stage.resolve_settings(run, settings)
+    return stage.resolve_settings(run, settings) if stage.resolve_settings is not None else settings
+
+
+def run_resolved(stage: Stage, run: Path, settings: Any, *, input_table: pa.Table | None = None,
+                 shard: tuple[int, int] = (0, 1), chunk_groups: int = 16, overwrite: bool = False,
+                 make_generator: Callable[[], Any] | None = None,
+                 log: Callable[[str], None] = lambda s: None,
+                 after_chunk: Callable[[int], None] | None = None) -> dict:
+    """`run_stage` with settings already resolved (a caller that needs them first, to load their model)."""
+    index, num_shards = shard
+    run = Path(run)
     config = resolve_config(stage, run, settings, num_shards, chunk_groups)
     out = prepare_stage_dir(stage, run, config, overwrite)
     artifacts.remove_stale_temp_files(out)  # any kind, left by a writer on this host that was killed

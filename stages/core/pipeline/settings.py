@@ -14,11 +14,24 @@ from dataclasses import MISSING, dataclass
 from stages.core.pipeline.errors import GpoError
 
 
-def setting(default=MISSING, help: str = "", *, flag: str | None = None):
-    """A dataclass field with its help text (and, rarely, a flag name other than --field-name)."""
-    metadata = {"help": help, **({"flag": flag} if flag else {})}
+def setting(default=MISSING, help: str = "", *, flag: str | None = None, omit_default: bool = False):
+    """A dataclass field with its help text (and, rarely, a flag name other than --field-name).
+
+    `omit_default`: left out of the stored settings (config.json and its hash) while at its default, for a
+    field added after runs were made: those runs keep their hash, so they still count as finished."""
+    metadata = {"help": help, **({"flag": flag} if flag else {}), **({"omit_default": True} if omit_default else {})}
     return dataclasses.field(metadata=metadata) if default is MISSING else dataclasses.field(default=default,
                                                                                              metadata=metadata)
+
+
+def stored(settings) -> dict:
+    """The settings as a stage stores and hashes them (config.json): every field, except an `omit_default`
+    field at its default."""
+    values = dataclasses.asdict(settings)
+    for f in dataclasses.fields(settings):
+        if f.metadata.get("omit_default") and values[f.name] == f.default:
+            del values[f.name]
+    return values
 
 
 def require(settings, *names: str) -> None:
