@@ -127,7 +127,7 @@ def online_trainer(s, config, tok, dataset, callbacks: list, peft_config):
     return trainer, reward.close
 
 
-def no_eos_on_truncated(Trainer):
+def no_eos_on_truncated(Trainer: Any):
     """TRL's DPO/KTO trainer, but a response flagged `<side>_truncated` loses the EOS TRL appended to it.
 
     TRL 1.16 appends EOS to every response text before tokenizing, with no option to skip it; the flags
@@ -150,7 +150,7 @@ def no_eos_on_truncated(Trainer):
     return NoEosOnTruncated
 
 
-def counting_pairs(Trainer):
+def counting_pairs(Trainer: Any):
     """TRL's DPO trainer, logging `pairs`: the pairs presented since the previous log row (with gpo's
     logging_steps=1, those of that optimizer step), summed over ranks and micro-batches, read from each batch
     (TRL's preference collator stacks chosen over rejected), never the planned batch size."""
