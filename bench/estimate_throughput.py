@@ -59,7 +59,8 @@ def build_workload(args, run: Path) -> dict:
         "--batch-size", args.batch_size, *(["--threads", args.threads] if args.threads else []))
     rows = artifacts.read_table(run, "sample").to_pylist()
     tok = load_tokenizer(args.model)
-    states, trajectory_tokens, failed, splitters = [], 0, 0, {}
+    states, trajectory_tokens, failed = [], 0, 0
+    splitters: dict = {}
     for row in rows:
         if row["reward"] == 1:
             continue
@@ -115,9 +116,11 @@ def run_backend(work: dict, k: int, variant: str, batch_size: int, threads: int)
     import random
 
     from stages.core.generation.backends import Request, Sampling
+    from stages.core.generation.base import Generator
     from stages.core.pipeline.hashing import stable_seed
 
     backend, _, order = variant.partition("-")
+    gen: Generator
     if backend == "hf":
         from stages.core.generation.hf_backend import HFGenerator
 

@@ -111,7 +111,7 @@ def label(c: dict) -> str:
     return f"{c['estimator']} K={c['k']}{extra} | {c['rule']}"
 
 
-def evaluate(trajectories: list[dict], config: dict) -> dict:
+def evaluate(trajectories: list[dict], config: dict) -> tuple[dict, dict]:
     hits, near, located, tokens, rollouts = {}, 0, 0, {}, 0
     cache: dict = {}
     for t in trajectories:

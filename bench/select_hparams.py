@@ -73,6 +73,7 @@ def select(task: str, quick: bool, work: Path, lrs, betas, valid_problems: int, 
         gpo(f"eval {label}", "eval", "--model", path, "--problems", valid, "--run", work / "valid", "--label", label,
             "--n", plan.eval_n, "--temperature", 1.0, *tokens)
         summary = evaluation.write_summary(work / "valid", label, (1,))
+        assert summary is not None  # the eval above finished
         return next(iter(summary["modes"]["sampled"].values()))["pass@1"]
 
     base = score("base", model)

@@ -133,7 +133,7 @@ def per_problem(run: Path, label: str, mode: str) -> dict[str, float]:
 def accuracy(run: Path, labels: list[str]) -> dict:
     from stages.core.method.values import problem_mean_ci
 
-    result = {}
+    result: dict = {}
     for label in labels:
         result[label] = {}
         for mode, answers, truncated in sql(

@@ -151,7 +151,7 @@ def coerce(name: str, value, hint):
             return float(value)
         if kind in (str, Path) and isinstance(value, (str, int, float)) and not isinstance(value, bool) \
                 and "\0" not in str(value):  # a NUL byte is no name or text a setting takes (pathlib raises)
-            return kind(value) if kind is Path else str(value)
+            return Path(str(value)) if kind is Path else str(value)
         if typing.get_origin(kind) is list and isinstance(value, list):
             return [str(v) for v in value]
     wanted = " or ".join(getattr(k, "__name__", str(k)) for k in options if k is not type(None))
@@ -208,7 +208,8 @@ def stage_command(app: typer.Typer, name: str, settings: type, *, runtime: tuple
                 raise UsageError("missing --run (give it as a flag or in --config)")
             command.call(Path(run) if run is not None else None, flags, config)
 
-        callback.__signature__ = inspect.Signature(params)
+        # typer reads the options from __signature__, which typeshed does not declare on functions
+        callback.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
         callback.__doc__ = impl.__doc__
         callback.__name__ = name
         callback.__annotations__ = {p.name: p.annotation for p in params}

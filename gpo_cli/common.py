@@ -88,13 +88,14 @@ class OneLineUsageErrors(typer.core.TyperGroup):
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
 
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, windows_expand_args=True,
+             **extra):
         from typer._click import exceptions as click  # the click that typer vendors and raises
 
         if not standalone_mode:
-            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+            return super().main(args, prog_name, complete_var, standalone_mode, windows_expand_args, **extra)
         try:
-            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            code = super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
         except click.UsageError as e:
             where = e.ctx.command_path if e.ctx is not None else "gpo"
             err.print(f"[bold red]error:[/bold red] {where}: {escape(e.format_message())} "

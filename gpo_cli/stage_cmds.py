@@ -59,6 +59,10 @@ def eval_values(values: dict) -> dict | None:
     option but --model and --problems, which eval names itself together with --run."""
     if values.get("compare"):
         return None
+    return _model_and_problems_later(values)
+
+
+def _model_and_problems_later(values: dict) -> dict:
     return {**values, "model": values.get("model") or "-", "problems": values.get("problems") or "-"}
 
 
@@ -139,7 +143,7 @@ def register(app: typer.Typer) -> None:
         if folders:
             raise UsageError(f"unexpected argument {folders[0]} (did you mean --compare?)")
         if settings.get("model") is None or settings.get("problems") is None or run is None:
-            evaluation.EvalSettings(**eval_values(settings))  # the other options first
+            evaluation.EvalSettings(**_model_and_problems_later(settings))  # the other options first
             raise UsageError("gpo eval needs --model, --problems and --run (or --compare EVAL_DIR ...)")
         try:
             ks = tuple(int(x) for x in pass_at.split(","))

@@ -180,7 +180,8 @@ def whole_trajectory_pairs(samples: list[dict], s: BranchSettings) -> list[dict]
 
 def random_resets(sample_rows: list[dict], s: BranchSettings, tok) -> list[Reset]:
     """Satori-style baseline: reset each failed trajectory at a uniformly random step (seeded)."""
-    resets, splitters = [], {}
+    resets: list[Reset] = []
+    splitters: dict = {}
     for row in sample_rows:
         if row["reward"] == 1:
             continue
@@ -270,7 +271,8 @@ def process(located_table: pa.Table, ctx: Context) -> dict[str, pa.Table]:
     sample_rows = sorted(ctx.read("sample", groups).to_pylist(), key=lambda r: (r["problem_id"], r["sample_idx"]))
     samples = {(r["problem_id"], r["sample_idx"]): r for r in sample_rows}
     located = sorted(located_table.to_pylist(), key=lambda r: (r["problem_id"], r["sample_idx"]))
-    resets, pairs = gpo_resets(located, samples, ctx, tok), []
+    resets = gpo_resets(located, samples, ctx, tok)
+    pairs: list[dict] = []
     if s.baseline:
         random_sets, pairs = baseline_data(sample_rows, ctx, tok)
         resets += random_sets

@@ -59,7 +59,7 @@ def locate_one(steps: list[dict], sample: dict, s: LocateSettings) -> dict:
                 if steps else None)
     m = critical.step if critical else None
     reason = critical.reason if critical else "no_steps"
-    if m is not None and critical.confidence is not None and critical.confidence < s.min_confidence:
+    if m is not None and critical and critical.confidence is not None and critical.confidence < s.min_confidence:
         m, reason = None, "low_confidence"
     row = {"problem_id": sample["problem_id"], "sample_idx": sample["sample_idx"], "rule": s.rule,
            "critical_step": m, "reason": reason, "confidence": critical.confidence if critical else None,

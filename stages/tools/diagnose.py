@@ -86,7 +86,8 @@ def load_run(run: Path) -> dict:
     run = Path(run)
     if not run.is_dir():
         raise GpoError(f"run directory {run} does not exist")
-    tables = {name: _read(run, name) for name in ("sample", "estimate", "locate", "rollouts", "branch")}
+    tables: dict[str, list | None] = {name: _read(run, name)
+                                      for name in ("sample", "estimate", "locate", "rollouts", "branch")}
     if not tables["sample"]:
         raise GpoError(f"{run} has no sample table: run `gpo sample --run {run}` first")
     tables["incomplete"] = [s for s in ("sample", "estimate", "locate", "branch")
@@ -133,7 +134,7 @@ def repeatability(units: list[tuple[str, int, int]], permutations: int = PERMUTA
     units = sorted(u for group in per_problem.values() if len(group) >= 2 for u in group)
     values = [u[2] for u in units]
     matches, pairs = _pair_counts(units, values)
-    result = {"units": len(units), "problems": len({u[0] for u in units}), "pairs": pairs, "matches": matches,
+    result: dict = {"units": len(units), "problems": len({u[0] for u in units}), "pairs": pairs, "matches": matches,
               "share": _share(matches, pairs), "permutations": permutations, "null_mean": None,
               "null_sd": None, "null_low": None, "null_high": None, "ratio": None, "p_value": None}
     if not pairs or permutations < 1:
@@ -279,7 +280,7 @@ def pair_divergence(run: Path, tables: dict | None = None) -> list[dict]:
     of divergence is compared with the rejected response's first wrong line where the task knows it."""
     tables = tables if tables is not None else load_run(run)
     pairs = tables.get("branch") or []
-    problems = {}
+    problems: dict = {}
     for r in tables["sample"]:
         problems.setdefault(r["problem_id"], r)
     by_data: dict = {}

@@ -245,7 +245,7 @@ def _llamafactory(r: _Run, out: Path, data: str, rules: Rules) -> list[Path]:
     pair_name, kto_name = folder.llamafactory_names(data)
     alpaca = {"prompt": "instruction", "query": "input", "system": "system"}
     pair_columns = {**alpaca, "chosen": "chosen", "rejected": "rejected"}
-    entries = {pair_name: ({"ranking": True, "columns": pair_columns}, pairwise),
+    entries: dict[str, tuple[dict, list]] = {pair_name: ({"ranking": True, "columns": pair_columns}, pairwise),
                kto_name: ({"columns": {**alpaca, "response": "output", "kto_tag": "kto_tag"}}, kto)}
     paths = []
     for name, (attrs, records) in entries.items():

@@ -218,7 +218,7 @@ def cost(stages: list[tuple[str, float, float, float]]) -> bytes:
     for ax, col, title, color in ((axes[0, 0], 1, "generated tokens", BLUE),
                                   (axes[0, 1], 2, "rollouts + branches sampled", "#e08a2c"),
                                   (axes[0, 2], 3, "wall seconds (sum over shards)", GREY)):
-        vals = [s[col] or 0 for s in stages]
+        vals = [float(s[col] or 0) for s in stages]
         ax.barh(range(len(names)), vals, color=color, height=0.6)
         top = max(vals) if vals and max(vals) > 0 else 1
         for i, v in enumerate(vals):

@@ -15,6 +15,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
@@ -26,7 +27,7 @@ from stages.core.sources.toy_tasks import ToyTask, get
 
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
 # The arguments each shipped model was built with (`gpo toy build --task NAME`); see its README.
-BUILDS = {
+BUILDS: dict[str, dict[str, Any]] = {  # build_toy_model's keywords per task
     "arith": {"steps": 3000, "lr": 1e-3, "batch_size": 64, "warmup": 100},
     "borrow": {"steps": 2400, "lr": 1e-3, "batch_size": 32, "warmup": 100},
 }

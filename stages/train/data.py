@@ -6,10 +6,14 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from stages.core.pipeline import artifacts
 from stages.core.pipeline.errors import GpoError
 from stages.train.settings import ONLINE, TrainSettings
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 
 def select_rows(run: Path, table: str, data: str) -> list[dict]:
@@ -35,7 +39,7 @@ PAIR_KEYS = ("pair_id", "prompt", "chosen", "rejected")
 UNPAIRED_KEYS = ("pair_id", "prompt", "completion", "label")
 
 
-def trainable(rows: list[dict], table: str, truncated: str, dedup: bool, data: str) -> tuple[list[dict], dict]:
+def trainable(rows: list[dict], table: str, truncated: str | None, dedup: bool, data: str) -> tuple[list[dict], dict]:
     """The rows of table `branch` (pairs) or `unpaired` that training learns from under --truncated and
     --dedup, and what was left out. One rule for `gpo train` and `gpo export`."""
     unpaired = table == "unpaired"
@@ -155,7 +159,7 @@ def online_rows(run: Path, data: str, tok) -> tuple[list[dict], dict, dict]:
     return examples, inputs, checks
 
 
-def load_rows(run: Path, s: TrainSettings, tok) -> tuple[object, dict, dict]:
+def load_rows(run: Path, s: TrainSettings, tok) -> tuple[Dataset, dict, dict]:
     """The training dataset, its input fingerprint and the tokenization checks."""
     from datasets import Dataset
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from typing import Any
 
 from stages.core.pipeline.errors import GpoError
 from stages.train.settings import ONLINE, TrainSettings
@@ -22,6 +23,7 @@ def trl_args(s: TrainSettings, extra: dict, out: Path) -> dict:
     import torch
 
     cuda = torch.cuda.is_available()
+    args: dict[str, Any]  # TrainingArguments' keywords, of every type
     args = dict(output_dir=str(out / "checkpoints"), learning_rate=s.learning_rate, num_train_epochs=s.epochs,
                 max_steps=s.max_steps, per_device_train_batch_size=s.batch_size,
                 gradient_accumulation_steps=s.grad_accum, save_strategy="steps", save_steps=s.save_steps,
@@ -62,6 +64,7 @@ def method_args(s: TrainSettings) -> dict:
     if s.method == "dpo":  # several loss types ("sigmoid,sft") are combined by TRL
         return {"loss_type": [t.strip() for t in s.loss_type.split(",")], "max_length": s.max_length}
     if s.method == "simpo":  # cpo_alpha 0: no NLL term, i.e. SimPO proper
+        assert s.beta is not None  # settings.resolve filled in the method's default
         return {"loss_type": "simpo", "cpo_alpha": 0.0, "simpo_gamma": s.beta / 2, "max_length": s.max_length}
     own_loss = {"loss_type": s.loss_type} if s.loss_type != "sigmoid" else {}
     if s.method in ONLINE:
@@ -124,7 +127,7 @@ def online_trainer(s, config, tok, dataset, callbacks: list, peft_config):
     return trainer, reward.close
 
 
-def no_eos_on_truncated(Trainer):
+def no_eos_on_truncated(Trainer: Any):
     """TRL's DPO/KTO trainer, but a response flagged `<side>_truncated` loses the EOS TRL appended to it.
 
     TRL 1.16 appends EOS to every response text before tokenizing, with no option to skip it; the flags
@@ -147,7 +150,7 @@ def no_eos_on_truncated(Trainer):
     return NoEosOnTruncated
 
 
-def counting_pairs(Trainer):
+def counting_pairs(Trainer: Any):
     """TRL's DPO trainer, logging `pairs`: the pairs presented since the previous log row (with gpo's
     logging_steps=1, those of that optimizer step), summed over ranks and micro-batches, read from each batch
     (TRL's preference collator stacks chosen over rejected), never the planned batch size."""

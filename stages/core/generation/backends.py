@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from stages.core.pipeline.errors import GpoError, UsageError
 from stages.core.generation.base import (  # noqa: F401  (part of this module's interface: re-exported)
@@ -111,7 +111,7 @@ def context_length(config) -> int | None:
     return None
 
 
-def check_fits(model: str, config, tokenizer, questions: list[tuple[str, str]], max_new_tokens: int) -> None:
+def check_fits(model: str, config, tokenizer, questions: list[tuple[str, str]], max_new_tokens: int | None) -> None:
     """Every question must fit the model's context window (a 2 MB line is refused here, not by an 800 GB
     allocation); a response budget that runs past the window is only warned about (RoPE models go on)."""
     import logging
@@ -132,7 +132,7 @@ def check_fits(model: str, config, tokenizer, questions: list[tuple[str, str]], 
         if tokens >= context:
             raise GpoError(f"problem {problem_id}: its question is {tokens} tokens, longer than {model}'s "
                            f"context of {context} tokens")
-    if longest + max_new_tokens > context:
+    if max_new_tokens is not None and longest + max_new_tokens > context:
         logging.getLogger("gpo").warning(
             f"warning: the longest question ({longest} tokens) plus --max-new-tokens {max_new_tokens} exceeds "
             f"{model}'s context of {context} tokens")
@@ -159,7 +159,7 @@ def _preflight_gguf(ref, base):
 class FakeGenerator:
     """A scripted generator for tests: respond(prompt_ids, seed) -> text, tokenized by the real tokenizer."""
 
-    tokenizer: object
+    tokenizer: Any  # a transformers tokenizer
     respond: Callable[[tuple[int, ...], int], str]
     stats: dict = field(default_factory=dict)
     calls: int = 0
@@ -251,8 +251,9 @@ def make_generator(backend: str, model: str, *, dtype: str = "auto", device: str
 
 
 # vLLM engine settings `--vllm KEY=VALUE` may set, with their types.
-VLLM_KEYS = {"tensor_parallel_size": int, "gpu_memory_utilization": float, "max_model_len": int,
-             "max_num_seqs": int, "enforce_eager": lambda v: v.lower() in ("1", "true", "yes"), "seed": int}
+VLLM_KEYS: dict[str, Callable[[str], Any]] = {
+    "tensor_parallel_size": int, "gpu_memory_utilization": float, "max_model_len": int, "max_num_seqs": int,
+    "enforce_eager": lambda v: v.lower() in ("1", "true", "yes"), "seed": int}
 
 
 def parse_vllm_options(items: list[str] | None) -> dict:

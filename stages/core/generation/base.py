@@ -39,7 +39,9 @@ class Sampling:
 
 class Generator(Protocol):
     tokenizer: object
-    stats: dict
+
+    @property
+    def stats(self) -> dict: ...  # read-only here, so a generator may keep a Counter
 
     def generate(self, requests: list[Request], sampling: Sampling) -> list[list[Completion]]: ...
 

@@ -83,7 +83,8 @@ class HFGenerator:
         return results
 
     def _batches(self, requests: list[Request]):
-        batch, seqs = [], 0
+        batch: list[Request] = []
+        seqs = 0
         for req in requests:
             if batch and seqs + req.n > self.batch_size:
                 yield batch
@@ -148,8 +149,8 @@ class HFGenerator:
             self._growing(cache).batch_select_indices(index)  # share each prompt's prefill across its n samples
             logits, mask, next_pos = logits[index], mask[index], next_pos[index]
             gens = [torch.Generator().manual_seed(stable_seed(r.seed, j)) for r in reqs for j in range(r.n)]
-            tokens = [[] for _ in owner]
-            logps = [[] for _ in owner]
+            tokens: list[list[int]] = [[] for _ in owner]
+            logps: list[list[float]] = [[] for _ in owner]
             finish = ["length"] * len(owner)
             alive = list(range(len(owner)))
             limits = [reqs[i].max_new_tokens or sampling.max_new_tokens for i in owner]
@@ -205,7 +206,8 @@ class HFGenerator:
         for s_, i in enumerate(owner):
             if s_ == 0 or owner[s_ - 1] != i:
                 first_row[i] = s_
-        tokens, logps = [[] for _ in owner], [[] for _ in owner]
+        tokens: list[list[int]] = [[] for _ in owner]
+        logps: list[list[float]] = [[] for _ in owner]
         finish = ["length"] * len(owner)
         limits = [reqs[i].max_new_tokens or sampling.max_new_tokens for i in owner]
         gens = [torch.Generator().manual_seed(stable_seed(r.seed, j)) for r in reqs for j in range(r.n)]
@@ -217,7 +219,8 @@ class HFGenerator:
         with torch.inference_mode():
             while pending or alive:
                 live = [r for r, s_ in enumerate(alive) if s_ >= 0]
-                free, taken, rows_taken = self.batch_size - len(live), [], 0
+                taken: list[list[int]] = []
+                free, rows_taken = self.batch_size - len(live), 0
                 while pending and (rows_taken + _rows(reqs, pending[0]) <= free or not (live or taken)):
                     taken.append(pending.popleft())  # (a unit larger than the batch runs alone, as before)
                     rows_taken += _rows(reqs, taken[-1])

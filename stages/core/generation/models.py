@@ -43,7 +43,7 @@ class ModelRef:
 
     def provenance(self) -> dict:
         """What the name resolved to, for manifests: a rerun on another cache state is visibly different."""
-        out = {"given": self.given, "kind": self.kind, "path": self.path}
+        out: dict = {"given": self.given, "kind": self.kind, "path": self.path}
         if self.gguf_file:
             out["gguf_file"] = self.gguf_file
         if self.revision:
@@ -153,6 +153,7 @@ def _resolve_hub(given: str, depth: int) -> ModelRef:
 def tokenizer_ref(ref: ModelRef) -> ModelRef:
     """An adapter saved without a tokenizer uses its base's."""
     while ref.kind == "adapter" and not any((Path(ref.path) / f).exists() for f in TOKENIZER_FILES):
+        assert ref.base is not None  # resolve_model gives every adapter its base
         ref = ref.base
     return ref
 
@@ -160,6 +161,7 @@ def tokenizer_ref(ref: ModelRef) -> ModelRef:
 def weights_ref(ref: ModelRef) -> ModelRef:
     """The plain model under any adapters (the one whose config and weights describe the architecture)."""
     while ref.kind == "adapter":
+        assert ref.base is not None  # resolve_model gives every adapter its base
         ref = ref.base
     return ref
 
@@ -189,6 +191,7 @@ def load_causal_lm(ref: ModelRef, dtype, trust_remote_code: bool = False):
     if ref.kind == "adapter":
         from peft import PeftModel
 
+        assert ref.base is not None
         base = load_causal_lm(ref.base, dtype, trust_remote_code)
         return PeftModel.from_pretrained(base, ref.path).merge_and_unload()
     if ref.kind == "gguf":

@@ -95,11 +95,12 @@ class InheritedPolicy:
     @property
     def sampling(self) -> Sampling:
         """Sampling for rollouts and branches; the settings must be resolved (`with_policy`) first."""
-        unset = [k for k in ("temperature", "top_p", "max_new_tokens") if getattr(self, k) is None]
-        if unset:
+        temperature, top_p, max_new_tokens = self.temperature, self.top_p, self.max_new_tokens
+        if temperature is None or top_p is None or max_new_tokens is None:
+            unset = [k for k in ("temperature", "top_p", "max_new_tokens") if getattr(self, k) is None]
             raise GpoError(f"{type(self).__name__}: {', '.join(unset)} unset; run the stage with run_stage, "
                            "which fills them from sample's settings")
-        return Sampling(self.temperature, self.top_p, self.max_new_tokens)
+        return Sampling(temperature, top_p, max_new_tokens)
 
 
 def sample_rows(problems: pa.Table, ctx: Context, s: SampleSettings) -> pa.Table:

@@ -56,8 +56,9 @@ class Plan:
         if self.estimator == "changepoint":
             return self._changepoint_wants()
         if self.estimator == "oracle":
-            ok = self.truth is not None and 0 <= self.truth < self.num_states
-            return [(self.truth, self.k - self.n[self.truth])] if ok and self.n[self.truth] < self.k else []
+            t = self.truth
+            ok = t is not None and 0 <= t < self.num_states and self.n[t] < self.k
+            return [(t, self.k - self.n[t])] if ok and t is not None else []
         raise ValueError(f"unknown estimator {self.estimator!r} (choose {', '.join(ESTIMATORS)})")
 
     def _adaptive_need(self, i: int) -> int:
@@ -75,7 +76,7 @@ class Plan:
             picks = [(self.lo + self.hi) // 2]
         else:  # phase 2: refine where the posterior is least sure, until the confidence target
             cp = change_point(list(zip(self.correct, self.n)), self.reward)
-            if cp.step is not None and cp.confidence >= self.target:
+            if cp.step is not None and cp.confidence is not None and cp.confidence >= self.target:
                 return []
             picks = self._least_certain(cp.posterior)
         return [(i, extra) for i, extra in zip(picks, self._shares(left, len(picks))) if extra > 0]
@@ -119,8 +120,7 @@ class Plan:
             elif i >= self.hi:  # right of the change: equal to the reward by the bisection's assumption
                 result.append((float(self.reward), "filled"))
             else:  # left of the change: the nearest probed value to the right (values are monotone in between)
-                right = next((observed[j] for j in range(i + 1, self.num_states) if observed[j] is not None),
-                             float(self.reward))
+                right = next((o for o in observed[i + 1:] if o is not None), float(self.reward))
                 result.append((right, "filled"))
         result.append((float(self.reward), "reward"))
         return result

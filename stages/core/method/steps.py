@@ -48,7 +48,7 @@ class Step:
 
 
 class Splitter(Protocol):
-    name: str
+    name: ClassVar[str]
 
     def split(self, token_ids: list[int], pieces: list[str]) -> list[Step]: ...
 
@@ -253,7 +253,7 @@ def _make_authors(spec: str, tokenizer: Any, opts: dict[str, int]) -> AuthorsSpl
     ids = authors_boundary_ids(tokenizer)
     if not ids:
         raise ValueError(f"splitter {spec!r}: the tokenizer has no single-token newline; use line or regex")
-    return AuthorsSplitter(ids, min_tokens=opts.get("min", 30), max_steps=opts.get("max", 30))
+    return AuthorsSplitter(frozenset(ids), min_tokens=opts.get("min", 30), max_steps=opts.get("max", 30))
 
 
 def _parse_options(spec: str, arg: str, allowed: set[str]) -> dict[str, int]:

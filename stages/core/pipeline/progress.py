@@ -15,7 +15,10 @@ import os
 import re
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 DEFAULT_EVERY_S = 30.0
 _quiet = False  # --quiet: set once per command by the CLI (stages.core.pipeline.settings.Runtime.quiet)
@@ -98,7 +101,8 @@ class Reporter:
         self.note = ""
         self.started: float | None = None
         self._last_line, self._last_text = 0.0, ""
-        self._bar = self._task = None
+        self._bar: Progress | None = None
+        self._task: TaskID | None = None
 
     # --- what the callers say
     def start(self, total: int = 0, done: int = 0) -> None:
@@ -193,7 +197,7 @@ class Reporter:
     def _show(self) -> None:
         if self.every is None:
             return
-        if self._bar is not None:
+        if self._bar is not None and self._task is not None:
             self._bar.update(self._task, completed=self.done, total=self.total or None, info=self.info())
             return
         now = time.monotonic()

@@ -293,6 +293,7 @@ def _run_shard(stage: Stage, run: Path, out: Path, settings: Any, config: dict, 
     index, num_shards = shard
     manifest_path = layout.manifest_path(out, index)
     if input_table is None:
+        assert stage.input is not None  # a stage without one (sample, eval) is handed its problems
         input_table = artifacts.read_table(run, stage.input)
     groups = shard_groups(input_table.column(stage.group_column).to_pylist(), index, num_shards)
     chunks = [groups[k:k + chunk_groups] for k in range(0, len(groups), chunk_groups)]
@@ -347,7 +348,8 @@ def _run_chunk(stage: Stage, out: Path, ctx: Context, rows: pa.Table, k: int, nu
 
 def build_manifest(stage: Stage, out: Path, config: dict, index: int, num_shards: int,
                    num_chunks: int, started: float, ctx: Context) -> dict:
-    files, stats, rows, seconds, cpu = [], Counter(), 0, 0.0, 0.0
+    files, rows, seconds, cpu = [], 0, 0.0, 0.0
+    stats: Counter[str] = Counter()
     for name in stage.outputs:
         folder = out if name == stage.name else out / name
         for k in range(num_chunks):

@@ -23,6 +23,7 @@ import weakref
 from collections import deque
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
+from typing import cast
 
 from stages.core.scoring.verdicts import (
     Verdict,
@@ -118,7 +119,7 @@ class _Worker:
                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         self.conn = Connection(parent.detach())
         try:
-            self.ps = psutil.Process(self.proc.pid)
+            self.ps: psutil.Process | None = psutil.Process(self.proc.pid)
         except psutil.Error:  # already gone: wait() sees EOF on its socket
             self.ps = None
         self.ready = False
@@ -142,6 +143,8 @@ class _Worker:
         """User + system CPU seconds of the worker process so far; None once it is gone."""
         import psutil
 
+        if self.ps is None:
+            return None
         try:
             times = self.ps.cpu_times()
         except (psutil.Error, AttributeError):
@@ -234,7 +237,7 @@ class MathChecker(_Closable):
             # Wake when a budget could run out at the earliest, and at least each second to read CPU times.
             wait_s = min(1.0, max(0.02, min(w.wall_bound() for w in busy.values())))
             for conn in wait(list(busy), timeout=wait_s):
-                self._receive(busy[conn], results, queue)
+                self._receive(busy[cast(Connection, conn)], results, queue)
             now = time.monotonic()
             for slot, worker in enumerate(self._workers):
                 if worker.pending and worker.overrun(now):

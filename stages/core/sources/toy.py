@@ -109,7 +109,8 @@ def toy_problems(n: int, seed: int, split: str) -> list[dict]:
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    rng, seen, out = _rng_for(seed, split), set(), []
+    rng, seen = _rng_for(seed, split), set()
+    out: list[dict] = []
     while len(out) < n:
         start, ops = _random_chain(rng)
         question = _question_text(start, ops)

@@ -120,7 +120,8 @@ def problems(n: int, seed: int, split: str, after: str = "sub") -> list[dict]:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if after not in AFTER:
         raise ValueError(f"after must be one of {AFTER}, got {after!r}")
-    rng, seen, out = _rng_for(seed, split, after), set(), []
+    rng, seen = _rng_for(seed, split, after), set()
+    out: list[dict] = []
     while len(out) < n:
         chain = _random_chain(rng, after)
         if chain is None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from stages.tools.demo.arms import ARMS, BASELINE, GPO_ARMS, PAPER, arm_data, by_name, sampled_label
 from stages.core.pipeline import artifacts, layout
+from stages.core.pipeline.errors import GpoError
 
 PRIMARY_KIND = "trap-hard"  # the probe's kind in the primary comparison (toy:borrow's decisive line)
 RESOLVE = 0.02  # the 95% half-width the test set should reach on a paired difference
@@ -113,13 +114,21 @@ def differences(labels: list[str], greedy: dict, sampled: dict, probes: dict) ->
     return rows
 
 
-def collect(plan, data: dict, labels: list[str], root: Path, timings, wall: float) -> dict:
+def _summary(run: Path, label: str, ks: tuple[int, ...]) -> dict:
     from stages import eval as evaluation
+
+    summary = evaluation.write_summary(run, label, ks)
+    if summary is None:  # the demo runs every evaluation before it collects them
+        raise GpoError(f"evaluation {label} has not finished")
+    return summary
+
+
+def collect(plan, data: dict, labels: list[str], root: Path, timings, wall: float) -> dict:
     from stages.core.method import probe
 
     run = root / PAPER  # every evaluation lives in the paper arm's run
-    greedy = {label: evaluation.write_summary(run, label, (1,)) for label in labels}
-    sampled = {label: evaluation.write_summary(run, sampled_label(label), (1, 4)) for label in labels}
+    greedy = {label: _summary(run, label, (1,)) for label in labels}
+    sampled = {label: _summary(run, sampled_label(label), (1, 4)) for label in labels}
     probes = {label: probe.load_summary(run / probe.stage_name(label)) for label in labels}
     first = lambda modes, mode: next(iter(modes[mode].values()))  # noqa: E731  (one source per evaluation)
     accuracy = {label: {"greedy": first(greedy[label]["modes"], "greedy"),
