@@ -17,13 +17,13 @@ import pytest
 
 from stages.core.pipeline import artifacts
 from stages.core.pipeline.query import run_query
-from tests.conftest import TOY_MODEL
+from tests.helpers import TOY_MODEL
 from tests.helpers import stall_env, wait_for_stall
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not (TOY_MODEL / "config.json").exists(), reason="data/toy-model not built")]
 GPO = [sys.executable, "-m", "gpo_cli.main"]
-SOURCE = "toy:arith?n=16&seed=3&split=train"
+SOURCE = "toy:arith?n=8&seed=3&split=train"  # 4 chunks of 2 problems
 COMMANDS = {
     "sample": ["sample", "--problems", SOURCE, "--model", str(TOY_MODEL), "--n", "4", "--max-new-tokens", "48",
                "--backend", "hf", "--chunk-groups", "2"],
@@ -51,12 +51,15 @@ def windows(stage: str) -> list[str]:
     """Moments between durable writes (each a temp file renamed into place) where a kill can land: before
     chunk 1's primary file is renamed (chunk 0 done, chunk 1's other tables done: the primary, renamed last,
     marks a chunk done); before its first other table (estimate: nothing of chunk 1; branch: half of its
-    tables); every chunk written but no shard manifest; the manifest written but no _SUCCESS."""
+    tables); every chunk written but no shard manifest; the manifest written but no _SUCCESS.
+
+    The four kinds of window are the runner's, shared by every stage: each kind is hit in at least one stage
+    and each stage is killed at least once (six kills; every window of every stage would be fourteen)."""
     chunk = "shard-00000.chunk-00001.parquet"
-    points = [f"before:*/{stage}/{chunk}"]
-    if len(TABLES[stage]) > 1:  # the other tables are renamed last to first
-        points.append(f"before:*/{stage}/{TABLES[stage][1]}/{chunk}")
-    return [*points, f"before:*/{stage}/_shards/00000.json", f"before:*/{stage}/_SUCCESS"]
+    primary, manifest, success = (f"before:*/{stage}/{name}" for name in (chunk, "_shards/00000.json", "_SUCCESS"))
+    other = f"before:*/{stage}/{TABLES[stage][1]}/{chunk}" if len(TABLES[stage]) > 1 else None
+    chosen = {"sample": [primary, success], "estimate": [other], "locate": [manifest], "branch": [other, primary]}
+    return chosen[stage]
 
 
 def rows(run: Path, table: str) -> list:

@@ -20,15 +20,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TOY_MODEL
+from tests.helpers import REPO, TOY_MODEL
 from stages.tools import slurm
 from stages.core.pipeline import artifacts
 from stages.core.pipeline.errors import GpoError
 from stages.core.pipeline.query import stage_status
 
 GPO = str(Path(sys.executable).parent / "gpo")
-PROBLEMS = "toy:arith?n=12&seed=0&split=train"
-SHARDS = 3
+PROBLEMS = "toy:arith?n=6&seed=0&split=train"  # 3 problems (chunks) per shard; shard 1 is killed after one
+SHARDS = 2
 TIMEOUT_S = 420
 
 
@@ -251,7 +251,7 @@ def test_array_chain_of_shell_commands(cluster, tmp_path):
 
 @pytest.fixture(scope="module")
 def cluster_run(cluster, tmp_path_factory):
-    """Case 1: sample -> estimate -> locate -> branch as 3-task arrays chained with afterok."""
+    """Case 1: sample -> estimate -> locate -> branch as SHARDS-task arrays chained with afterok."""
     _need_toy_model()
     run = tmp_path_factory.mktemp("cluster") / "run"
     options = slurm.SlurmOptions(cpus_per_task=1, mem="2G", venv=sys.prefix, workdir=str(REPO))
