@@ -54,7 +54,8 @@ def compare(a: Path, b: Path) -> list[str]:
         if name.endswith(".parquet"):
             x, y = parquet_rows(fa[name], ra), parquet_rows(fb[name], rb)
         else:
-            x, y = (scrub(json.loads(fa[name].read_text()), ra),), (scrub(json.loads(fb[name].read_text()), rb),)
+            x, y = ([json.dumps(scrub(json.loads(f[name].read_text()), r), sort_keys=True)]
+                    for f, r in ((fa, ra), (fb, rb)))
         if x != y:
             diffs.append(f"differs: {name} ({sum(u != v for u, v in zip(x, y)) + abs(len(x) - len(y))} rows)")
     print(f"{len(fa.keys() & fb.keys())} files in both, {len(diffs)} differences")
