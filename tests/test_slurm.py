@@ -190,13 +190,14 @@ def _logs(run: Path) -> str:
 
 
 def commands(run: Path, stages=("sample", "estimate", "locate", "branch"), estimate_prefix=(GPO,)) -> dict:
-    # --chunk-groups 1 everywhere: one problem per generate batch, whatever the sharding.
+    # --chunk-groups 1 everywhere: one problem per generate batch, whatever the sharding; one torch thread here
+    # and on the cluster (the default follows the load; the tables are compared token for token).
     argv = {
         "sample": [GPO, "sample", "--problems", PROBLEMS, "--model", os.path.relpath(TOY_MODEL, REPO),
-                   "--n", "2", "--max-new-tokens", "48", "--backend", "hf", "--device", "cpu"],
-        "estimate": [*estimate_prefix, "estimate", "--k", "2"],
+                   "--n", "2", "--max-new-tokens", "48", "--backend", "hf", "--device", "cpu", "--threads", "1"],
+        "estimate": [*estimate_prefix, "estimate", "--k", "2", "--threads", "1"],
         "locate": [GPO, "locate"],
-        "branch": [GPO, "branch", "--m", "2"],
+        "branch": [GPO, "branch", "--m", "2", "--threads", "1"],
     }
     return {s: [*argv[s], "--run", str(run), "--chunk-groups", "1"] for s in stages}
 
