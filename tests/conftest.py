@@ -1,15 +1,19 @@
-"""Shared fixtures: the toy tokenizer and a scripted toy policy whose critical step is known by construction."""
+"""Shared fixtures (helpers, which are not fixtures, live in tests/helpers.py): the toy tokenizer, the scripted
+toy policy's generator, one finished toy run (read it; copy it with toy_run_copy to change it), and the tiny
+Llama the train tests fine-tune."""
 
 from __future__ import annotations
 
-import re
+import shutil
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-TOY_MODEL = REPO / "data" / "toy-model"
-_LINE = re.compile(r"([a-z]): (-?\d+) ([+-]) (\d+) = (-?\d+)")
+from tests.helpers import BAD, GOOD, PROBLEMS, build_tokenizer, prompt_text, run_chain, toy_policy, write_run
+
+# The one finished run most tests read: sample -> estimate -> locate -> branch (with the baseline and
+# random-reset arms) on the scripted toy policy; these settings are what its tests assert.
+TOY_RUN = dict(n_problems=6, n=4, k=16, m=8, baseline=True)
 
 
 @pytest.fixture(scope="session")
@@ -17,40 +21,6 @@ def toy_tokenizer():
     from stages.tools.toy_build import build_toy_tokenizer
 
     return build_toy_tokenizer()
-
-
-def parse_question(question: str) -> tuple[int, list[tuple[str, str, int]]]:
-    words = question.split()
-    start = int(words[1])
-    ops = [(words[i][0], words[i + 1], int(words[i + 2])) for i in range(2, len(words), 3)]
-    return start, ops
-
-
-def hard_line(ops) -> int:
-    return len(ops) // 2
-
-
-def toy_policy(tokenizer, flip=lambda seed: seed % 2 == 1):
-    """Correct everywhere except the hard line (len(ops) // 2), wrong there when flip(seed): by
-    construction V(s_i) is about 1/2 up to the hard line and 0 after a wrong one, so the critical step
-    of every failed trajectory is the hard line."""
-    def respond(prompt_ids, seed: int) -> str:
-        text = tokenizer.decode(list(prompt_ids), skip_special_tokens=True)
-        question, _, done = text.partition("\n")
-        start, ops = parse_question(question)
-        done_lines = [line for line in done.split("\n") if line]
-        value = int(_LINE.fullmatch(done_lines[-1]).group(5)) if done_lines else start
-        lines = []
-        for i in range(len(done_lines), len(ops)):
-            label, op, digit = ops[i]
-            result = value + digit if op == "+" else value - digit
-            if i == hard_line(ops) and flip(seed):
-                result += 1
-            lines.append(f"{label}: {value} {op} {digit} = {result}")
-            value = result
-        lines.append(f"answer: {value}")
-        return "\n".join(lines)
-    return respond
 
 
 @pytest.fixture
@@ -62,12 +32,92 @@ def fake_generator(toy_tokenizer):
     return make
 
 
-def gpo(*args) -> str:
-    """Run a `gpo` command in-process as a user would; fail the test with its output if it fails."""
-    from typer.testing import CliRunner
+class RunPath(type(Path())):  # type: ignore[misc]
+    """A run folder that also carries the generator and problems it was built with, to run stages again."""
+    gen: object
+    problems: object
 
-    from gpo_cli.main import app
 
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result.output
+@pytest.fixture(scope="session")
+def toy_run(tmp_path_factory, toy_tokenizer) -> RunPath:
+    """The finished toy run: read it, never change it (toy_run_copy is the one to change)."""
+    from stages.core.generation.backends import FakeGenerator
+    from stages.core.sources.problems import load_problems
+
+    path = RunPath(tmp_path_factory.mktemp("toy_run") / "run")
+    path.gen = run_chain(path, lambda: FakeGenerator(toy_tokenizer, toy_policy(toy_tokenizer)), **TOY_RUN)
+    path.problems = load_problems(f"toy:arith?n={TOY_RUN['n_problems']}&seed=0&split=train").table
+    return path
+
+
+@pytest.fixture
+def toy_run_copy(toy_run, tmp_path, fake_generator) -> RunPath:
+    """A private copy of the finished toy run, to rerun, overwrite or damage, with a fresh generator of the
+    same policy (a generator counts what it generated)."""
+    path = RunPath(tmp_path / "run")
+    shutil.copytree(toy_run, path)
+    path.gen, path.problems = fake_generator(), toy_run.problems
+    return path
+
+
+@pytest.fixture(scope="session")
+def base_model(tmp_path_factory) -> Path:
+    """A tiny Llama taught, by one second of SFT, to answer 7 or 9 about half the time each."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    path = tmp_path_factory.mktemp("model")
+    tok = build_tokenizer()
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, head_dim=32, max_position_embeddings=64,
+                         tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    texts = [prompt_text(a, b) + answer for a, b in PROBLEMS for answer in (GOOD, BAD)]
+    ids = [tok(t).input_ids + [tok.eos_token_id] for t in texts]
+    batch = torch.tensor(ids)  # all the same length
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(40):
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory, base_model) -> Path:
+    from transformers import AutoTokenizer
+
+    return write_run(tmp_path_factory.mktemp("run"), AutoTokenizer.from_pretrained(base_model))
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    """Looks like a model folder (config and tokenizer files) without being loaded by these tests."""
+    d = tmp_path / "model"
+    d.mkdir()
+    (d / "config.json").write_text("{}")
+    (d / "tokenizer.json").write_text("{}")
+    return d
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory) -> tuple[Path, str]:
+    """SmolLM2-135M-Instruct converted once for the session by `gpo smollm2`, run as a logged job runs it
+    (stderr a pipe, tqdm not silenced): the model folder and what the conversion wrote to stderr."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    model = tmp_path_factory.mktemp("smollm2") / "model"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("TQDM_DISABLE", None)
+    out = subprocess.run([sys.executable, "-m", "gpo_cli.main", "smollm2", "--out", str(model)],
+                         capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert out.returncode == 0, out.stderr
+    return model, out.stderr

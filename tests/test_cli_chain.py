@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 from gpo_cli.main import app
 from stages.core.pipeline import artifacts
 from stages.core.pipeline.query import run_query
-from tests.conftest import TOY_MODEL, gpo
+from tests.helpers import TOY_MODEL, gpo
 
 pytestmark = pytest.mark.skipif(not (TOY_MODEL / "config.json").exists(), reason="data/toy-model not built")
 runner = CliRunner()

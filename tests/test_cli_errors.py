@@ -6,31 +6,11 @@ import pytest
 from typer.testing import CliRunner
 
 from gpo_cli.main import app
+from tests.helpers import fails_cleanly
 
 runner = CliRunner()
 COMMANDS = ["sample", "estimate", "locate", "branch", "train", "eval", "export", "status", "sql", "show",
             "report", "demo", "slurm", "smollm2", "toy", "diagnose"]
-
-
-@pytest.fixture
-def model_dir(tmp_path):
-    """Looks like a model folder (config and tokenizer files) without being loaded by these tests."""
-    d = tmp_path / "model"
-    d.mkdir()
-    (d / "config.json").write_text("{}")
-    (d / "tokenizer.json").write_text("{}")
-    return d
-
-
-def fails_cleanly(args, match: str):
-    result = runner.invoke(app, [str(a) for a in args])
-    text = result.output
-    assert result.exit_code != 0, text
-    assert "Traceback" not in text, text
-    assert match.lower() in text.lower(), text
-    error_lines = [line for line in text.splitlines() if line.startswith("error:")]
-    assert len(error_lines) == 1, text
-    return result
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -5,10 +5,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from gpo_cli.main import app
 from stages.core.pipeline import artifacts
 from stages.core.pipeline.errors import GpoError
-from tests.conftest import TOY_MODEL, gpo
+from tests.helpers import TOY_MODEL, gpo, refused
 
 pytestmark = pytest.mark.skipif(not (TOY_MODEL / "config.json").exists(), reason="data/toy-model not built")
 runner = CliRunner()
@@ -17,13 +16,6 @@ SOURCE = "toy:arith?n=6&seed=3&split=train"
 
 def settings(run, stage="sample") -> dict:
     return artifacts.load_json(run / stage / "config.json")["settings"]
-
-
-def refused(args, match):
-    result = runner.invoke(app, [str(a) for a in args])
-    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert result.exit_code != 0 and len(errors) == 1 and match in errors[0], result.output
-    assert "Traceback" not in result.output
 
 
 @pytest.mark.parametrize("suffix, text", [

@@ -7,7 +7,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from stages.tools.demo.plan import CHOICE, PLANS
+from stages.tools.demo.plan import CHOICE, PLANS, DemoPlan
 from stages.tools.demo.arms import GPO_ARMS, NAMES
 from gpo_cli.main import app
 from stages.core.sources.toy_tasks import TASKS
@@ -18,11 +18,17 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not (TASKS["arith"].model_dir / "config.json").exists(), reason="no toy model")]
 
 
-def test_quick_demo_trains_every_arm_on_full_batches_and_names_its_primary_comparison(tmp_path):
+# The quick demo's plan at the smallest size that still gives every arm a full batch: the whole experiment
+# (`gpo demo --quick`, minutes) belongs to the README and bench/, its properties to this test.
+SMALL = DemoPlan("arith", train_problems=16, test_problems=8, greedy_problems=16, eval_n=2, steps=2)
+
+
+def test_quick_demo_trains_every_arm_on_full_batches_and_names_its_primary_comparison(tmp_path, monkeypatch):
+    monkeypatch.setitem(PLANS, ("arith", True), SMALL)
     result = CliRunner().invoke(app, ["demo", "--task", "arith", "--quick", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "summary.json").read_text())
-    plan = PLANS[("arith", True)]
+    plan = SMALL
     assert set(summary["training"]) == set(NAMES)
     chosen = json.loads(CHOICE.read_text())["chosen"]
     for arm, t in summary["training"].items():  # equal steps, every step a full batch, read from the metrics
@@ -66,12 +72,13 @@ def test_quick_demo_trains_every_arm_on_full_batches_and_names_its_primary_compa
 def test_hyperparameter_selection_never_reads_the_test_split(tmp_path):
     out = tmp_path / "choice.json"
     subprocess.run([sys.executable, str(REPO / "bench" / "select_hparams.py"), "--task", "arith", "--quick",
-                    "--work", str(tmp_path / "work"), "--arms", "same-samples", "--lrs", "3e-5", "--betas", "0.1,0.3",
+                    "--work", str(tmp_path / "work"), "--arms", "same-samples", "--lrs", "3e-5", "--betas", "0.3",
                     "--train-problems", "8", "--valid-problems", "8", "--out", str(out)],
                    check=True, cwd=tmp_path, capture_output=True)
     result = json.loads(out.read_text())
-    assert len(result["grid"]) == 2 and set(result["chosen"]) == {"same-samples"}
-    assert result["chosen"]["same-samples"]["beta"] in (0.1, 0.3)
+    assert len(result["grid"]) == 1 and set(result["chosen"]) == {"same-samples"}  # one cell: the procedure,
+    assert (result["chosen"]["same-samples"]["learning_rate"], result["chosen"]["same-samples"]["beta"]) == (
+        3e-5, 0.3)  # not a search (bench/select_hparams.py runs the grid)
     configs = [json.loads(p.read_text()) for p in (tmp_path / "work").rglob("config.json")]
     sources = [c["settings"].get("problems") for c in configs if "stage" in c]  # not the models' own configs
     sources = [s for s in sources if s]

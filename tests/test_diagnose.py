@@ -10,14 +10,12 @@ from typer.testing import CliRunner
 
 from stages.tools.diagnose_headline import headline
 from gpo_cli.main import app
-from stages import branch, estimate, locate, sample
+from stages import branch, locate
 from stages.core.pipeline import artifacts
-from stages.core.pipeline.runner import run_stage
 from stages.core.generation.sampling import SAMPLE_SCHEMA
-from stages.core.sources.problems import load_problems
 from stages.core.sources.toy import toy_problems
 from stages.tools import diagnose
-from tests.conftest import gpo, parse_question
+from tests.helpers import gpo, parse_question, run_chain
 
 NUM_STEPS = 8
 
@@ -136,16 +134,8 @@ def trap_policy(tokenizer):
     return respond
 
 
-def run_chain(run, gen, n_problems=24, stages=4):
-    problems = load_problems(f"toy:arith?n={n_problems}&seed=0&split=train").table
-    for stage, settings in [
-        (sample.STAGE, sample.SampleSettings(problems="toy", model="fake", n=6, max_new_tokens=64)),
-        (estimate.STAGE, estimate.EstimateSettings(estimator="full", k=16)),
-        (locate.STAGE, locate.LocateSettings()),
-        (branch.STAGE, branch.BranchSettings(m=4, baseline=True)),
-    ][:stages]:
-        run_stage(stage, run, settings, make_generator=lambda: gen,
-                  input_table=problems if stage is sample.STAGE else None, chunk_groups=8)
+def trap_run(run, make, stages=4):
+    run_chain(run, make, n_problems=24, n=6, k=16, m=4, baseline=True, rule=None, chunk_groups=8, stages=stages)
     return run
 
 
@@ -153,7 +143,7 @@ def test_real_chain_with_problem_specific_traps_is_repeatable_and_pairs_diverge_
         tmp_path, toy_tokenizer):
     from stages.core.generation.backends import FakeGenerator
 
-    run = run_chain(tmp_path / "trap", FakeGenerator(toy_tokenizer, trap_policy(toy_tokenizer)))
+    run = trap_run(tmp_path / "trap", lambda: FakeGenerator(toy_tokenizer, trap_policy(toy_tokenizer)))
     s = diagnose.diagnose(run, permutations=50)
     assert s["verdict"].startswith("first wrong lines are repeatable") and s["verdict"].endswith("(ground truth)")
     # one correct text: all failures of a problem share the prefix up to the slip, hence its rollouts
@@ -196,7 +186,7 @@ def test_real_chain_with_problem_specific_traps_is_repeatable_and_pairs_diverge_
 def test_a_sample_only_toy_run_is_judged_on_its_first_wrong_lines(tmp_path, toy_tokenizer):
     from stages.core.generation.backends import FakeGenerator
 
-    run = run_chain(tmp_path, FakeGenerator(toy_tokenizer, trap_policy(toy_tokenizer)), stages=1)
+    run = trap_run(tmp_path, lambda: FakeGenerator(toy_tokenizer, trap_policy(toy_tokenizer)), stages=1)
     s = diagnose.diagnose(run, permutations=50)
     assert s["repeatability_critical_step"] is None and s["critical_steps"] is None and s["pairs"] is None
     assert s["repeatability_first_wrong_line"]["share"] == 1.0
@@ -205,7 +195,7 @@ def test_a_sample_only_toy_run_is_judged_on_its_first_wrong_lines(tmp_path, toy_
 
 
 def test_real_chain_with_the_hard_line_fixed_by_length_repeats_by_position(tmp_path, fake_generator):
-    s = diagnose.diagnose(run_chain(tmp_path, fake_generator()), permutations=50)
+    s = diagnose.diagnose(trap_run(tmp_path, fake_generator), permutations=50)
     rep = s["repeatability_critical_step"]
     assert rep["share"] == 1.0 == rep["null_mean"]
     assert s["verdict"].startswith("first wrong lines repeat, but by position alone")

@@ -27,8 +27,7 @@ from stages.core.pipeline.errors import GpoError
 from stages.core.generation.prompts import DEFAULT_INSTRUCTION, DEFAULT_SYSTEM
 from stages.tools.export import CONTINUE_NOTE, export
 from stages.train.data import trainable
-from tests.conftest import gpo, toy_policy
-from tests.test_stages import run_chain
+from tests.helpers import gpo, run_chain, toy_policy
 
 datasets = pytest.importorskip("datasets")
 
@@ -163,12 +162,11 @@ def test_trl_cli_scripts_train_on_the_exported_folder(chat_run, chat_tokenizer, 
     assert (tmp_path / "out" / "model.safetensors").exists()
 
 
-def test_plain_runs_export_the_exact_plain_text(tmp_path, fake_generator):
+def test_plain_runs_export_the_exact_plain_text(tmp_path, toy_run):
     from trl.data_utils import is_conversational
 
-    run_chain(tmp_path / "run", fake_generator)
-    export(tmp_path / "run", "trl", tmp_path / "trl")
-    pairs = {p["pair_id"]: p for p in artifacts.read_table(tmp_path / "run", "branch").to_pylist()}
+    export(toy_run, "trl", tmp_path / "trl")
+    pairs = {p["pair_id"]: p for p in artifacts.read_table(toy_run, "branch").to_pylist()}
     pref = load(tmp_path / "trl" / "preference")
     assert not is_conversational(pref[0])
     for row in pref:

@@ -9,7 +9,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 def test_hf_backend_on_cuda_matches_cpu_greedy():
     from stages.core.generation.backends import Request, Sampling
     from stages.core.generation.hf_backend import HFGenerator
-    from tests.conftest import TOY_MODEL
+    from tests.helpers import TOY_MODEL
 
     cpu = HFGenerator(str(TOY_MODEL), dtype="fp32", device="cpu")
     gpu = HFGenerator(str(TOY_MODEL), dtype="fp32", device="cuda")

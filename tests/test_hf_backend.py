@@ -8,7 +8,7 @@ import pytest
 from stages.core.generation.backends import Request, Sampling
 from stages.core.pipeline.hashing import stable_seed
 from stages.core.generation.hf_backend import HFGenerator, grouped_order, prefix_groups
-from tests.conftest import TOY_MODEL
+from tests.helpers import TOY_MODEL
 
 
 def test_prefix_groups_put_each_prompt_under_a_longest_extension():

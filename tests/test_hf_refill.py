@@ -8,7 +8,7 @@ import pytest
 from stages.core.generation.backends import Request, Sampling
 from stages.core.generation.hf_backend import HFGenerator
 from stages.core.pipeline.hashing import stable_seed
-from tests.conftest import TOY_MODEL
+from tests.helpers import TOY_MODEL
 
 pytestmark = pytest.mark.skipif(not (TOY_MODEL / "config.json").exists(), reason="data/toy-model not built")
 

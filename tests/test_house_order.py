@@ -164,3 +164,44 @@ def test_paths_made_from_a_module_s_own_file_point_into_the_repository():
 
     assert DATA == ROOT / "data"
     assert CHOICE == ROOT / "bench" / "results" / "select_hparams.json"
+
+
+def imported_names(path: Path) -> set[str]:
+    """Every module an `import` or `from ... import` statement in the file names, as written."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module)
+    return found
+
+
+def test_no_test_imports_another_test_module_or_conftest():
+    """Shared helpers live in tests/helpers.py, fixtures in tests/conftest.py: a test module imported by
+    another runs its module-level code twice (pytest imports conftest under its own name) and hides where
+    a fixture comes from."""
+    bad = {}
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        found = {m for m in imported_names(path)
+                 if m.split(".")[-1] == "conftest" or m.split(".")[-1].startswith("test_")}
+        if found:
+            bad[path.name] = sorted(found)
+    assert not bad, f"import these from tests/helpers.py (or use a conftest fixture): {bad}"
+    assert "tests.helpers" in imported_names(ROOT / "tests" / "conftest.py")  # the check sees imports at all
+
+
+def test_the_docs_name_tests_that_exist():
+    """docs/guarantees.md backs each line with a test by name: a renamed or removed test must not leave a
+    guarantee pointing at nothing."""
+    defined = {path.name: {n.name for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.FunctionDef)}
+               for path in (ROOT / "tests").glob("test_*.py")}
+    cited, missing = 0, []
+    for doc in [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "bench").glob("*.md")]:
+        for match in re.finditer(r"tests/(test_\w+\.py)((?:(?:`?,\s*`)?::\w+)*)", doc.read_text()):
+            module, tests = match.group(1), re.findall(r"::(\w+)", match.group(2))
+            cited += len(tests)
+            missing += [f"{doc.name}: {module}::{t}" for t in tests if t not in defined.get(module, ())]
+            if module not in defined:
+                missing.append(f"{doc.name}: {module}")
+    assert cited > 10 and not missing, missing

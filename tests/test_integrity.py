@@ -23,14 +23,12 @@ from stages.core.generation import sampling
 from stages.core.pipeline.errors import GpoError
 from stages.core.pipeline.query import run_query, stage_status, views_sql
 from stages.core.pipeline.runner import run_stage, shard_lock
-from stages.core.sources.problems import load_problems
 
 runner = CliRunner()
 SAMPLE = sample.SampleSettings(problems="toy", model="fake", n=4, max_new_tokens=64)
-
-
-class RunPath(type(Path())):
-    """The run folder, carrying the fixture's problems and generator."""
+# the settings conftest's toy_run was made with (tests/helpers.py run_chain with TOY_RUN)
+LOCATE, BRANCH = locate.LocateSettings(rule="abs-advantage"), branch.BranchSettings(m=8, baseline=True)
+ESTIMATE = estimate.EstimateSettings(estimator="full", k=16)
 
 
 def run(path, stage, settings, gen, problems=None, **kw):
@@ -38,17 +36,9 @@ def run(path, stage, settings, gen, problems=None, **kw):
 
 
 @pytest.fixture
-def chain(tmp_path, fake_generator):
-    """A finished sample -> estimate -> locate -> branch run on the scripted toy policy (seconds)."""
-    gen = fake_generator()
-    problems = load_problems("toy:arith?n=6&seed=0&split=train").table
-    run(tmp_path, sample.STAGE, SAMPLE, gen, problems)
-    run(tmp_path, estimate.STAGE, estimate.EstimateSettings(estimator="full", k=4), gen)
-    run(tmp_path, locate.STAGE, locate.LocateSettings(), gen)
-    run(tmp_path, branch.STAGE, branch.BranchSettings(m=4), gen)
-    path = RunPath(tmp_path)
-    path.problems, path.gen = problems, gen
-    return path
+def chain(toy_run_copy):
+    """A private copy of the finished toy run (conftest's TOY_RUN), with its generator and problems."""
+    return toy_run_copy
 
 
 def cli(*args):
@@ -130,7 +120,7 @@ def test_temp_files_left_by_a_kill_are_removed_on_the_next_run_of_that_shard(cha
     other = chain / "estimate" / ".tmp-shard-00001.chunk-00000.parquet.99999@elsewhere"
     for path in [*left, other]:
         path.write_bytes(b"partial")
-    run(chain, estimate.STAGE, estimate.EstimateSettings(estimator="full", k=4), chain.gen)
+    run(chain, estimate.STAGE, ESTIMATE, chain.gen)
     assert not any(p.exists() for p in left) and other.exists()
 
 
@@ -159,7 +149,7 @@ def test_a_dead_writer_s_temp_files_of_every_kind_are_removed_and_a_live_one_s_k
     live, kept = leave_temp_files([out / "config.json", out / "_shards" / "00001.json"], 120)
     try:
         assert all(p.exists() for p in [*left, *kept])
-        run(chain, estimate.STAGE, estimate.EstimateSettings(estimator="full", k=4), chain.gen)
+        run(chain, estimate.STAGE, ESTIMATE, chain.gen)
         assert not [p for p in [*left, legacy] if p.exists()]
         assert all(p.exists() for p in kept) and live.poll() is None
     finally:
@@ -185,7 +175,7 @@ def test_a_manifest_listing_a_file_outside_its_stage_is_refused_by_every_reader(
     assert "s3cr3t" not in result.output
     one_error(cli("sql", chain, "--views"), "outside")
     with pytest.raises(GpoError, match="outside"):
-        run(chain, locate.STAGE, locate.LocateSettings(), chain.gen)
+        run(chain, locate.STAGE, LOCATE, chain.gen)
     with pytest.raises(GpoError, match="outside"):
         run(chain, branch.STAGE, branch.BranchSettings(m=5), chain.gen, overwrite=True)
 
@@ -205,11 +195,11 @@ def test_stale_downstream_is_refused_naming_the_stage_and_the_command(chain):
                      "branch": ("estimate", "sample changed after estimate ran")}
     assert "stale" in cli("status", chain).output
     # redoing the chain in order clears it
-    run(chain, estimate.STAGE, estimate.EstimateSettings(estimator="full", k=4), chain.gen, overwrite=True)
+    run(chain, estimate.STAGE, ESTIMATE, chain.gen, overwrite=True)
     with pytest.raises(GpoError, match="stage 'locate' is stale"):
-        run(chain, branch.STAGE, branch.BranchSettings(m=4), chain.gen)
-    run(chain, locate.STAGE, locate.LocateSettings(), chain.gen, overwrite=True)
-    run(chain, branch.STAGE, branch.BranchSettings(m=4), chain.gen, overwrite=True)
+        run(chain, branch.STAGE, BRANCH, chain.gen)
+    run(chain, locate.STAGE, LOCATE, chain.gen, overwrite=True)
+    run(chain, branch.STAGE, BRANCH, chain.gen, overwrite=True)
     assert all(r["stale"] is None for r in stage_status(chain))
 
 
@@ -271,8 +261,8 @@ def test_the_policy_is_resolved_from_sample_and_a_different_model_is_refused(cha
     config = artifacts.load_json(chain / "estimate" / "config.json")["settings"]
     assert {k: config[k] for k in sampling.POLICY} == {"model": "fake", "backend": "auto", "temperature": 1.0,
                                                      "top_p": 1.0, "max_new_tokens": 64}
-    for settings in (estimate.EstimateSettings(estimator="full", k=4, model="other-model"),
-                     estimate.EstimateSettings(estimator="full", k=4, top_p=0.5)):
+    for settings in (estimate.EstimateSettings(estimator="full", k=16, model="other-model"),
+                     estimate.EstimateSettings(estimator="full", k=16, top_p=0.5)):
         with pytest.raises(GpoError, match="different settings"):
             run(chain, estimate.STAGE, settings, chain.gen)
     assert artifacts.load_json(chain / "branch" / "config.json")["settings"]["model"] == "fake"

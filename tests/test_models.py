@@ -16,7 +16,7 @@ from gpo_cli.main import app
 from stages.core.pipeline.errors import GpoError
 from stages.core.generation.models import plain_folder, resolve_model
 
-from tests.conftest import TOY_MODEL
+from tests.helpers import TOY_MODEL
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 runner = CliRunner()

@@ -15,7 +15,7 @@ from stages.core.pipeline.errors import GpoError
 from stages.core.pipeline.runner import run_stage
 from stages.core.pipeline.settings import Runtime, stored
 from stages.core.sources.problems import load_problems
-from tests.test_validation import refused
+from tests.helpers import refused
 
 SOURCE = "toy:arith?n=4&seed=0&split=train"
 SAMPLED = {"temperature": 0.8, "top_p": 0.9, "max_new_tokens": 64}

@@ -17,8 +17,7 @@ from stages.core.pipeline import artifacts, progress
 from stages.core.generation.backends import FakeGenerator
 from stages.core.pipeline.runner import run_stage
 from stages.core.sources.problems import load_problems
-from tests.conftest import REPO, TOY_MODEL, gpo
-from tests.test_train import base_model, quiet, run_dir, settings  # noqa: F401 - fixtures reused
+from tests.helpers import REPO, TOY_MODEL, gpo, quiet, rambling_policy, train_settings
 
 PROBLEMS = "toy:arith?n=4&seed=0&split=train"
 LINE = re.compile(r"^sample chunk (\d+)/(\d+): (\d+)/(\d+) sequences \(\d+%\)", re.M)
@@ -56,8 +55,6 @@ def test_a_generous_budget_shows_no_truncation_and_no_warning(tmp_path, monkeypa
 
 def test_every_generating_stage_counts_generated_and_cut_sequences(tmp_path, toy_tokenizer):
     """Counted once, in the generator the stages see: estimate's shared rollouts are not generated."""
-    from tests.test_truncated import rambling_policy
-
     gen = FakeGenerator(toy_tokenizer, rambling_policy(toy_tokenizer))
     problems = load_problems("toy:arith?n=6&seed=0&split=train").table
     s = run_stage(sample.STAGE, tmp_path, sample.SampleSettings(problems="toy", model="fake", n=4, max_new_tokens=48),
@@ -184,7 +181,7 @@ def test_train_reports_steps_loss_and_eta_to_stderr_only(base_model, run_dir, tm
     from stages.train import train
 
     monkeypatch.setenv("GPO_PROGRESS_EVERY", "0")
-    train(run_dir, settings(base_model, max_steps=3), tmp_path / "out", log=quiet)
+    train(run_dir, train_settings(base_model, max_steps=3), tmp_path / "out", log=quiet)
     captured = capfd.readouterr()
     steps = re.findall(r"^train: (\d+)/3 steps", captured.err, re.M)
     assert steps[-1] == "3" and {"1", "2", "3"} <= set(steps)

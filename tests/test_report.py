@@ -5,6 +5,7 @@ import html
 import math
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 
@@ -19,8 +20,7 @@ from stages.core.pipeline.query import run_query
 from stages.core.pipeline.runner import run_stage
 from stages.core.sources.problems import load_problems
 from stages.tools.report import build_report
-from tests.conftest import REPO, toy_policy
-from tests.test_stages import run_chain
+from tests.helpers import REPO, toy_policy
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FULL = ["sample", "value_curves", "critical_positions", "advantages", "toy_agreement", "eval_accuracy", "cost",
@@ -34,11 +34,11 @@ def _make(toy_tokenizer):
 
 
 @pytest.fixture(scope="module")
-def full_run(tmp_path_factory, toy_tokenizer):
+def full_run(tmp_path_factory, toy_run, toy_tokenizer):
+    """A copy of the finished toy run, with an evaluation and a train stage's metrics added."""
     run = tmp_path_factory.mktemp("full") / "run"
-    make = _make(toy_tokenizer)
-    run_chain(run, make, n_problems=4, n=4, k=4, baseline=True)
-    gen = make()
+    shutil.copytree(toy_run, run)
+    gen = _make(toy_tokenizer)()
     settings = evaluation.EvalSettings(problems="toy", model="fake", n=2, temperature=1.0, label="base",
                                        max_new_tokens=64)
     run_stage(evaluation.make_stage("base"), run, settings,

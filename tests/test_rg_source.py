@@ -7,7 +7,7 @@ import pytest
 
 from stages.core.pipeline.errors import GpoError
 from stages.core.sources.problems import load_problems
-from tests.test_cli_errors import fails_cleanly, model_dir  # noqa: F401 (fixture)
+from tests.helpers import fails_cleanly
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("reasoning_gym") is None,
                                 reason="reasoning-gym not installed")

@@ -20,15 +20,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TOY_MODEL
+from tests.helpers import REPO, TOY_MODEL
 from stages.tools import slurm
 from stages.core.pipeline import artifacts
 from stages.core.pipeline.errors import GpoError
 from stages.core.pipeline.query import stage_status
 
 GPO = str(Path(sys.executable).parent / "gpo")
-PROBLEMS = "toy:arith?n=12&seed=0&split=train"
-SHARDS = 3
+PROBLEMS = "toy:arith?n=6&seed=0&split=train"  # 3 problems (chunks) per shard; shard 1 is killed after one
+SHARDS = 2
 TIMEOUT_S = 420
 
 
@@ -190,13 +190,14 @@ def _logs(run: Path) -> str:
 
 
 def commands(run: Path, stages=("sample", "estimate", "locate", "branch"), estimate_prefix=(GPO,)) -> dict:
-    # --chunk-groups 1 everywhere: one problem per generate batch, whatever the sharding.
+    # --chunk-groups 1 everywhere: one problem per generate batch, whatever the sharding; one torch thread here
+    # and on the cluster (the default follows the load; the tables are compared token for token).
     argv = {
         "sample": [GPO, "sample", "--problems", PROBLEMS, "--model", os.path.relpath(TOY_MODEL, REPO),
-                   "--n", "2", "--max-new-tokens", "48", "--backend", "hf", "--device", "cpu"],
-        "estimate": [*estimate_prefix, "estimate", "--k", "2"],
+                   "--n", "2", "--max-new-tokens", "48", "--backend", "hf", "--device", "cpu", "--threads", "1"],
+        "estimate": [*estimate_prefix, "estimate", "--k", "2", "--threads", "1"],
         "locate": [GPO, "locate"],
-        "branch": [GPO, "branch", "--m", "2"],
+        "branch": [GPO, "branch", "--m", "2", "--threads", "1"],
     }
     return {s: [*argv[s], "--run", str(run), "--chunk-groups", "1"] for s in stages}
 
@@ -251,7 +252,7 @@ def test_array_chain_of_shell_commands(cluster, tmp_path):
 
 @pytest.fixture(scope="module")
 def cluster_run(cluster, tmp_path_factory):
-    """Case 1: sample -> estimate -> locate -> branch as 3-task arrays chained with afterok."""
+    """Case 1: sample -> estimate -> locate -> branch as SHARDS-task arrays chained with afterok."""
     _need_toy_model()
     run = tmp_path_factory.mktemp("cluster") / "run"
     options = slurm.SlurmOptions(cpus_per_task=1, mem="2G", venv=sys.prefix, workdir=str(REPO))

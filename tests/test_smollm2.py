@@ -6,7 +6,7 @@ import importlib.util
 import pytest
 
 from stages.core.pipeline import artifacts
-from tests.conftest import gpo
+from tests.helpers import gpo
 
 pytestmark = [
     pytest.mark.slow,
@@ -15,12 +15,10 @@ pytestmark = [
 ]
 
 
-
-def test_real_chat_model_chain(tmp_path):
-    model, run = tmp_path / "smollm2", tmp_path / "run"
-    gpo("smollm2", "--out", model)
+def test_real_chat_model_chain(tmp_path, smollm2):
+    model, run = smollm2[0], tmp_path / "run"
     gpo("sample", "--problems", "reasoning-gym:gsm_symbolic?size=2&seed=0", "--model", model, "--run", run,
-        "--n", 2, "--max-new-tokens", 96, "--backend", "hf")
+        "--n", 2, "--max-new-tokens", 48, "--backend", "hf")
     rows = artifacts.read_table(run, "sample").to_pylist()
     assert len(rows) == 4
     assert all(r["prompt_text"].startswith("<|im_start|>system") and "\\boxed{}" in r["prompt_text"] for r in rows)
@@ -38,19 +36,9 @@ def test_real_chat_model_chain(tmp_path):
     assert (run / "branch" / "_SUCCESS").exists()
 
 
-def test_smollm2_conversion_writes_no_progress_bars_to_a_log(tmp_path):
+def test_smollm2_conversion_writes_no_progress_bars_to_a_log(smollm2):
     """Issue 21.14: in a log (stderr a pipe) `gpo smollm2` used to write tqdm's GGUF de-quantizing bar, a
-    wall of `\\r` redraws; now only its result line."""
-    import os
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
-
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("TQDM_DISABLE", None)
-    out = subprocess.run([sys.executable, "-m", "gpo_cli.main", "smollm2", "--out", str(tmp_path / "m")],
-                         capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
-    assert out.returncode == 0, out.stderr
-    assert "\r" not in out.stderr and "de-quantizing" not in out.stderr, out.stderr[-2000:]
-    assert "model ready at" in out.stderr and len(out.stderr.splitlines()) <= 3, out.stderr[-2000:]
+    wall of `\\r` redraws; now only its result line. (The session's one conversion is run that way.)"""
+    _, stderr = smollm2
+    assert "\r" not in stderr and "de-quantizing" not in stderr, stderr[-2000:]
+    assert "model ready at" in stderr and len(stderr.splitlines()) <= 3, stderr[-2000:]

@@ -19,15 +19,16 @@ pytestmark = [
 ]
 
 
-def test_smollm2_end_to_end_tiny(tmp_path):
+def test_smollm2_end_to_end_tiny(tmp_path, smollm2):
     import smollm2_e2e
 
     out = tmp_path / "e2e"
     # Problems 0-5 of seed 1 hold both solved and failed samples at 64 tokens (seeded), so both arms get pairs.
     result = smollm2_e2e.main([
-        "--out", str(out), "--json", str(tmp_path / "e2e.json"), "--train-problems", "6", "--test-problems", "2",
+        "--out", str(out), "--json", str(tmp_path / "e2e.json"), "--model", str(smollm2[0]),
+        "--train-problems", "6", "--test-problems", "2",
         "--n", "3", "--k", "2", "--m", "2", "--eval-n", "2", "--max-new-tokens", "64", "--steps", "2",
-        "--batch-size", "2", "--permutations", "10"])
+        "--batch-size", "2", "--permutations", "10", "--lora", "4"])  # LoRA: small checkpoints, same chain
     saved = json.loads((tmp_path / "e2e.json").read_text())
     assert saved["accuracy"] == json.loads(json.dumps(result["accuracy"]))
 

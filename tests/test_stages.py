@@ -7,29 +7,11 @@ from stages.core.pipeline import artifacts
 from stages.core.pipeline.errors import GpoError
 from stages.core.pipeline.runner import run_stage
 from stages.core.sources.problems import load_problems
-from tests.conftest import hard_line, parse_question
+from tests.helpers import fails_cleanly, hard_line, parse_question, run_chain
 
 
-def run_chain(run, make, *, n_problems=6, n=4, k=16, estimator="full", baseline=False, prefix="in-response",
-              shards=1, rule="abs-advantage", budget=24):
-    source = f"toy:arith?n={n_problems}&seed=0&split=train"
-    problems = load_problems(source).table
-    gen = make()
-    for stage, settings in [
-        (sample.STAGE, sample.SampleSettings(problems=source, model="fake", n=n, max_new_tokens=64)),
-        (estimate.STAGE, estimate.EstimateSettings(k=k, estimator=estimator, budget=budget)),
-        (locate.STAGE, locate.LocateSettings(rule=rule)),
-        (branch.STAGE, branch.BranchSettings(m=8, baseline=baseline, prefix=prefix)),
-    ]:
-        for i in range(shards):
-            run_stage(stage, run, settings, shard=(i, shards), make_generator=lambda: gen,
-                      input_table=problems if stage is sample.STAGE else None, chunk_groups=2)
-    return gen
-
-
-def test_sample_rows_carry_exact_ids_and_rewards(tmp_path, fake_generator, toy_tokenizer):
-    run_chain(tmp_path, fake_generator)
-    rows = artifacts.read_table(tmp_path, "sample").to_pylist()
+def test_sample_rows_carry_exact_ids_and_rewards(toy_run, toy_tokenizer):
+    rows = artifacts.read_table(toy_run, "sample").to_pylist()
     assert len(rows) == 6 * 4
     for r in rows:
         assert r["prompt_token_ids"] == toy_tokenizer(r["prompt_text"])["input_ids"]
@@ -39,22 +21,21 @@ def test_sample_rows_carry_exact_ids_and_rewards(tmp_path, fake_generator, toy_t
     assert 0 < sum(r["reward"] for r in rows) < len(rows)
 
 
-def test_estimate_values_and_locate_finds_the_constructed_critical_step(tmp_path, fake_generator):
-    run_chain(tmp_path, fake_generator)
-    steps = artifacts.read_table(tmp_path, "estimate").to_pylist()
-    failed = {(r["problem_id"], r["sample_idx"]) for r in artifacts.read_table(tmp_path, "sample").to_pylist()
+def test_estimate_values_and_locate_finds_the_constructed_critical_step(toy_run):
+    steps = artifacts.read_table(toy_run, "estimate").to_pylist()
+    failed = {(r["problem_id"], r["sample_idx"]) for r in artifacts.read_table(toy_run, "sample").to_pylist()
               if r["reward"] == 0}
     assert {(r["problem_id"], r["sample_idx"]) for r in steps} == failed
     for r in steps:
         assert r["n_rollouts"] == 16 and 0 <= r["ci_low"] <= r["value"] <= r["ci_high"] <= 1
         assert r["advantage"] == pytest.approx(r["value_next"] - r["value"])
-    rollouts = artifacts.read_table(tmp_path, "rollouts")
+    rollouts = artifacts.read_table(toy_run, "rollouts")
     own = [r for r in rollouts.to_pylist() if r["shared_from_sample"] is None]
     assert len(own) < len(rollouts)  # s_0 is shared by all samples of a problem
 
-    located = artifacts.read_table(tmp_path, "locate").to_pylist()
+    located = artifacts.read_table(toy_run, "locate").to_pylist()
     assert len(located) == len(failed)
-    samples = {(r["problem_id"], r["sample_idx"]): r for r in artifacts.read_table(tmp_path, "sample").to_pylist()}
+    samples = {(r["problem_id"], r["sample_idx"]): r for r in artifacts.read_table(toy_run, "sample").to_pylist()}
     for row in located:
         _, ops = parse_question(samples[(row["problem_id"], row["sample_idx"])]["question"])
         assert row["first_wrong_line"] == hard_line(ops)
@@ -62,9 +43,8 @@ def test_estimate_values_and_locate_finds_the_constructed_critical_step(tmp_path
         assert row["advantage"] < 0 and row["value_after"] == 0.0
 
 
-def test_branch_pairs_share_the_prefix_and_disagree(tmp_path, fake_generator, toy_tokenizer):
-    run_chain(tmp_path, fake_generator, baseline=True)
-    pairs = artifacts.read_table(tmp_path, "branch").to_pylist()
+def test_branch_pairs_share_the_prefix_and_disagree(toy_run, toy_tokenizer):
+    pairs = artifacts.read_table(toy_run, "branch").to_pylist()
     assert {p["data"] for p in pairs} == {"gpo", "baseline", "random-reset"}
     for p in pairs:
         assert (p["chosen_reward"], p["rejected_reward"]) == (1, 0)
@@ -73,11 +53,11 @@ def test_branch_pairs_share_the_prefix_and_disagree(tmp_path, fake_generator, to
             prefix = p["chosen_token_ids"][:p["prefix_tokens"]]
             assert prefix == p["rejected_token_ids"][:p["prefix_tokens"]]
             assert toy_tokenizer.decode(p["chosen_token_ids"]) == p["chosen"]
-    unpaired = artifacts.read_table(tmp_path, "unpaired").to_pylist()
+    unpaired = artifacts.read_table(toy_run, "unpaired").to_pylist()
     assert len(unpaired) == 2 * len(pairs) and sum(u["label"] for u in unpaired) == len(pairs)
-    resets = artifacts.read_table(tmp_path, "reset_prompts").to_pylist()
+    resets = artifacts.read_table(toy_run, "reset_prompts").to_pylist()
     assert all(r["prompt_token_ids"][-1] == toy_tokenizer.convert_tokens_to_ids("\n") for r in resets)
-    continuations = artifacts.read_table(tmp_path, "continuations").to_pylist()
+    continuations = artifacts.read_table(toy_run, "continuations").to_pylist()
     gpo = [c for c in continuations if c["data"] == "gpo"]
     assert {c["origin"] for c in gpo} == {"rollout", "original"}  # K=16 >= M=8: nothing new sampled
 
@@ -170,7 +150,6 @@ def test_oracle_is_refused_on_a_task_without_known_first_wrong_lines(tmp_path, f
     import json
     from pathlib import Path
 
-    from tests.test_cli_errors import fails_cleanly
 
     toy = load_problems("toy:arith?n=3&seed=0&split=train").table.to_pylist()
     f = tmp_path / "p.jsonl"

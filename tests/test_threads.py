@@ -10,7 +10,7 @@ import pytest
 from stages.core.generation.backends import default_threads
 from stages.core.pipeline.errors import GpoError
 from stages.core.pipeline.settings import Runtime
-from tests.conftest import TOY_MODEL, gpo
+from tests.helpers import TOY_MODEL, gpo
 
 
 def test_default_threads_follow_slurm_then_the_free_cores():

@@ -11,117 +11,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pyarrow as pa
 import pytest
 
-from stages.core.pipeline.artifacts import write_json_atomic, write_parquet_atomic
 from stages.core.pipeline.errors import GpoError
+from tests.helpers import BAD, GOOD, PROBLEMS, build_tokenizer, prompt_text, quiet, train_settings, write_run
 
 torch = pytest.importorskip("torch")
-
-SP = "\u2581"
-PROBLEMS = [(a, 7 - a) for a in range(8)]  # every gold answer is 7
-GOOD, BAD = "answer: 7", "answer: 9"
-
-
-def build_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {t: i for i, t in enumerate(["<pad>", "<bos>", "<eos>", "<unk>", "\n", SP])}
-    for word in ["q", "answer:", "+", "="] + [str(d) for d in range(10)]:
-        for form in (word, SP + word):
-            vocab[form] = len(vocab)
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split("\n", behavior="isolated"),
-        pre_tokenizers.Metaspace(replacement=SP, prepend_scheme="never", split=True)])
-    core.decoder = decoders.Metaspace(replacement=SP, prepend_scheme="never", split=True)
-    core.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
-                                   unk_token="<unk>", model_max_length=64, clean_up_tokenization_spaces=False)
-
-
-def prompt_text(a: int, b: int) -> str:
-    return f"q {a} + {b}\n"  # the toy's plain template: question + "\n"; the tokenizer adds <bos>
-
-
-@pytest.fixture(scope="module")
-def base_model(tmp_path_factory) -> Path:
-    """A tiny Llama taught, by one second of SFT, to answer 7 or 9 about half the time each."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    path = tmp_path_factory.mktemp("model")
-    tok = build_tokenizer()
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, head_dim=32, max_position_embeddings=64,
-                         tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    texts = [prompt_text(a, b) + answer for a, b in PROBLEMS for answer in (GOOD, BAD)]
-    ids = [tok(t).input_ids + [tok.eos_token_id] for t in texts]
-    batch = torch.tensor(ids)  # all the same length
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(40):
-        loss = model(input_ids=batch, labels=batch).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
-def write_run(run: Path, tok, with_random_reset: bool = False, problems=PROBLEMS) -> Path:
-    sample, pairs, unpaired, resets = [], [], [], []
-    for i, (a, b) in enumerate(problems):
-        pid, prompt = f"p{i}", prompt_text(a, b)
-        prompt_ids = tok(prompt).input_ids
-        sample.append({"problem_id": pid, "sample_idx": 0, "prompt_text": prompt, "prompt_token_ids": prompt_ids,
-                       "gold_answer": "7", "checker": "numeric"})
-        for data in ("gpo", "baseline"):
-            pair = {"pair_id": f"{data}/{pid}", "data": data, "problem_id": pid, "sample_idx": 0, "state_idx": 0,
-                    "prefix_placement": "in-response", "prompt": prompt, "chosen": GOOD, "rejected": BAD,
-                    "prompt_token_ids": prompt_ids,
-                    "chosen_token_ids": tok(GOOD, add_special_tokens=False).input_ids,
-                    "rejected_token_ids": tok(BAD, add_special_tokens=False).input_ids,
-                    "chosen_reward": 1, "rejected_reward": 0, "gold_answer": "7"}
-            pairs.append(pair)
-            for side, label in (("chosen", True), ("rejected", False)):
-                unpaired.append({"pair_id": pair["pair_id"], "data": data, "problem_id": pid, "prompt": prompt,
-                                 "completion": pair[side], "label": label, "prompt_token_ids": prompt_ids,
-                                 "completion_token_ids": pair[f"{side}_token_ids"]})
-        resets.append({"data": "gpo", "problem_id": pid, "sample_idx": 0, "state_idx": 1,
-                       "prompt": prompt + "answer:", "prefix_tokens": 1, "gold_answer": "7", "checker": "numeric",
-                       "prompt_token_ids": prompt_ids + tok("answer:", add_special_tokens=False).input_ids,
-                       "source": "test"})
-    tables = {"sample": sample, "branch": pairs, "branch/unpaired": unpaired, "branch/reset_prompts": resets}
-    for folder, rows in tables.items():
-        write_parquet_atomic(pa.Table.from_pylist(rows), run / folder / "shard-00000.chunk-00000.parquet",
-                             {"stage": "test"})
-    for stage in ("sample", "branch"):
-        write_json_atomic(run / stage / "_SUCCESS", {})
-    return run
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, base_model) -> Path:
-    from transformers import AutoTokenizer
-
-    return write_run(tmp_path_factory.mktemp("run"), AutoTokenizer.from_pretrained(base_model))
-
-
-def settings(model, method="dpo", **kw):
-    from stages.train import TrainSettings
-
-    base = dict(learning_rate=5e-3, max_steps=3, batch_size=4, save_steps=50, max_length=32,
-                num_generations=4, max_completion_length=4)
-    return TrainSettings(method=method, model=str(model), **{**base, **kw})
-
-
-def quiet(msg: str) -> None:
-    pass
-
 
 def params_differ(a: Path, b: Path) -> bool:
     from transformers import AutoModelForCausalLM
@@ -164,7 +59,7 @@ def test_each_method_trains_and_saves_a_changed_model(method, base_model, run_di
 
     # kto goes to the default RUN/train/kto-gpo, whose metrics `gpo sql RUN` must see
     out = None if method == "kto" else tmp_path / method
-    summary = train(run_dir, settings(base_model, method), out, log=quiet)
+    summary = train(run_dir, train_settings(base_model, method), out, log=quiet)
     out = out or run_dir / "train" / "kto-gpo"
     assert summary["global_step"] == 3
     rows = read_metrics(out)
@@ -188,8 +83,8 @@ def test_dpo_overfits_and_prefers_the_good_answer(base_model, run_dir, tmp_path)
 
     out = tmp_path / "dpo"
     before = answer_margin(base_model)
-    summary = train(run_dir, settings(base_model, "dpo", max_steps=-1, epochs=4, batch_size=8, learning_rate=3e-3),
-                    out, log=quiet)
+    s = train_settings(base_model, "dpo", max_steps=-1, epochs=4, batch_size=8, learning_rate=3e-3)
+    summary = train(run_dir, s, out, log=quiet)
     losses = [r["loss"] for r in read_metrics(out) if r.get("loss") is not None]
     assert len(losses) == 4 and losses[-1] < losses[0] - 0.1
     assert summary["first_loss"] == pytest.approx(losses[0])
@@ -215,7 +110,7 @@ def test_crash_then_resume_continues_from_latest_checkpoint(base_model, run_dir,
             self.steps.append(state.global_step)
 
     out = tmp_path / "resume"
-    s = settings(base_model, "dpo", max_steps=6, save_steps=2)
+    s = train_settings(base_model, "dpo", max_steps=6, save_steps=2)
     with pytest.raises(RuntimeError, match="injected crash"):
         train(run_dir, s, out, log=quiet, callbacks=[Crash()])
     assert json.loads((out / "checkpoints" / "latest").read_text())["checkpoint"] == "checkpoint-2"
@@ -238,7 +133,7 @@ def test_lora_saves_adapter_and_merged_model(base_model, run_dir, tmp_path):
     from stages.train import train
 
     out = tmp_path / "lora"
-    summary = train(run_dir, settings(base_model, "dpo", lora_r=4, learning_rate=1e-2), out, log=quiet)
+    summary = train(run_dir, train_settings(base_model, "dpo", lora_r=4, learning_rate=1e-2), out, log=quiet)
     assert (out / "adapter" / "adapter_config.json").exists()
     assert any((out / "adapter").glob("adapter_model.*"))
     merged = AutoModelForCausalLM.from_pretrained(out / "model")
@@ -257,12 +152,12 @@ def test_rerun_is_noop_and_changed_settings_are_refused(base_model, run_dir, tmp
             raise AssertionError("a finished run must not train again")
 
     out = tmp_path / "rerun"
-    first = train(run_dir, settings(base_model, "orpo", max_steps=1), out, log=quiet)
-    assert train(run_dir, settings(base_model, "orpo", max_steps=1), out, log=quiet,
+    first = train(run_dir, train_settings(base_model, "orpo", max_steps=1), out, log=quiet)
+    assert train(run_dir, train_settings(base_model, "orpo", max_steps=1), out, log=quiet,
                  callbacks=[MustNotTrain()]) == first
     with pytest.raises(GpoError, match="beta"):
-        train(run_dir, settings(base_model, "orpo", max_steps=1, beta=0.5), out, log=quiet)
-    again = train(run_dir, settings(base_model, "orpo", max_steps=1, beta=0.5), out, log=quiet, overwrite=True)
+        train(run_dir, train_settings(base_model, "orpo", max_steps=1, beta=0.5), out, log=quiet)
+    again = train(run_dir, train_settings(base_model, "orpo", max_steps=1, beta=0.5), out, log=quiet, overwrite=True)
     assert again["beta"] == 0.5
     assert json.loads((out / "config.json").read_text())["settings"]["beta"] == 0.5
 
@@ -271,15 +166,15 @@ def test_empty_selection_and_bad_settings_are_gpo_errors(base_model, run_dir, tm
     from stages.train import train
 
     with pytest.raises(GpoError, match="no 'random-reset' rows"):
-        train(run_dir, settings(base_model, "dpo", data="random-reset"), tmp_path / "x", log=quiet)
+        train(run_dir, train_settings(base_model, "dpo", data="random-reset"), tmp_path / "x", log=quiet)
     with pytest.raises(GpoError, match="no 'random-reset' rows"):
-        train(run_dir, settings(base_model, "grpo", data="random-reset"), tmp_path / "y", log=quiet)
+        train(run_dir, train_settings(base_model, "grpo", data="random-reset"), tmp_path / "y", log=quiet)
     with pytest.raises(GpoError, match="--method"):
-        train(run_dir, settings(base_model, "ppo"), tmp_path / "z", log=quiet)
+        train(run_dir, train_settings(base_model, "ppo"), tmp_path / "z", log=quiet)
     with pytest.raises(GpoError, match="unknown DPOConfig"):
-        train(run_dir, settings(base_model, "dpo"), tmp_path / "w", log=quiet, config_overrides={"no_such": 1})
+        train(run_dir, train_settings(base_model, "dpo"), tmp_path / "w", log=quiet, config_overrides={"no_such": 1})
     with pytest.raises(GpoError, match="kto"):  # KTO's KL estimate needs a batch of at least 2
-        train(run_dir, settings(base_model, "kto", batch_size=1), tmp_path / "v", log=quiet)
+        train(run_dir, train_settings(base_model, "kto", batch_size=1), tmp_path / "v", log=quiet)
     assert not (tmp_path / "x").exists() and not (tmp_path / "w" / "config.json").exists()
 
 
@@ -303,12 +198,12 @@ def test_config_file_overrides_settings_and_trl_args(tmp_path, base_model):
     (tmp_path / "train.yaml").write_text("epochs: 2.5\ntrl:\n  save_total_limit: 1\n")
     assert load_config_file(tmp_path / "train.yaml") == {"epochs": 2.5, "save_total_limit": 1}
     with pytest.raises(GpoError, match="divisible"):  # a generation batch must hold whole prompt groups
-        build_config(resolve(settings(base_model, "grpo", batch_size=3))[0], {}, tmp_path / "out")
+        build_config(resolve(train_settings(base_model, "grpo", batch_size=3))[0], {}, tmp_path / "out")
     (tmp_path / "bad.toml").write_text("beta = \n")
     with pytest.raises(GpoError, match="not valid TOML"):
         load_config_file(tmp_path / "bad.toml")
     with pytest.raises(GpoError, match="gpo train settings, not TRL arguments"):
-        resolve(settings(base_model, "dpo"), {"beta": 0.2})
+        resolve(train_settings(base_model, "dpo"), {"beta": 0.2})
 
 
 def test_chat_prompt_bos_is_not_doubled():
@@ -351,14 +246,14 @@ def test_starting_policy_by_hub_id_then_from_a_lora_train_output(base_model, run
     monkeypatch.setenv("GPO_CACHE_DIR", str(tmp_path / "gpo-cache"))
 
     first = tmp_path / "lora"
-    train(run_dir, settings("org/tiny", "dpo", lora_r=4, merge_lora=False, learning_rate=1e-2), first, log=quiet)
+    train(run_dir, train_settings("org/tiny", "dpo", lora_r=4, merge_lora=False, learning_rate=1e-2), first, log=quiet)
     config = json.loads((first / "config.json").read_text())
     assert config["settings"]["model"] == "org/tiny"
     assert config["model_resolved"]["kind"] == "hub" and config["model_resolved"]["revision"] == sha
     assert (first / "adapter").is_dir() and not (first / "model").exists()
 
     second = tmp_path / "continued"
-    summary = train(run_dir, settings(str(first), "dpo", max_steps=1), second, log=quiet)
+    summary = train(run_dir, train_settings(str(first), "dpo", max_steps=1), second, log=quiet)
     assert summary["global_step"] == 1
     resolved = json.loads((second / "config.json").read_text())["model_resolved"]
     assert resolved["kind"] == "adapter" and resolved["base"]["path"] == str(repo / "snapshots" / sha)
@@ -379,10 +274,11 @@ def test_every_dpo_step_presents_a_full_batch_whatever_the_arm_holds(base_model,
     for n in (8, 7):
         run = write_run(tmp_path / f"run{n}", tok, problems=PROBLEMS[:n])
         out = tmp_path / f"dpo{n}"
-        summary = train(run, settings(base_model, "dpo", max_steps=5, batch_size=3), out, log=quiet)
+        summary = train(run, train_settings(base_model, "dpo", max_steps=5, batch_size=3), out, log=quiet)
         per_step = [r["pairs"] for r in read_metrics(out) if r.get("pairs") is not None]
         presented[n] = (per_step, summary["pairs_presented"], summary["pairs_per_step"])
     assert presented[8] == presented[7] == ([3.0] * 5, 15, [3])
     with pytest.raises(GpoError, match="fewer than one full batch"):
-        train(tmp_path / "run7", settings(base_model, "dpo", max_steps=5, batch_size=8), tmp_path / "x", log=quiet)
+        train(tmp_path / "run7", train_settings(base_model, "dpo", max_steps=5, batch_size=8), tmp_path / "x",
+              log=quiet)
 

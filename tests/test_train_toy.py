@@ -12,7 +12,7 @@ from stages.branch import PAIR_SCHEMA
 from stages.core.pipeline import artifacts
 from stages.core.pipeline.query import run_query
 from stages.core.sources.toy import toy_problems
-from tests.conftest import TOY_MODEL, gpo
+from tests.helpers import TOY_MODEL, gpo
 from tests.helpers import stall_env, wait_for_stall
 
 pytestmark = [pytest.mark.slow,

@@ -5,26 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from stages import branch, estimate, locate, sample
 from stages.core.pipeline import artifacts
 from stages.core.pipeline.errors import GpoError
-from stages.core.pipeline.runner import run_stage
-from stages.core.sources.problems import load_problems
-from tests.conftest import TOY_MODEL, toy_policy
+from tests.helpers import TOY_MODEL, rambling_policy, run_chain
 
 MAX_NEW = 48
-
-
-def rambling_policy(tok):
-    """The scripted toy policy, but half of its wrong answers run on past the length limit."""
-    base, ramble = toy_policy(tok), "\nz: 1 + 1 = 2" * 12
-
-    def respond(prompt_ids, seed: int) -> str:
-        if "answer:" in tok.decode(list(prompt_ids)):  # a state inside a rambling response: ramble on
-            return ramble
-        text = base(prompt_ids, seed)
-        return text + ramble if seed % 4 == 1 else text
-    return respond
 
 
 @pytest.fixture(scope="module")
@@ -32,16 +17,8 @@ def run(tmp_path_factory, toy_tokenizer):
     from stages.core.generation.backends import FakeGenerator
 
     run = tmp_path_factory.mktemp("truncated")
-    gen = FakeGenerator(toy_tokenizer, rambling_policy(toy_tokenizer))
-    problems = load_problems("toy:arith?n=8&seed=0&split=train").table
-    for stage, settings in [
-        (sample.STAGE, sample.SampleSettings(problems="toy", model="fake", n=4, max_new_tokens=MAX_NEW)),
-        (estimate.STAGE, estimate.EstimateSettings(estimator="full", k=8)),
-        (locate.STAGE, locate.LocateSettings()),
-        (branch.STAGE, branch.BranchSettings(m=8, baseline=True)),
-    ]:
-        run_stage(stage, run, settings, make_generator=lambda: gen,
-                  input_table=problems if stage is sample.STAGE else None)
+    run_chain(run, lambda: FakeGenerator(toy_tokenizer, rambling_policy(toy_tokenizer)), n_problems=8, k=8,
+              m=8, baseline=True, rule=None, max_new_tokens=MAX_NEW, chunk_groups=16)
     return run
 
 

@@ -13,19 +13,10 @@ from typer.testing import CliRunner
 from gpo_cli.main import app
 from stages import branch, estimate, eval as evaluate, locate, sample, train
 from stages.core.pipeline.errors import GpoError
-from tests.conftest import TOY_MODEL
+from tests.helpers import TOY_MODEL, refused
 
 runner = CliRunner()
 needs_toy = pytest.mark.skipif(not (TOY_MODEL / "config.json").exists(), reason="data/toy-model not built")
-
-
-def refused(args, match: str):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code != 0, result.output
-    assert "Traceback" not in result.output and "╭" not in result.output, result.output
-    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and match.lower() in lines[0].lower(), result.output
-    return result
 
 
 def sample_args(tmp_path, *extra, model=TOY_MODEL):

@@ -5,7 +5,7 @@ import importlib.util
 import pytest
 
 from stages.core.pipeline import artifacts
-from tests.conftest import TOY_MODEL, gpo
+from tests.helpers import TOY_MODEL, gpo
 
 pytestmark = [
     pytest.mark.vllm,
