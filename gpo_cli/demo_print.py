@@ -83,12 +83,19 @@ def print_demo_summary(r: dict) -> None:
                   f"{sides}; {d['pairs']} pairs, {d['duplicate_share']:.0%} exact duplicates")
     out.print("gpo diagnose (the GPO run): " + "\n  ".join(r["diagnose"]))
     out.print(f"budget matching: {r['budget']['rule']}")
-    each = ", ".join(f"{name} {wall:.0f}/{cpu:.0f}" for name, wall, cpu in r["timings"])
-    out.print(f"time (wall s / CPU s): {each}; total {r['wall_seconds']:.0f}s wall")
-    data = [(wall, cpu) for name, wall, cpu in r["timings"] if name.split()[0] in DATA_PHASE]
+    # (name, wall, CPU, generated tokens); a summary written before tokens were counted has none ("-")
+    timings = [(name, wall, cpu, tokens[0] if tokens else None) for name, wall, cpu, *tokens in r["timings"]]
+    each = ", ".join(f"{name} {wall:.0f}/{cpu:.0f}/{'-' if tokens is None else tokens}"
+                     for name, wall, cpu, tokens in timings)
+    out.print(f"time (wall s / CPU s / generated tokens): {each}; total {r['wall_seconds']:.0f}s wall")
+    data = [(wall, cpu, tokens) for name, wall, cpu, tokens in timings if name.split()[0] in DATA_PHASE]
     if data:
-        out.print(f"data phase (sample, estimate, locate, branch of every arm): {sum(w for w, _ in data):.0f}s wall, "
-                  f"{sum(c for _, c in data):.0f} CPU-s")
+        wall, cpu = sum(w for w, _, _ in data), sum(c for _, c, _ in data)
+        counted = [t for _, _, t in data if t is not None]
+        tokens = (f", {sum(counted):,} generated tokens ({sum(counted) / max(cpu, 1e-9):.0f} per CPU-s)"
+                  if len(counted) == len(data) else "")
+        out.print(f"data phase (sample, estimate, locate, branch of every arm): {wall:.0f}s wall, {cpu:.0f} CPU-s"
+                  f"{tokens}")
     primary = [row for row in r["differences"] if row["primary"]]
     if primary:
         out.print("[bold]reading (primary, Holm-adjusted):[/bold] " + "; ".join(

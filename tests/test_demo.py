@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from stages.tools.demo.plan import CHOICE, PLANS, DemoPlan
 from stages.tools.demo.arms import GPO_ARMS, NAMES
 from gpo_cli.main import app
+from stages.core.pipeline import layout
 from stages.core.sources.toy_tasks import TASKS
 
 REPO = TASKS["arith"].model_dir.parent.parent
@@ -59,11 +60,15 @@ def test_quick_demo_trains_every_arm_on_full_batches_and_names_its_primary_compa
     assert summary["accuracy"]["gpo"]["sampled"]["pass@1"] == pytest.approx(acc)
     assert summary["agreement"]["gpo"]["failed_with_truth"] > 0
     assert (tmp_path / "gpo" / "report.html").stat().st_size > 10_000
-    for line in ("budget matching", "time (wall s / CPU s)", "data phase", "PRIMARY", "exploratory"):
+    for line in ("budget matching", "time (wall s / CPU s / generated tokens)", "data phase", "PRIMARY", "exploratory"):
         assert line in result.output
     # every command's (name, wall, CPU) in the summary; the CPU seconds of a generating stage are real
-    timings = {name: (wall, cpu) for name, wall, cpu in summary["timings"]}
+    timings = {name: (wall, cpu, tokens) for name, wall, cpu, tokens in summary["timings"]}
     assert timings["estimate"][1] > 0 and timings["estimate"][0] > 0
+    # and the tokens each command's stages generated, read from their manifests (locate generates none)
+    manifest = json.loads(layout.manifest_path(tmp_path / "gpo" / "estimate", 0).read_text())
+    assert timings["estimate"][2] == manifest["generated_tokens"] > 0 and timings["locate"][2] == 0
+    assert "generated tokens" in result.output
     again = CliRunner().invoke(app, ["demo", "--task", "arith", "--quick", "--out", str(tmp_path)])
     assert again.exit_code == 0 and "nothing to do" in again.output
     assert json.loads((tmp_path / "summary.json").read_text())["accuracy"] == summary["accuracy"]

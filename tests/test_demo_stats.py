@@ -114,11 +114,14 @@ def test_the_summary_prints_presented_pairs_and_the_primary_family_first(capsys)
         "differences": [row, other], "needed_problems": {"greedy": 630},
         "plan": {"greedy_problems": 640, "test_problems": 150, "eval_n": 4}, "agreement": {},
         "pair_divergence": {}, "diagnose": [], "budget": {"rule": "r"},
-        "timings": [("sample", 12.4, 10.2), ("estimate (gpo-bisect)", 20.0, 18.0), ("train (gpo)", 9.0, 8.0)],
+        "timings": [("sample", 12.4, 10.2, 1200), ("estimate (gpo-bisect)", 20.0, 18.0, 1600),
+                    ("train (gpo)", 9.0, 8.0, 0), ("eval gpo", 3.0, 2.0)],  # a summary written before tokens
         "wall_seconds": 1})
     text = capsys.readouterr().out
-    # each command's wall and CPU time (issue 19), and the data phase summed over the data-making commands only
-    assert "sample 12/10" in text
-    assert "data phase (sample, estimate, locate, branch of every arm): 32s wall, 28 CPU-s" in text
+    # each command's wall and CPU time and generated tokens (issue 19), and the data phase summed over the
+    # data-making commands only
+    assert "sample 12/10/1200" in text and "eval gpo 3/2/-" in text
+    assert ("data phase (sample, estimate, locate, branch of every arm): 32s wall, 28 CPU-s, 2,800 generated "
+            "tokens (99 per CPU-s)") in text
     assert "30 x 8 (240)" in text and "0.440 / 0.400" in text
     assert text.index("PRIMARY") < text.index("exploratory") and "greedy ~630" in text
