@@ -33,30 +33,31 @@ def fake_generator(toy_tokenizer):
 
 
 class RunPath(type(Path())):  # type: ignore[misc]
-    """A run folder that also carries the generator and problems it was built with, to run stages again."""
+    """A run folder that also carries a generator of its policy and its problems, to run stages again."""
     gen: object
     problems: object
 
 
 @pytest.fixture(scope="session")
-def toy_run(tmp_path_factory, toy_tokenizer) -> RunPath:
+def toy_run(tmp_path_factory, toy_tokenizer) -> Path:
     """The finished toy run: read it, never change it (toy_run_copy is the one to change)."""
     from stages.core.generation.backends import FakeGenerator
-    from stages.core.sources.problems import load_problems
 
-    path = RunPath(tmp_path_factory.mktemp("toy_run") / "run")
-    path.gen = run_chain(path, lambda: FakeGenerator(toy_tokenizer, toy_policy(toy_tokenizer)), **TOY_RUN)
-    path.problems = load_problems(f"toy:arith?n={TOY_RUN['n_problems']}&seed=0&split=train").table
+    path = tmp_path_factory.mktemp("toy_run") / "run"
+    run_chain(path, lambda: FakeGenerator(toy_tokenizer, toy_policy(toy_tokenizer)), **TOY_RUN)
     return path
 
 
 @pytest.fixture
 def toy_run_copy(toy_run, tmp_path, fake_generator) -> RunPath:
     """A private copy of the finished toy run, to rerun, overwrite or damage, with a fresh generator of the
-    same policy (a generator counts what it generated)."""
+    same policy (a generator counts what it generated) and its problems."""
+    from stages.core.sources.problems import load_problems
+
     path = RunPath(tmp_path / "run")
     shutil.copytree(toy_run, path)
-    path.gen, path.problems = fake_generator(), toy_run.problems
+    path.gen = fake_generator()
+    path.problems = load_problems(f"toy:arith?n={TOY_RUN['n_problems']}&seed=0&split=train").table
     return path
 
 

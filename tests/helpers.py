@@ -114,21 +114,22 @@ def hard_line(ops) -> int:
     return len(ops) // 2
 
 
-def toy_policy(tokenizer, flip=lambda seed: seed % 2 == 1):
-    """Correct everywhere except the hard line (len(ops) // 2), wrong there when flip(seed): by
-    construction V(s_i) is about 1/2 up to the hard line and 0 after a wrong one, so the critical step
-    of every failed trajectory is the hard line."""
+def toy_policy(tokenizer, flip=lambda seed: seed % 2 == 1, wrong_line=lambda start, ops: hard_line(ops)):
+    """Correct everywhere except the hard line (wrong_line(start, ops); by default len(ops) // 2), wrong there
+    when flip(seed): by construction V(s_i) is about 1/2 up to the hard line and 0 after a wrong one, so the
+    critical step of every failed trajectory is the hard line."""
     def respond(prompt_ids, seed: int) -> str:
         text = tokenizer.decode(list(prompt_ids), skip_special_tokens=True)
         question, _, done = text.partition("\n")
         start, ops = parse_question(question)
+        hard = wrong_line(start, ops)
         done_lines = [line for line in done.split("\n") if line]
         value = int(_LINE.fullmatch(done_lines[-1]).group(5)) if done_lines else start
         lines = []
         for i in range(len(done_lines), len(ops)):
             label, op, digit = ops[i]
             result = value + digit if op == "+" else value - digit
-            if i == hard_line(ops) and flip(seed):
+            if i == hard and flip(seed):
                 result += 1
             lines.append(f"{label}: {value} {op} {digit} = {result}")
             value = result

@@ -2,7 +2,6 @@
 
 import json
 import random
-import re
 
 import pyarrow as pa
 import pytest
@@ -15,7 +14,7 @@ from stages.core.pipeline import artifacts
 from stages.core.generation.sampling import SAMPLE_SCHEMA
 from stages.core.sources.toy import toy_problems
 from stages.tools import diagnose
-from tests.helpers import gpo, parse_question, run_chain
+from tests.helpers import gpo, run_chain, toy_policy
 
 NUM_STEPS = 8
 
@@ -113,25 +112,8 @@ def test_critical_step_statistics_and_truncation_count_what_was_built(tmp_path):
 
 
 def trap_policy(tokenizer):
-    """Like conftest's toy_policy, but the hard line depends on the problem (not only on its length)."""
-    line_re = re.compile(r"([a-z]): (-?\d+) ([+-]) (\d+) = (-?\d+)")
-
-    def respond(prompt_ids, seed: int) -> str:
-        text = tokenizer.decode(list(prompt_ids), skip_special_tokens=True)
-        question, _, done = text.partition("\n")
-        start, ops = parse_question(question)
-        trap = start % len(ops)
-        done_lines = [line for line in done.split("\n") if line]
-        value = int(line_re.fullmatch(done_lines[-1]).group(5)) if done_lines else start
-        lines = []
-        for i in range(len(done_lines), len(ops)):
-            label, op, digit = ops[i]
-            result = value + digit if op == "+" else value - digit
-            result += int(i == trap and seed % 2 == 1)
-            lines.append(f"{label}: {value} {op} {digit} = {result}")
-            value = result
-        return "\n".join([*lines, f"answer: {value}"])
-    return respond
+    """The toy policy, but the hard line depends on the problem (not only on its length)."""
+    return toy_policy(tokenizer, wrong_line=lambda start, ops: start % len(ops))
 
 
 def trap_run(run, make, stages=4):
