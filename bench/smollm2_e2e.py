@@ -1,4 +1,4 @@
-"""SmolLM2-135M-Instruct end to end on CPU: GPO against the same-sample whole-trajectory baseline.
+"""SmolLM2-135M-Instruct end to end on CPU: GPO with two locators against the same-sample baseline.
 
     .venv/bin/python bench/smollm2_e2e.py                       # docs/experiments.md's run (~50 min, 2 busy cores)
     .venv/bin/python bench/smollm2_e2e.py --train-problems 3 --test-problems 3 --n 2 --k 2 --m 2 \
@@ -8,15 +8,18 @@ Every stage runs through the `gpo` CLI in a subprocess, exactly as a user would 
     gpo smollm2 (GGUF -> model folder, once)
     gpo sample   train problems (reasoning-gym, --seed-train), n samples each
     gpo estimate --split authors --k K --estimator full   (the paper's estimator and the authors' step rule)
-    gpo locate
+    gpo locate   --rule abs-advantage   (the paper's)
     gpo branch   --m M --baseline --random-m 0   (GPO pairs and the whole-trajectory pairs of the same samples)
-    gpo train    --method dpo --data gpo        }  same base, settings, optimizer steps and batch
-    gpo train    --method dpo --data baseline   }
-    gpo eval     base, gpo, baseline on held-out problems (--seed-test), sampled n + one greedy pass
+    gpo locate   --rule changepoint, then gpo branch --m M, on a copy of the same sample and estimate (run-changepoint)
+    gpo train    --method dpo --data gpo        }  same base, settings, optimizer steps and batch, for gpo,
+    gpo train    --method dpo --data baseline   }  gpo-changepoint and baseline
+    gpo eval     base, gpo, gpo-changepoint, baseline on held-out problems (--seed-test), sampled n + one greedy
     gpo diagnose
 Then it reads the run's tables (DuckDB over the Parquet files) for accuracy with 95% intervals clustered by
-problem, the paired difference GPO - baseline over test problems, critical-step positions, and tokens and
-wall time per stage (stage manifests + the subprocess's own clock), prints a summary and writes a JSON.
+problem, the paired differences over test problems, critical-step positions, the change-point rule's
+confidence on a real model's value curves (its distribution, the share of trajectories each --min-confidence
+would keep, how often it picks the paper's step), and tokens and wall time per stage (stage manifests + the
+subprocess's own clock), prints a summary and writes a JSON.
 """
 
 from __future__ import annotations
@@ -100,12 +103,17 @@ def run_chain(a: argparse.Namespace, gpo: Gpo) -> dict:
     gpo("sample", "sample", "--problems", rg_source(a.task, a.train_problems, a.seed_train), "--model", model,
         "--run", run, "--n", a.n, *gen)
     gpo("estimate", "estimate", "--run", run, "--k", a.k, "--split", "authors", "--estimator", "full", "--seed", 0)
-    gpo("locate", "locate", "--run", run)
+    gpo("locate", "locate", "--run", run, "--rule", "abs-advantage")
     gpo("branch", "branch", "--run", run, "--m", a.m, "--baseline", "--random-m", 0, "--seed", 0)
+    cp = out / "run-changepoint"  # the same samples and estimate, the change-point rule
+    for stage in ("sample", "estimate"):
+        copy_stage(run, cp, stage)
+    gpo("locate changepoint", "locate", "--run", cp, "--rule", "changepoint")
+    gpo("branch changepoint", "branch", "--run", cp, "--m", a.m, "--random-m", 0, "--seed", 0)
     models = {"base": model}
-    for arm, data in (("gpo", "gpo"), ("baseline", "baseline")):
+    for arm, arm_run, data in ARMS:
         dest = out / "train" / f"dpo-{arm}"
-        gpo(f"train {arm}", "train", "--run", run, "--method", "dpo", "--data", data, "--model", model,
+        gpo(f"train {arm}", "train", "--run", out / arm_run, "--method", "dpo", "--data", data, "--model", model,
             "--out", dest, "--max-steps", a.steps, "--batch-size", a.batch_size, "--learning-rate",
             a.learning_rate, "--beta", a.beta, "--max-length", a.max_length, "--lora", a.lora,
             "--save-steps", 1000, "--seed", 0)
@@ -115,7 +123,18 @@ def run_chain(a: argparse.Namespace, gpo: Gpo) -> dict:
         gpo(f"eval {label}", "eval", "--model", path, "--problems", test, "--run", run, "--label", label,
             "--n", a.eval_n, *gen)
     headline = gpo("diagnose", "diagnose", run, "--permutations", a.permutations, capture=True)
-    return {"run": run, "model": model, "models": models, "test_source": test, "diagnose_stdout": headline}
+    return {"run": run, "changepoint_run": cp, "model": model, "models": models, "test_source": test,
+            "diagnose_stdout": headline}
+
+
+ARMS = (("gpo", "run", "gpo"), ("gpo-changepoint", "run-changepoint", "gpo"), ("baseline", "run", "baseline"))
+CONFIDENCES = (0.5, 0.8, 0.9)  # --min-confidence thresholds whose kept share the summary reports
+
+
+def copy_stage(src_run: Path, dst_run: Path, stage: str) -> None:
+    from stages.tools.demo.driver import copy_stage as copy  # the demo's copy of a finished stage
+
+    copy(src_run, dst_run, stage)
 
 
 def sql(query: str, params: list | None = None) -> list[tuple]:
@@ -173,6 +192,24 @@ def critical_steps(run: Path) -> dict:
             "critical_step_histogram": {int(s): int(c) for s, c in hist}}
 
 
+def changepoint_confidence(paper_run: Path, cp_run: Path) -> dict:
+    """The change-point rule on a real model's value curves: its confidence (posterior share of the chosen
+    step) over the failed trajectories it located, the share --min-confidence t would keep, and how often it
+    chose the paper's step (abs-advantage on the same estimate)."""
+    cp, paper = f"read_parquet('{cp_run}/locate/*.parquet')", f"read_parquet('{paper_run}/locate/*.parquet')"
+    (located, q10, q25, q50, q75, q90), = sql(
+        "select count(*), quantile_cont(confidence, 0.1), quantile_cont(confidence, 0.25), median(confidence), "
+        f"quantile_cont(confidence, 0.75), quantile_cont(confidence, 0.9) from {cp} where critical_step is not null")
+    kept = {str(t): sql(f"select avg((confidence >= {t})::int) from {cp} where critical_step is not null")[0][0]
+            for t in CONFIDENCES}
+    (both, same), = sql(f"select count(*), count(*) filter (where c.critical_step = p.critical_step) from {cp} c "
+                        f"join {paper} p using (problem_id, sample_idx) "
+                        "where c.critical_step is not null and p.critical_step is not null")
+    return {"located": located, "confidence_q10_q25_q50_q75_q90": [q10, q25, q50, q75, q90],
+            "kept_share_at_min_confidence": kept, "same_step_as_paper": same / both if both else None,
+            "compared": both}
+
+
 def stage_cost(folder: Path) -> dict:
     """Stats and wall seconds summed over a finished stage's shard manifests."""
     from stages.core.pipeline import layout
@@ -207,7 +244,7 @@ def collect(a: argparse.Namespace, chain: dict, gpo: Gpo, started: float) -> dic
     for name, seconds in gpo.timings.items():
         stages.setdefault(name, {})["subprocess_seconds"] = seconds
     training = {}
-    for arm in ("gpo", "baseline"):
+    for arm, _, _ in ARMS:
         s = json.loads(layout.summary_path(a.out / "train" / f"dpo-{arm}").read_text())
         training[arm] = {"optimizer_steps": s.get("global_step"), "batch_size": a.batch_size,
                          "distinct_pairs": s.get("rows"), "duplicates_dropped": s.get("duplicates_dropped", 0)}
@@ -225,9 +262,14 @@ def collect(a: argparse.Namespace, chain: dict, gpo: Gpo, started: float) -> dic
         "training": training,
         "accuracy": accuracy(run, labels),
         "paired_gpo_minus_baseline": [paired(run, "gpo", "baseline", m) for m in ("sampled", "greedy")],
+        "paired_changepoint_minus_baseline": [paired(run, "gpo-changepoint", "baseline", m)
+                                              for m in ("sampled", "greedy")],
+        "paired_changepoint_minus_gpo": [paired(run, "gpo-changepoint", "gpo", m) for m in ("sampled", "greedy")],
         "paired_gpo_minus_base": [paired(run, "gpo", "base", m) for m in ("sampled", "greedy")],
         "paired_baseline_minus_base": [paired(run, "baseline", "base", m) for m in ("sampled", "greedy")],
         "critical_steps": critical_steps(run),
+        "critical_steps_changepoint": critical_steps(chain["changepoint_run"]),
+        "changepoint_confidence": changepoint_confidence(run, chain["changepoint_run"]),
         "pair_truncation": [dict(zip(("data", "pairs", "chosen_truncated", "rejected_truncated"), row)) for row in sql(
             "select data, count(*), avg((chosen_finish_reason = 'length')::int), "
             f"avg((rejected_finish_reason = 'length')::int) from read_parquet('{run}/branch/*.parquet') group by 1 "
@@ -256,13 +298,19 @@ def print_summary(r: dict) -> None:
         for mode, v in modes.items():
             print(f"{label:10} {mode:8} {v['accuracy']:9.3f} {'[%.3f, %.3f]' % (v['ci_low'], v['ci_high']):>30} "
                   f"{v['truncated_share']:10.3f}")
-    for key in ("paired_gpo_minus_baseline", "paired_gpo_minus_base", "paired_baseline_minus_base"):
+    for key in ("paired_gpo_minus_baseline", "paired_changepoint_minus_baseline", "paired_changepoint_minus_gpo",
+                "paired_gpo_minus_base", "paired_baseline_minus_base"):
         for p in r[key]:
-            print(f"{key[7:]:22} {p['mode']:8} {p['difference']:+.3f} [{p['ci_low']:+.3f}, {p['ci_high']:+.3f}] "
+            print(f"{key[7:]:30} {p['mode']:8} {p['difference']:+.3f} [{p['ci_low']:+.3f}, {p['ci_high']:+.3f}] "
                   f"over {p['problems']} problems: {p['reading']}")
     c = r["critical_steps"]
     print(f"critical steps: {c['located']}/{c['trajectories']} failed trajectories located; step index histogram "
           f"{c['critical_step_histogram']}; relative position q25/q50/q75 {c['relative_position_q25_q50_q75']}")
+    cc = r["changepoint_confidence"]
+    print(f"change-point rule: {cc['located']} located; confidence q10/q25/q50/q75/q90 "
+          f"{[round(x, 3) if x is not None else None for x in cc['confidence_q10_q25_q50_q75_q90']]}; kept at "
+          f"--min-confidence {cc['kept_share_at_min_confidence']}; same step as the paper's rule: "
+          f"{cc['same_step_as_paper']} of {cc['compared']}")
     print("gpo diagnose: " + "\n  ".join(r["diagnose"]["headline"]))
     print("per stage (generated / prompt tokens, subprocess seconds):")
     for name, st in r["stages"].items():
