@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gpo_cli.common import out, wide
-from stages.tools.demo.arms import BASELINE
+from stages.tools.demo.arms import BASELINE, RANDOM
 from stages.tools.demo.summary import PRIMARY_KIND, RESOLVE
 
 WIDE = 160
@@ -49,13 +49,15 @@ def print_differences(r: dict, primary: bool) -> None:
         return
     title = (f"PRIMARY: each GPO arm minus {BASELINE}, greedy accuracy and probe {PRIMARY_KIND} P(gold), "
              "paired over test problems; p Holm-adjusted over this family" if primary else
-             f"exploratory: every model minus {BASELINE} (95% CI, unadjusted: read as descriptive)")
+             f"exploratory: every model minus {BASELINE}, each GPO arm minus {RANDOM} (95% CI, unadjusted: read "
+             "as descriptive)")
     t = Table(title=title)
-    for col in ("arm", "metric", "problems", f"arm - {BASELINE}", "95% CI", "p", *(["p (Holm)"] if primary else []),
-                "reading"):
+    for col in ("arm", "minus", "metric", "problems", "difference", "95% CI", "p",
+                *(["p (Holm)"] if primary else []), "reading"):
         t.add_column(col)
-    for row in rows:
-        t.add_row(row["arm"], row["metric"], str(row["problems"]), f"{row['diff']:+.3f}",
+    for row in rows:  # a summary written before random reset was a reference has no "reference": same-samples
+        t.add_row(row["arm"], row.get("reference", BASELINE), row["metric"], str(row["problems"]),
+                  f"{row['diff']:+.3f}",
                   f"[{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]", f"{row['p']:.3f}",
                   *([f"{row['p_holm']:.3f}"] if primary else []), row["verdict"])
     wide(WIDE).print(t)

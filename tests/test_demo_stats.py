@@ -63,7 +63,7 @@ def test_each_arm_gets_its_own_best_cell_and_the_demo_uses_it():
 
 
 def test_the_primary_family_is_each_gpo_arm_minus_same_samples_on_greedy_and_the_trap_probe():
-    from stages.tools.demo.arms import BASELINE, GPO_ARMS
+    from stages.tools.demo.arms import BASELINE, GPO_ARMS, RANDOM
     from stages.tools.demo.summary import PRIMARY_KIND, differences
 
     problems = [f"p{i}" for i in range(40)]
@@ -89,6 +89,10 @@ def test_the_primary_family_is_each_gpo_arm_minus_same_samples_on_greedy_and_the
         {(a, m) for a in GPO_ARMS for m in ("greedy", f"probe {PRIMARY_KIND} P(gold)")}
     assert all("p_holm" not in r for r in rows if not r["primary"])
     assert {r["arm"] for r in rows} == set(labels) - {BASELINE}
+    # each GPO arm also minus random reset (is the critical step better than any step?): exploratory only
+    second = [r for r in rows if r["reference"] == RANDOM]
+    assert {r["arm"] for r in second} == set(GPO_ARMS) and not any(r["primary"] for r in second)
+    assert [r["diff"] for r in second if r["arm"] == GPO_ARMS[0] and r["metric"] == "greedy"] == [pytest.approx(0.25)]
     gain = {r["metric"]: r for r in primary if r["arm"] == GPO_ARMS[0]}
     assert gain["greedy"]["diff"] == pytest.approx(0.25)  # 10 of 40 problems
     assert gain[f"probe {PRIMARY_KIND} P(gold)"]["diff"] == pytest.approx(0.1)
@@ -105,13 +109,14 @@ def test_the_summary_prints_presented_pairs_and_the_primary_family_first(capsys)
            "p": 0.1, "p_holm": 0.2, "primary": True, "verdict": "not distinguishable"}
     other = {**row, "arm": "base", "primary": False, "verdict": "arm better"}
     other.pop("p_holm")
+    versus_random = {**other, "arm": "gpo", "reference": "random-reset", "diff": -0.031}
     training = {"optimizer_steps": 30, "planned_batch": 8, "pairs_presented": 240, "pairs_per_step": [8],
                 "learning_rate": 1e-5, "beta": 0.1, "distinct_pairs": 52, "duplicates_dropped": 6,
                 "generated_tokens": 1000, "prompt_tokens": 10}
     print_demo_summary({
         "task": "borrow", "accuracy": {"base": {"greedy": acc, "sampled": acc}, "gpo": {"greedy": acc, "sampled": acc}},
         "probe": {"gpo": {"trap-hard": {"p_gold": 0.44, "top_share": 0.4}}}, "training": {"gpo": training},
-        "differences": [row, other], "needed_problems": {"greedy": 630},
+        "differences": [row, other, versus_random], "needed_problems": {"greedy": 630},
         "plan": {"greedy_problems": 640, "test_problems": 150, "eval_n": 4}, "agreement": {},
         "pair_divergence": {}, "diagnose": [], "budget": {"rule": "r"},
         "timings": [("sample", 12.4, 10.2, 1200), ("estimate (gpo-bisect)", 20.0, 18.0, 1600),
@@ -125,3 +130,29 @@ def test_the_summary_prints_presented_pairs_and_the_primary_family_first(capsys)
             "tokens (99 per CPU-s)") in text
     assert "30 x 8 (240)" in text and "0.440 / 0.400" in text
     assert text.index("PRIMARY") < text.index("exploratory") and "greedy ~630" in text
+    assert "random-reset" in text and "-0.031" in text  # the GPO arm against random reset, printed
+
+
+def test_seeds_pool_as_a_fixed_effect_mean_and_the_primary_family_is_adjusted_again():
+    from demo_seeds import combine
+
+    def summary(gain: float, half: float) -> dict:
+        rows = [{"arm": "gpo", "reference": "same-samples", "metric": "greedy", "problems": 640, "diff": gain,
+                 "ci_low": gain - half, "ci_high": gain + half, "primary": True},
+                {"arm": "gpo", "reference": "random-reset", "metric": "greedy", "problems": 640, "diff": -gain,
+                 "ci_low": -gain - half, "ci_high": -gain + half, "primary": False}]
+        acc = {"greedy": {"pass@1": 0.7}}
+        return {"differences": rows, "accuracy": {"gpo": acc}, "agreement": {"gpo": {"agreement": 0.2}},
+                "training": {"gpo": {"generated_tokens": 100}}, "wall_seconds": 1.0}
+
+    # three seeds, each +0.03 +- 0.0392 (se 0.02): not distinguishable alone, pooled se 0.02 / sqrt(3)
+    result = combine([summary(0.03, 0.0392)] * 3)
+    first, second = result["rows"]
+    assert first["diff"] == pytest.approx(0.03) and first["problems"] == 1920
+    assert first["ci_high"] - first["diff"] == pytest.approx(1.96 * 0.02 / 3 ** 0.5)
+    assert first["reading"] == "arm better" and first["p_holm"] == pytest.approx(first["p"])  # a family of one
+    assert "p_holm" not in second and second["reading"] == "arm worse"
+    assert [d for d, _, _ in first["per_seed"]] == [0.03] * 3
+    # seeds that disagree in sign pool towards zero
+    mixed = combine([summary(0.03, 0.0392), summary(-0.03, 0.0392), summary(0.0, 0.0392)])
+    assert mixed["rows"][0]["diff"] == pytest.approx(0.0) and mixed["rows"][0]["reading"] == "not distinguishable"

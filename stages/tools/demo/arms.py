@@ -12,6 +12,7 @@ from pathlib import Path
 
 PAPER = "gpo"  # the run every other arm shares samples with
 BASELINE = "same-samples"  # the reference of the primary comparison
+RANDOM = "random-reset"  # the GPO arms' second (exploratory) reference: is the critical step better than any?
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,14 @@ ARMS = (
     Arm(PAPER, PAPER, "gpo", "the paper: K=4 rollouts at every state, largest |advantage|, M=5 branches",
         estimator="full"),
     Arm("gpo-bisect", "gpo-bisect", "gpo", "the same samples, the bisect estimator (K=4)", estimator="bisect"),
-    Arm("random-reset", PAPER, "random-reset", "reset at a random step, as many continuations per failed "
+    Arm("gpo-changepoint", "gpo-changepoint", "gpo", "the paper's estimate (copied), the change-point rule",
+        estimator="full", rule="changepoint", estimate_from=PAPER),
+    Arm("gpo-cp-estimate", "gpo-cp-estimate", "gpo", "the same samples, the changepoint estimator (bisect, then "
+                                                    "rollouts where the split is uncertain) and rule",
+        estimator="changepoint", rule="changepoint"),
+    Arm("gpo-oracle", "gpo-oracle", "gpo", "upper bound: reset at the known first wrong line (K=4 rollouts only "
+                                          "there)", estimator="oracle", rule="oracle"),
+    Arm(RANDOM, PAPER, "random-reset", "reset at a random step, as many continuations per failed "
                                                "trajectory as GPO spent rollouts"),
     Arm(BASELINE, PAPER, "baseline", "whole-trajectory pairs from the same samples (the paper's baseline)"),
     Arm("tokens-matched", "tokens-matched", "baseline", "whole-trajectory pairs from more samples, costing as "

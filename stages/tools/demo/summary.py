@@ -1,6 +1,7 @@
 """The demo's summary: cost and training compute per arm (pairs read from the training metrics), the primary
 comparison (each GPO arm minus same-samples on greedy accuracy and the hard-trap probe, Holm-adjusted), the
-rest as exploratory paired differences, and the test-set size the measured variances call for."""
+rest as exploratory paired differences (every model minus same-samples, each GPO arm minus random reset), and
+the test-set size the measured variances call for."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 import math
 from pathlib import Path
 
-from stages.tools.demo.arms import ARMS, BASELINE, GPO_ARMS, PAPER, arm_data, by_name, sampled_label
+from stages.tools.demo.arms import ARMS, BASELINE, GPO_ARMS, PAPER, RANDOM, arm_data, by_name, sampled_label
 from stages.core.pipeline import artifacts, layout
 from stages.core.pipeline.errors import GpoError
 
@@ -82,30 +83,33 @@ def needed_problems(low: float, high: float, problems: int, resolve: float = RES
 
 
 def differences(labels: list[str], greedy: dict, sampled: dict, probes: dict) -> list[dict]:
-    """Every model minus same-samples: greedy accuracy, sampled pass@1, the probe per kind (probability of the
-    gold token and top share). The primary family is Holm-adjusted; the rest is exploratory (unadjusted)."""
+    """Every model minus same-samples, and each GPO arm minus random reset: greedy accuracy, sampled pass@1, the
+    probe per kind (probability of the gold token and top share). The primary family (GPO arms minus
+    same-samples on greedy and the hard-trap probe) is Holm-adjusted; the rest is exploratory (unadjusted)."""
     from stages import eval as evaluation
     from stages.core.method import probe
     from stages.core.method.values import holm, interval_p_value
 
+    pairs = [(BASELINE, label) for label in labels if label != BASELINE]
+    if RANDOM in labels:
+        pairs += [(RANDOM, label) for label in labels if label in GPO_ARMS]
     rows = []
-    for label in labels:
-        if label == BASELINE:
-            continue
+    for ref, label in pairs:
         for metric, summaries in (("greedy", greedy), ("sampled", sampled)):
-            for r in evaluation.compare([summaries[BASELINE], summaries[label]]):
+            for r in evaluation.compare([summaries[ref], summaries[label]]):
                 if r["label"] == summaries[label]["label"] and r["mode"] == metric:
-                    rows.append({"arm": label, "metric": metric, "problems": r["problems"], "diff": r["diff"],
-                                 "ci_low": r["diff_low"], "ci_high": r["diff_high"]})
-        for r in probe.compare([probes[BASELINE], probes[label]]):
+                    rows.append({"arm": label, "reference": ref, "metric": metric, "problems": r["problems"],
+                                 "diff": r["diff"], "ci_low": r["diff_low"], "ci_high": r["diff_high"]})
+        for r in probe.compare([probes[ref], probes[label]]):
             for metric in ("p", "top"):
-                rows.append({"arm": label, "metric": f"probe {r['kind']} {'P(gold)' if metric == 'p' else 'top'}",
+                rows.append({"arm": label, "reference": ref,
+                             "metric": f"probe {r['kind']} {'P(gold)' if metric == 'p' else 'top'}",
                              "problems": r["problems"], "diff": r[f"{metric}_diff"],
                              "ci_low": r[f"{metric}_diff_low"], "ci_high": r[f"{metric}_diff_high"]})
     primary = {"greedy", f"probe {PRIMARY_KIND} P(gold)"}
     for r in rows:
         r["p"] = interval_p_value(r["diff"], r["ci_low"], r["ci_high"])
-        r["primary"] = r["arm"] in GPO_ARMS and r["metric"] in primary
+        r["primary"] = r["arm"] in GPO_ARMS and r["reference"] == BASELINE and r["metric"] in primary
     family = [r for r in rows if r["primary"]]
     for r, adjusted in zip(family, holm([r["p"] for r in family])):
         r["p_holm"] = adjusted
