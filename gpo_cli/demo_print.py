@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gpo_cli.common import out, wide
-from stages.tools.demo.arms import BASELINE, RANDOM
+from stages.tools.demo.arms import BASELINE, PAPER, RANDOM
 from stages.tools.demo.summary import PRIMARY_KIND, RESOLVE
 
 WIDE = 160
@@ -49,8 +49,8 @@ def print_differences(r: dict, primary: bool) -> None:
         return
     title = (f"PRIMARY: each GPO arm minus {BASELINE}, greedy accuracy and probe {PRIMARY_KIND} P(gold), "
              "paired over test problems; p Holm-adjusted over this family" if primary else
-             f"exploratory: every model minus {BASELINE}, each GPO arm minus {RANDOM} (95% CI, unadjusted: read "
-             "as descriptive)")
+             f"exploratory: every model minus {BASELINE}, each GPO arm minus {RANDOM} and minus {PAPER} (95% CI, "
+             "unadjusted: read as descriptive)")
     t = Table(title=title)
     for col in ("arm", "minus", "metric", "problems", "difference", "95% CI", "p",
                 *(["p (Holm)"] if primary else []), "reading"):

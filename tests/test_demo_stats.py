@@ -63,7 +63,7 @@ def test_each_arm_gets_its_own_best_cell_and_the_demo_uses_it():
 
 
 def test_the_primary_family_is_each_gpo_arm_minus_same_samples_on_greedy_and_the_trap_probe():
-    from stages.tools.demo.arms import BASELINE, GPO_ARMS, RANDOM
+    from stages.tools.demo.arms import BASELINE, GPO_ARMS, PAPER, RANDOM
     from stages.tools.demo.summary import PRIMARY_KIND, differences
 
     problems = [f"p{i}" for i in range(40)]
@@ -93,6 +93,10 @@ def test_the_primary_family_is_each_gpo_arm_minus_same_samples_on_greedy_and_the
     second = [r for r in rows if r["reference"] == RANDOM]
     assert {r["arm"] for r in second} == set(GPO_ARMS) and not any(r["primary"] for r in second)
     assert [r["diff"] for r in second if r["arm"] == GPO_ARMS[0] and r["metric"] == "greedy"] == [pytest.approx(0.25)]
+    # and each other GPO arm minus the paper's (the same samples: what another locator or estimator changes)
+    third = [r for r in rows if r["reference"] == PAPER]
+    assert {r["arm"] for r in third} == set(GPO_ARMS) - {PAPER} and not any(r["primary"] for r in third)
+    assert [r["diff"] for r in third if r["arm"] == GPO_ARMS[1] and r["metric"] == "greedy"] == [pytest.approx(-0.25)]
     gain = {r["metric"]: r for r in primary if r["arm"] == GPO_ARMS[0]}
     assert gain["greedy"]["diff"] == pytest.approx(0.25)  # 10 of 40 problems
     assert gain[f"probe {PRIMARY_KIND} P(gold)"]["diff"] == pytest.approx(0.1)

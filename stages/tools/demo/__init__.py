@@ -13,7 +13,7 @@ Measured on the test split, problems drawn by the seed: greedy accuracy and the 
 (`gpo eval --probe`) on `greedy_problems`, sampled pass@1 on the first `test_problems` of them. The
 primary comparison, named before any number: each GPO arm minus same-samples on greedy accuracy and on
 the probe at the hard trap line, Holm-adjusted over that family (summary.py); each GPO arm minus random
-reset is exploratory.
+reset and minus the paper's GPO are exploratory.
 
     plan.py     the plan table (problems, samples, steps per task and size), each arm's chosen lr and beta
     arms.py     the arms, one row each

@@ -1,6 +1,7 @@
 """The demo's summary: cost and training compute per arm (pairs read from the training metrics), the primary
 comparison (each GPO arm minus same-samples on greedy accuracy and the hard-trap probe, Holm-adjusted), the
-rest as exploratory paired differences (every model minus same-samples, each GPO arm minus random reset), and
+rest as exploratory paired differences (every model minus same-samples, each GPO arm minus random reset and
+minus the paper's GPO), and
 the test-set size the measured variances call for."""
 
 from __future__ import annotations
@@ -83,16 +84,19 @@ def needed_problems(low: float, high: float, problems: int, resolve: float = RES
 
 
 def differences(labels: list[str], greedy: dict, sampled: dict, probes: dict) -> list[dict]:
-    """Every model minus same-samples, and each GPO arm minus random reset: greedy accuracy, sampled pass@1, the
-    probe per kind (probability of the gold token and top share). The primary family (GPO arms minus
-    same-samples on greedy and the hard-trap probe) is Holm-adjusted; the rest is exploratory (unadjusted)."""
+    """Every model minus same-samples, each GPO arm minus random reset and each other GPO arm minus the paper's:
+    greedy accuracy, sampled pass@1, the probe per kind (probability of the gold token and top share). The
+    primary family (GPO arms minus same-samples on greedy and the hard-trap probe) is Holm-adjusted; the rest is
+    exploratory (unadjusted)."""
     from stages import eval as evaluation
     from stages.core.method import probe
     from stages.core.method.values import holm, interval_p_value
 
     pairs = [(BASELINE, label) for label in labels if label != BASELINE]
-    if RANDOM in labels:
+    if RANDOM in labels:  # is the critical step better than any step?
         pairs += [(RANDOM, label) for label in labels if label in GPO_ARMS]
+    if PAPER in labels:  # the same samples, another locator or estimator: what it changes, at what cost
+        pairs += [(PAPER, label) for label in labels if label in GPO_ARMS and label != PAPER]
     rows = []
     for ref, label in pairs:
         for metric, summaries in (("greedy", greedy), ("sampled", sampled)):
