@@ -160,3 +160,13 @@ def test_seeds_pool_as_a_fixed_effect_mean_and_the_primary_family_is_adjusted_ag
     # seeds that disagree in sign pool towards zero
     mixed = combine([summary(0.03, 0.0392), summary(-0.03, 0.0392), summary(0.0, 0.0392)])
     assert mixed["rows"][0]["diff"] == pytest.approx(0.0) and mixed["rows"][0]["reading"] == "not distinguishable"
+    # the interval over seeds: none wide when the seeds agree, t(2) = 4.303 times sd / sqrt(3) when they do not
+    assert first["over_seeds"] == pytest.approx([0.03, 0.03])
+    assert mixed["rows"][0]["over_seeds"] == pytest.approx([-4.303 * 0.03 / 3 ** 0.5, 4.303 * 0.03 / 3 ** 0.5])
+
+
+def test_t_quantiles_match_the_table_and_the_expansion_beyond_it():
+    from demo_seeds import t975
+
+    assert t975(2) == 4.303 and abs(t975(11) - 2.201) < 0.003 and abs(t975(30) - 2.042) < 0.003
+    assert abs(t975(1000) - 1.962) < 0.002
