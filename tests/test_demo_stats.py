@@ -170,3 +170,32 @@ def test_t_quantiles_match_the_table_and_the_expansion_beyond_it():
 
     assert t975(2) == 4.303 and abs(t975(11) - 2.201) < 0.003 and abs(t975(30) - 2.042) < 0.003
     assert abs(t975(1000) - 1.962) < 0.002
+
+
+def test_a_resumed_demo_keeps_each_finished_commands_cost_from_its_ledger(tmp_path):
+    from stages.core.pipeline import layout
+    from stages.tools.demo.driver import Runner
+
+    run, ledger = tmp_path / "gpo", layout.timings_path(tmp_path)
+
+    class Stage:  # stands in for gpo's click command: a stage that works once, then has nothing to do
+        def __init__(self, tokens):
+            self.tokens = tokens
+
+        def main(self, args, prog_name, standalone_mode):
+            manifest = layout.manifest_path(run / args[0], 0)
+            if not manifest.exists():
+                manifest.parent.mkdir(parents=True, exist_ok=True)
+                manifest.write_text(json.dumps({"generated_tokens": self.tokens}))
+            return 0
+
+    first = Runner(Stage(1234), echo=lambda text: None, ledger=ledger)
+    first("sample", "sample", "--run", run)  # killed after this command
+    (name, wall, cpu, tokens), = json.loads(ledger.read_text())["timings"]
+    assert (name, tokens) == ("sample", 1234)
+    again = Runner(Stage(99), echo=lambda text: None, ledger=ledger)
+    again("sample", "sample", "--run", run)  # nothing left to do: the cost it had when it ran
+    again("estimate", "estimate", "--run", run)  # does its work now
+    assert again.timings[0] == (name, wall, cpu, 1234)
+    assert again.timings[1][0] == "estimate" and again.timings[1][3] == 99
+    assert [t[0] for t in json.loads(ledger.read_text())["timings"]] == ["sample", "estimate"]

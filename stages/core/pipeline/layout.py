@@ -9,6 +9,7 @@
     RUN/<stage>/_SUCCESS                             success_path(out): all shards done
     RUN/<stage>/_logs/                               logs_dir(out): Slurm job logs
     RUN/<folder>/summary.json                        summary_path(out): eval, probe, diagnose, train summaries
+    DEMO/timings.json                                timings_path(root): the demo's cost of each command so far
     .../.tmp-<name>.<pid>@<host>                     temp_path(path): an atomic write in progress
 
 `gpo train`'s output folder shares config_path and success_path (its own files are listed in stages/train).
@@ -26,6 +27,7 @@ SUCCESS = "_SUCCESS"
 SHARDS = "_shards"
 LOGS = "_logs"
 SUMMARY = "summary.json"
+TIMINGS = "timings.json"
 TEMP_PREFIX = ".tmp-"
 
 MANIFEST_GLOB = "[0-9]" * 5 + ".json"  # _shards/00003.json; a file named otherwise is not a manifest
@@ -48,6 +50,10 @@ def success_path(out: Path) -> Path:
 
 def summary_path(out: Path) -> Path:
     return Path(out) / SUMMARY
+
+
+def timings_path(root: Path) -> Path:
+    return Path(root) / TIMINGS
 
 
 def logs_dir(out: Path) -> Path:

@@ -3,7 +3,6 @@ of every model, and run_demo, which does them in order and writes summary.json (
 
 from __future__ import annotations
 
-import json
 import shlex
 import shutil
 import time
@@ -32,15 +31,21 @@ def _stderr_print(text: str) -> None:
 
 
 class Runner:
-    """Runs `gpo` commands in this process, printing each one and timing it. `earlier`: the timings of a previous
-    invocation on the same folder (its summary.json), kept for a command that has nothing left to do on a rerun,
-    so a resumed or repeated demo reports what each command cost when it ran."""
+    """Runs `gpo` commands in this process, printing each one and timing it. `ledger`: a JSON file that holds
+    every command's cost so far, rewritten after each command; a command that has nothing left to do on a
+    rerun (after a kill, or of a finished demo) keeps the cost it had when it ran."""
 
-    def __init__(self, command, echo: Callable[[str], None] = _stderr_print, earlier: list | None = None):
+    def __init__(self, command, echo: Callable[[str], None] = _stderr_print, ledger: Path | None = None,
+                 earlier: list | None = None):
+        from stages.core.pipeline import artifacts
+
         self.command = command  # gpo's click command, handed in by `gpo demo` (no import of gpo_cli.main here)
         self.echo = echo  # prints each command (rich markup): `gpo demo` hands in its stderr console
         # (command, wall seconds, CPU seconds, tokens its stages generated)
         self.timings: list[tuple[str, float, float, int]] = []
+        self.ledger = ledger
+        if ledger is not None and ledger.exists():  # `earlier`: where no ledger was kept (a summary's timings)
+            earlier = artifacts.load_json(ledger).get("timings", [])
         self.earlier = {t[0]: tuple(t) for t in earlier or ()}
         self.spent = 0.0  # wall seconds inside commands in this invocation, whether they worked or not
 
@@ -58,8 +63,13 @@ class Runner:
             run is None and out is None)  # a command with no run folder (the report) always works
         wall = time.time() - t0
         self.spent += wall
-        self.timings.append((name, wall, cpu_seconds() - c0, tokens) if worked or name not in self.earlier
-                            else self.earlier[name])
+        if worked or name not in self.earlier:
+            self.earlier[name] = (name, wall, cpu_seconds() - c0, tokens)
+        self.timings.append(self.earlier[name])
+        if self.ledger is not None:
+            from stages.core.pipeline.artifacts import write_json_atomic
+
+            write_json_atomic(self.ledger, {"timings": list(self.earlier.values())})
 
 
 def wrote_since(path: Path, t0: float) -> bool:
@@ -165,6 +175,7 @@ def run_demo(root: Path, quick: bool, task: str = "borrow", seed: int = 0, model
              show: Callable[[dict], None] = lambda r: None) -> dict:
     """`command`: gpo's click command, which runs each step in this process; `echo` prints each command;
     `show` is handed the summary (to print it) before summary.json is written."""
+    from stages.core.pipeline import artifacts
     from stages.core.pipeline.artifacts import write_json_atomic
     from stages.core.sources.toy_tasks import get
 
@@ -172,8 +183,9 @@ def run_demo(root: Path, quick: bool, task: str = "borrow", seed: int = 0, model
     model = shown(model or get(task).model_dir)
     if not (model / "config.json").exists():
         raise GpoError(f"the {task} model is missing at {model}: run `gpo toy build --task {task}`")
-    earlier = layout.summary_path(root)  # a rerun keeps what each finished command cost when it ran
-    gpo = Runner(command, echo, json.loads(earlier.read_text()).get("timings") if earlier.exists() else None)
+    summary = layout.summary_path(root)  # a demo finished before the ledger was kept: its summary's timings
+    old = artifacts.load_json(summary).get("timings") if summary.exists() else None
+    gpo = Runner(command, echo, layout.timings_path(root), old)  # a rerun keeps what each finished command cost
     started = time.time()
     data = generate_data(root, plan, model, seed, gpo)
     models = {"base": model, **train_arms(root / "train", plan, model, seed, root, gpo)}
