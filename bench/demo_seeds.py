@@ -60,6 +60,7 @@ def pool(rows: list[dict]) -> dict:
 
 def combine(summaries: list[dict]) -> dict:
     from stages.core.method.values import holm, interval_p_value
+    from stages.tools.demo.summary import verdict
 
     keyed: dict[tuple, list[dict]] = {}
     for summary in summaries:
@@ -79,10 +80,7 @@ def combine(summaries: list[dict]) -> dict:
     for r, adjusted in zip(family, holm([r["p"] for r in family])):
         r["p_holm"] = adjusted
     for r in rows:
-        low, high, p = r["ci_low"], r["ci_high"], r.get("p_holm")
-        r["reading"] = (("not distinguishable" if p >= 0.05 else "arm better" if low > 0 else "arm worse")
-                        if p is not None else "arm better" if low > 0 else "arm worse" if high < 0
-                        else "not distinguishable")
+        r["reading"] = verdict(r["ci_low"], r["ci_high"], r.get("p_holm"))  # the demo summary's own reading
     accuracy = {label: [s["accuracy"][label]["greedy"]["pass@1"] for s in summaries]
                 for label in summaries[0]["accuracy"]}
     agreement = {arm: [s["agreement"][arm]["agreement"] for s in summaries] for arm in summaries[0]["agreement"]}

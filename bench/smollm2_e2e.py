@@ -105,6 +105,8 @@ def run_chain(a: argparse.Namespace, gpo: Gpo) -> dict:
     gpo("estimate", "estimate", "--run", run, "--k", a.k, "--split", "authors", "--estimator", "full", "--seed", 0)
     gpo("locate", "locate", "--run", run, "--rule", "abs-advantage")
     gpo("branch", "branch", "--run", run, "--m", a.m, "--baseline", "--random-m", 0, "--seed", 0)
+    from stages.tools.demo.driver import copy_stage  # the demo's copy of a finished stage
+
     cp = out / "run-changepoint"  # the same samples and estimate, the change-point rule
     for stage in ("sample", "estimate"):
         copy_stage(run, cp, stage)
@@ -130,11 +132,6 @@ def run_chain(a: argparse.Namespace, gpo: Gpo) -> dict:
 ARMS = (("gpo", "run", "gpo"), ("gpo-changepoint", "run-changepoint", "gpo"), ("baseline", "run", "baseline"))
 CONFIDENCES = (0.5, 0.8, 0.9)  # --min-confidence thresholds whose kept share the summary reports
 
-
-def copy_stage(src_run: Path, dst_run: Path, stage: str) -> None:
-    from stages.tools.demo.driver import copy_stage as copy  # the demo's copy of a finished stage
-
-    copy(src_run, dst_run, stage)
 
 
 def sql(query: str, params: list | None = None) -> list[tuple]:

@@ -67,9 +67,9 @@ class Runner:
             self.earlier[name] = (name, wall, cpu_seconds() - c0, tokens)
         self.timings.append(self.earlier[name])
         if self.ledger is not None:
-            from stages.core.pipeline.artifacts import write_json_atomic
+            from stages.core.pipeline import artifacts
 
-            write_json_atomic(self.ledger, {"timings": list(self.earlier.values())})
+            artifacts.write_json_atomic(self.ledger, {"timings": list(self.earlier.values())})
 
 
 def wrote_since(path: Path, t0: float) -> bool:
@@ -176,7 +176,6 @@ def run_demo(root: Path, quick: bool, task: str = "borrow", seed: int = 0, model
     """`command`: gpo's click command, which runs each step in this process; `echo` prints each command;
     `show` is handed the summary (to print it) before summary.json is written."""
     from stages.core.pipeline import artifacts
-    from stages.core.pipeline.artifacts import write_json_atomic
     from stages.core.sources.toy_tasks import get
 
     plan = with_chosen_hparams(PLANS[(get(task).name, quick)])
@@ -198,7 +197,7 @@ def run_demo(root: Path, quick: bool, task: str = "borrow", seed: int = 0, model
     between = time.time() - started - gpo.spent
     results = collect(plan, data, labels, root, gpo.timings, sum(t[1] for t in gpo.timings) + between)
     show(results)
-    write_json_atomic(layout.summary_path(root), results)
+    artifacts.write_json_atomic(layout.summary_path(root), results)
     return results
 
 
