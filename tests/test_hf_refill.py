@@ -52,7 +52,7 @@ def test_refill_samples_the_same_tokens_as_static_batches(static, ragged, sampli
         for g_got, g_want in zip(got, want):
             for a, b in zip(g_got, g_want):
                 assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
-    assert gen.stats["prefills"] > 1  # waiting requests joined a running batch
+    assert gen.stats["admissions"] > 1  # waiting requests joined a running batch
     lengths = {len(c.token_ids) for g in got for c in g}
     assert min(lengths) <= 2 and max(lengths) >= 15  # the rows really were ragged
 
@@ -73,3 +73,39 @@ def test_refill_keeps_one_prefill_per_prefix_group(static, ragged):
     per_request.generate(ragged, Sampling(1.0, 1.0, 8))
     gen.generate(ragged, Sampling(1.0, 1.0, 8))
     assert gen.stats["prompt_tokens_computed"] == per_request.stats["prompt_tokens_computed"]
+
+
+def test_a_prefix_group_larger_than_the_batch_is_prefilled_once(static, ragged):
+    """Refill holds a window's prefilled roots until every request of it has joined, so a trajectory whose
+    states outnumber the batch's rows is still prefilled once (static batches prefill it per batch)."""
+    root = max(ragged, key=lambda r: len(r.prompt_ids)).prompt_ids
+    states = [Request(root[:cut], 3, stable_seed(5, cut), 6) for cut in range(2, len(root) + 1)]
+    assert sum(r.n for r in states) > 4 * 8  # more rows than the refill window (4 batches of 8) itself
+    gen = refill_gen(static, batch_size=8)
+    got = gen.generate(states, Sampling(1.0, 1.0, 6))
+    assert gen.stats["prompt_tokens_computed"] == len(root) - 1 + len(states)  # the root's head, each last token
+    assert gen.stats["prefills"] == 1 and gen.stats["admissions"] > 1
+    assert [[c.token_ids for c in g] for g in got] == \
+        [[c.token_ids for c in g] for g in static.generate(states, Sampling(1.0, 1.0, 6))]
+
+
+def test_compaction_keeps_each_rows_own_columns_in_order():
+    import torch
+
+    from stages.core.generation.kv_cache import cache_layers, compact, select_rows
+    from transformers.cache_utils import DynamicCache
+
+    keys = torch.arange(2 * 1 * 6 * 1, dtype=torch.float32).view(2, 1, 6, 1)  # batch 2, 1 head, width 6, dim 1
+    cache = DynamicCache(ddp_cache_data=[(keys, -keys)])
+    mask = torch.tensor([[1, 1, 0, 0, 0, 1],   # a short state of a longer root, plus its own last token
+                         [1, 1, 1, 1, 1, 1]])
+    row0 = select_rows(cache, torch.tensor([0]))
+    cut, cut_mask = compact(torch, row0, mask[:1])
+    assert cut_mask.tolist() == [[1, 1, 1]]
+    assert cache_layers(cut)[0].keys.flatten().tolist() == [0.0, 1.0, 5.0]
+    assert cache_layers(cut)[0].values.flatten().tolist() == [-0.0, -1.0, -5.0]
+    assert cache_layers(cache)[0].keys.shape[-2] == 6  # select_rows left the source intact
+    both, both_mask = compact(torch, cache, mask)  # the longest row keeps the width; the short one is left-padded
+    assert both_mask.tolist() == [[0, 0, 0, 1, 1, 1], [1, 1, 1, 1, 1, 1]]
+    kept = cache_layers(both)[0].keys[:, 0, :, 0]
+    assert kept[0, 3:].tolist() == [0.0, 1.0, 5.0] and kept[1].tolist() == [6.0, 7.0, 8.0, 9.0, 10.0, 11.0]

@@ -66,6 +66,25 @@ def make_growing(cache):
     return cache
 
 
+def select_rows(cache, index):
+    """A new cache holding rows `index` of `cache` (a copy); `cache` itself is left intact, so a window's
+    prefilled heads can serve several admissions. Each layer keeps its type and settings."""
+    import copy
+
+    new = copy.copy(cache)
+    new.layers = []
+    for layer in _layers(cache):
+        row = copy.copy(layer)
+        _set(row, layer.keys[index], layer.values[index])
+        new.layers.append(row)
+    return new
+
+
+def cache_layers(cache):
+    """The cache's layers, each with plain `keys` and `values` (refill and the prefix store need them)."""
+    return _layers(cache)
+
+
 def _layers(cache):
     layers = getattr(cache, "layers", None)
     if layers is None or not all(hasattr(layer, "keys") and hasattr(layer, "values") for layer in layers):
@@ -97,6 +116,25 @@ def join_caches(torch, cache, mask, new_cache, new_mask):
         _set(layer, torch.cat([pad(layer.keys, width), pad(new.keys, new_width)]),
              torch.cat([pad(layer.values, width), pad(new.values, new_width)]))
     return cache, torch.cat([pad(mask, width), pad(new_mask, new_width)])
+
+
+def compact(torch, cache, mask):
+    """Each row's own columns only, left-padded to the longest row: after a shared-prefix prefill every row
+    holds its root's whole width and reads its own slice through the mask, so a state near the prompt would
+    attend over (and pay for) the rest of its trajectory at every decode step. Rows are left-padded, so the
+    padding of rows that outlive the long ones can be trimmed (trim_left). Same keys and values at the same
+    positions; only masked-out columns move or go."""
+    lengths = mask.sum(1)
+    width = int(lengths.max())
+    new_mask = (torch.arange(width, device=mask.device) >= (width - lengths).unsqueeze(1)).to(mask.dtype)
+    if width == mask.shape[1] and torch.equal(new_mask, mask):
+        return cache, mask
+    # the attended columns in order, left-padded: rank r of a row's attended columns lands at width - len + r
+    order = torch.argsort(mask, dim=1, stable=True)[:, -width:]  # zeros first, then attended columns in order
+    for layer in _layers(cache):
+        index = order[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[-1])
+        _set(layer, layer.keys.gather(2, index), layer.values.gather(2, index))
+    return cache, new_mask
 
 
 def trim_left(cache, mask):
