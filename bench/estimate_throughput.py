@@ -309,7 +309,8 @@ def main() -> None:
     ap.add_argument("--split", default="auto", help="step rule, as `gpo estimate --split`")
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--top-p", type=float, default=1.0)
-    ap.add_argument("--batch-size", type=int, default=64, help="sequences per batch (transformers; the stage)")
+    ap.add_argument("--batch-size", type=int, default=128, help="sequences per batch (transformers; the stage): "
+                    "128, the CPU default of `gpo`")
     ap.add_argument("--variants", default="naive,hf-per-state,hf-static,hf,vllm,vllm-shuffled,stage",
                     help="vllm variants run only where vLLM is importable; the bound always runs")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads per variant (0: torch's default)")

@@ -225,7 +225,7 @@ def set_threads(threads: int | None) -> int:
 
 
 def make_generator(backend: str, model: str, *, dtype: str = "auto", device: str = "auto",
-                   batch_size: int = 64, trust_remote_code: bool = False, vllm_options: dict | None = None,
+                   batch_size: int | None = None, trust_remote_code: bool = False, vllm_options: dict | None = None,
                    threads: int | None = None):
     """Build the generator a stage uses. `auto` takes vLLM where it can run, else transformers.
     `threads`: torch's CPU threads (default: `default_threads`), set here, before the model loads."""
@@ -269,7 +269,7 @@ def parse_vllm_options(items: list[str] | None) -> dict:
     return options
 
 
-def generator_factory(backend: str, model: str, dtype: str, device: str, batch_size: int, trust: bool,
+def generator_factory(backend: str, model: str, dtype: str, device: str, batch_size: int | None, trust: bool,
                       vllm: list[str] | None = None, threads: int | None = None) -> Callable[[], Generator]:
     """Check the runtime now (before any stage folder is written); the stage builds the generator when it
     first needs one. The thread count is fixed now, from the load at start."""

@@ -49,7 +49,8 @@ class Runtime:
 
     dtype: str = setting("auto", "auto (bf16 on GPUs that support it, else fp32), bf16, fp16, fp32.")
     device: str = setting("auto", "auto, cpu, cuda, cuda:1 ... (transformers backend).")
-    batch_size: int = setting(64, "Sequences decoded at once (transformers backend).")
+    batch_size: int | None = setting(None, "Sequences decoded at once (transformers backend; default: 128 on CPU, "
+                                           "64 on a GPU).")
     threads: int | None = setting(None, "CPU threads for torch in this process, set before the model loads "
                                         "(default: $SLURM_CPUS_PER_TASK in a Slurm job, else the cores this "
                                         "process may use less the other processes running on them, at least 1).")
@@ -65,7 +66,7 @@ class Runtime:
                                  "GPO_PROGRESS_EVERY=off; summaries and warnings still print.")
 
     def __post_init__(self):
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise GpoError(f"--batch-size must be at least 1, not {self.batch_size}")
         if self.threads is not None and self.threads < 1:
             raise GpoError(f"--threads must be at least 1, not {self.threads}")
