@@ -90,3 +90,36 @@ def test_batch_boundaries_inside_a_prefix_group_do_not_change_samples(shared, st
     sampling = Sampling(1.0, 1.0, 8)
     assert [[c.token_ids for c in g] for g in small.generate(reqs, sampling)] == \
         [[c.token_ids for c in g] for g in shared.generate(reqs, sampling)]
+
+
+def test_grouped_query_attention_on_cpu_keeps_every_token():
+    """`gpo_sdpa` (stages/core/generation/attention.py) hands SDPA its own GQA instead of repeating K/V heads
+    under a padding mask; ragged, padded batches must decode exactly what transformers' `sdpa` decodes."""
+    import copy
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    ref = HFGenerator(str(TOY_MODEL), dtype="fp32", device="cpu", batch_size=4, refill=False)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(ref.tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
+                      attn_implementation="sdpa")
+    model = LlamaForCausalLM(cfg).eval()
+    gqa = HFGenerator(str(TOY_MODEL), dtype="fp32", device="cpu", batch_size=4, model_obj=copy.deepcopy(model),
+                      tokenizer=ref.tokenizer)
+    plain = HFGenerator(str(TOY_MODEL), dtype="fp32", device="cpu", batch_size=4, model_obj=model,
+                        tokenizer=ref.tokenizer)
+    plain.model.set_attn_implementation("sdpa")
+    assert gqa.describe()["attention"] == "gpo_sdpa" and plain.describe()["attention"] == "sdpa"
+    assert ref.describe()["attention"] == "sdpa"  # 4 key/value heads for 4 query heads: nothing to gain
+    from stages.core.sources.problems import load_problems
+
+    questions = [p["question"] + "\n" for p in load_problems("toy:arith?n=6&seed=5&split=train").table.to_pylist()]
+    prompts = [tuple(ref.tokenizer(q)["input_ids"])[:cut] for q, cut in zip(questions, (2, 19, 7, 15, 11, 5))]
+    assert len({len(p) for p in prompts}) == 6  # every batch is padded: the masked path is the one under test
+    reqs = [Request(p, 2, stable_seed(1, i), [30, 3, 17, 9, 1, 22][i]) for i, p in enumerate(prompts)]
+    for sampling in (Sampling(0.0, 1.0, 30), Sampling(1.0, 0.9, 30)):
+        got, want = gqa.generate(reqs, sampling), plain.generate(reqs, sampling)
+        assert [[c.token_ids for c in g] for g in got] == [[c.token_ids for c in g] for g in want]
+        assert sum(len(c.token_ids) for g in got for c in g) > 100

@@ -46,6 +46,7 @@ class HFGenerator:
         import torch
 
         from stages.core.generation.models import load_causal_lm, resolve_model
+        from stages.core.generation.attention import use_gqa_attention
 
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
@@ -55,6 +56,8 @@ class HFGenerator:
         if model_obj is None:
             model_obj = load_causal_lm(self.model_ref, self.dtype, trust_remote_code)
         self.model = model_obj.to(self.device).eval()
+        if self.device == "cpu":  # grouped-query models: SDPA's own GQA instead of copying K/V per query head
+            use_gqa_attention(self.model)
         self.eos = eos_ids(self.tokenizer, self.model)
         pad = self.tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else next(iter(self.eos), 0))
@@ -74,7 +77,8 @@ class HFGenerator:
 
         return {"backend": "hf", "transformers": transformers.__version__, "device": self.device,
                 "dtype": str(self.dtype).replace("torch.", ""), "threads": self._torch.get_num_threads(),
-                "batch_size": self.batch_size, "model": str(self.model_path),
+                "batch_size": self.batch_size, "attention": self.model.config._attn_implementation,
+                "model": str(self.model_path),
                 "model_resolved": self.model_ref.provenance(),
                 **{k: int(v) for k, v in self.stats.items()}}
 
