@@ -123,3 +123,32 @@ def test_grouped_query_attention_on_cpu_keeps_every_token():
         got, want = gqa.generate(reqs, sampling), plain.generate(reqs, sampling)
         assert [[c.token_ids for c in g] for g in got] == [[c.token_ids for c in g] for g in want]
         assert sum(len(c.token_ids) for g in got for c in g) > 100
+
+
+def test_top_p_head_samples_what_a_full_sort_samples():
+    """The sampler's top-p cut (`top_p_head`, topk instead of sorting the whole vocabulary) must pick the token a
+    full sort picks for every uniform: peaked, flat and tied rows, several top-p values."""
+    import torch
+
+    from stages.core.generation.hf_backend import top_p_head
+
+    def pick(probs, top_p, u, head):
+        probs, order = head(probs)
+        probs = probs.masked_fill(probs.cumsum(-1) - probs >= top_p, 0.0)
+        cdf = probs.cumsum(-1)
+        pos = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1)).clamp(max=cdf.shape[1] - 1)
+        return order.gather(1, pos).squeeze(1), probs.shape[-1]
+
+    g = torch.Generator().manual_seed(0)
+    cut = 0
+    for scale in (0.5, 3.0, 10.0):
+        for top_p in (0.5, 0.9, 0.99):
+            for tied in (False, True):
+                logits = torch.randn(32, 5000, generator=g) * scale
+                probs = torch.softmax(logits.round() if tied else logits, dim=-1)
+                u = torch.rand(32, generator=g).clamp(min=1e-9)
+                want, _ = pick(probs, top_p, u, lambda p: p.sort(dim=-1, descending=True))
+                got, width = pick(probs, top_p, u, lambda p: top_p_head(torch, p, top_p))
+                assert torch.equal(got, want)
+                cut += width < 5000
+    assert cut >= 4  # the peaked rows took the short path, so it is the one under test
