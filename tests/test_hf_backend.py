@@ -130,7 +130,7 @@ def test_top_p_head_samples_what_a_full_sort_samples():
     full sort picks for every uniform: peaked, flat and tied rows, several top-p values."""
     import torch
 
-    from stages.core.generation.hf_backend import top_p_head
+    from stages.core.generation.nucleus import top_p_head
 
     def pick(probs, top_p, u, head):
         probs, order = head(probs)

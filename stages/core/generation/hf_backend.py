@@ -36,6 +36,7 @@ from stages.core.generation.base import (
     resolve_dtype,
 )
 from stages.core.generation.kv_cache import compact, join_caches, make_growing, select_rows, trim_left
+from stages.core.generation.nucleus import top_p_head
 from stages.core.pipeline.hashing import stable_seed
 
 
@@ -365,29 +366,6 @@ class HFGenerator:
             pos = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1)).clamp(max=cdf.shape[1] - 1)
             chosen = pos.squeeze(1) if order is None else order.gather(1, pos).squeeze(1)
         return chosen.cpu(), logprobs.gather(1, chosen.to(logits.device).view(-1, 1)).squeeze(1).cpu()
-
-
-def top_p_head(torch, probs, top_p: float, k: int = 64):
-    """Each row's probabilities sorted descending, with their token ids, cut after the last column top-p can keep.
-
-    A full sort of a 49k vocabulary was 23% of SmolLM2's decode time on CPU (bench/README.md); `topk` of a few
-    dozen is ~35x cheaper. The cut is taken only where it changes nothing the sampler sees: the first k sorted
-    values are the same floats, CPU cumsum of a prefix equals the prefix of the cumsum, every column after the
-    cut has mass before it >= top_p (so is masked) with a margin for rounding, and no kept token ties its
-    neighbour (a tie's order is the sort's own choice). Anything else, or a GPU, takes the full sort.
-    """
-    width = probs.shape[-1]
-    while probs.device.type == "cpu" and k < width:
-        vals, ids = probs.topk(k, dim=-1)
-        cum = vals.cumsum(-1)
-        before = cum - vals
-        if bool((cum[:, -1] - vals[:, -1] >= top_p + 1e-4).all()):
-            kept = before[:, :-1] < top_p
-            if bool(((vals[:, :-1] == vals[:, 1:]) & kept).any()):
-                break
-            return vals, ids
-        k *= 4
-    return probs.sort(dim=-1, descending=True)
 
 
 WINDOW_BATCHES = 4  # refill's prefill window, in batches of rows: wider sorts better, holds more heads
