@@ -21,11 +21,12 @@ def _forward(module, query, key, value, attention_mask, dropout: float = 0.0, sc
 
     groups = getattr(module, "num_key_value_groups", 1)
     if (attention_mask is None or groups == 1 or query.device.type != "cpu" or torch.is_grad_enabled()
-            or kwargs.get("output_attentions") or kwargs.get("cache") is not None):
+            or kwargs.get("output_attentions") or kwargs.get("cache") is not None
+            or kwargs.get("position_bias") is not None):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,
-                                                           scale=scaling, enable_gqa=True)
+                                                           dropout_p=dropout, scale=scaling, enable_gqa=True)
     return out.transpose(1, 2).contiguous(), None
 
 
