@@ -114,8 +114,12 @@ class HFGenerator:
         """Prefill each prefix group's longest prompt but its last token, once (each prompt alone without
         share_prefixes); then every request's last prompt token on top of its own slice. Returns the last
         logits, the cache, the attention mask and each row's next position, one row per request."""
-        roots, root_of = prefix_groups(prompts) if self.share_prefixes else (prompts, list(range(len(prompts))))
+        roots, root_of = self._groups(prompts)
         return self._on_heads(self._prefill_heads(roots), prompts, root_of)
+
+    def _groups(self, prompts: list[tuple[int, ...]]) -> tuple[list[tuple[int, ...]], list[int]]:
+        """prefix_groups, or each prompt its own group without share_prefixes."""
+        return prefix_groups(prompts) if self.share_prefixes else (prompts, list(range(len(prompts))))
 
     def _prefill_heads(self, roots: list[tuple[int, ...]]) -> _Heads:
         """The roots but their last tokens, left-padded: a cache row per root, in forwards of at most a batch
@@ -209,7 +213,7 @@ class HFGenerator:
         """Refill's prefill windows: runs of whole prefix groups (contiguous in `reqs`) of about
         WINDOW_BATCHES batches of rows; a group larger than that is a window alone. Each window's roots are
         prefilled once, together, and kept until all its requests have joined the batch."""
-        _, root_of = prefix_groups([r.prompt_ids for r in reqs]) if self.share_prefixes else (None, range(len(reqs)))
+        _, root_of = self._groups([r.prompt_ids for r in reqs])
         windows: list[list[int]] = []
         rows = 0
         for i, r in enumerate(reqs):
@@ -222,11 +226,11 @@ class HFGenerator:
         return windows
 
     def _open(self, reqs: list[Request], window: list[int], default_budget: int):
-        """Prefill a window's roots (one forward); its requests in admission order: the longest budget
+        """Prefill a window's roots once; its requests in admission order: the longest budget
         first (the states nearest the prompt), so rows that join together end near each other and the
         batch's cache stays narrow (kv_cache.compact)."""
         prompts = [reqs[i].prompt_ids for i in window]
-        roots, root_of = prefix_groups(prompts) if self.share_prefixes else (prompts, list(range(len(prompts))))
+        roots, root_of = self._groups(prompts)
         heads = self._prefill_heads(roots)
         heads.root_of = {i: root_of[j] for j, i in enumerate(window)}
         order = sorted(range(len(window)), key=lambda j: -(reqs[window[j]].max_new_tokens or default_budget))
@@ -410,8 +414,4 @@ def _select(torch, rows: list[int], cache, mask, next_pos, per_row):
     kept = torch.tensor(rows, dtype=torch.long, device=mask.device)
     cache.batch_select_indices(kept)
     return cache, mask[kept], next_pos[kept], per_row[kept]
-
-
-def _rows(reqs: list[Request], unit: list[int]) -> int:
-    return sum(reqs[i].n for i in unit)
 

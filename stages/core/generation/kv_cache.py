@@ -81,7 +81,7 @@ def select_rows(cache, index):
 
 
 def cache_layers(cache):
-    """The cache's layers, each with plain `keys` and `values` (refill and the prefix store need them)."""
+    """The cache's layers, each with plain `keys` and `values` (for callers outside this module: the tests)."""
     return _layers(cache)
 
 
