@@ -109,3 +109,29 @@ def test_compaction_keeps_each_rows_own_columns_in_order():
     assert both_mask.tolist() == [[0, 0, 0, 1, 1, 1], [1, 1, 1, 1, 1, 1]]
     kept = cache_layers(both)[0].keys[:, 0, :, 0]
     assert kept[0, 3:].tolist() == [0.0, 1.0, 5.0] and kept[1].tolist() == [6.0, 7.0, 8.0, 9.0, 10.0, 11.0]
+
+
+def test_join_writes_the_kept_rows_once_into_a_buffer_that_has_room():
+    import torch
+
+    from stages.core.generation.kv_cache import cache_layers, join_caches, make_growing
+    from transformers.cache_utils import DynamicCache
+
+    keys = torch.arange(3 * 4, dtype=torch.float32).view(3, 1, 4, 1) + 1  # 3 rows, width 4
+    running = make_growing(DynamicCache(ddp_cache_data=[(keys, -keys)]))
+    mask = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1], [0, 0, 1, 1]])
+    new_keys = torch.full((1, 1, 2, 1), 100.0)
+    new = make_growing(DynamicCache(ddp_cache_data=[(new_keys, -new_keys)]))
+    # row 1 finished: rows 0 and 2 stay; column 0 is then attended by nobody and goes
+    cache, joined = join_caches(torch, running, mask, new, torch.ones((1, 2), dtype=torch.long),
+                                keep=torch.tensor([0, 2]))
+    assert joined.tolist() == [[1, 1, 1], [0, 1, 1], [0, 1, 1]]
+    layer = cache_layers(cache)[0]
+    assert layer.keys[:, 0, :, 0].tolist() == [[2, 3, 4], [10, 11, 12], [0, 100, 100]]
+    assert torch.equal(layer.values, -layer.keys)
+    buffer = layer._k.data_ptr()
+    assert layer._k.shape[-2] > 3  # room to grow: the next decode step writes in place, no copy of the cache
+    layer.update(torch.full((3, 1, 1, 1), 7.0), torch.full((3, 1, 1, 1), -7.0))
+    assert layer._k.data_ptr() == buffer and layer.keys[:, 0, -1, 0].tolist() == [7, 7, 7]
+    layer.batch_select_indices(torch.tensor([2, 0]))  # rows leave: only the used columns are copied, room kept
+    assert layer.keys[:, 0, :, 0].tolist() == [[0, 100, 100, 7], [2, 3, 4, 7]] and layer._k.shape[-2] > 4

@@ -270,18 +270,19 @@ class HFGenerator:
                     taken.append(queue.popleft())  # (a request larger than the batch runs alone)
                     rows_taken += reqs[taken[-1]].n
                 if taken and (not live or rows_taken >= threshold or not queue):
-                    if len(live) < len(alive):  # finished rows leave before new ones join
-                        cache, mask, next_pos, logits = _select(torch, live, cache, mask, next_pos, logits)
-                        alive = [alive[r] for r in live]
                     joined = self._admit([reqs[i] for i in taken], heads, [heads.root_of[i] for i in taken])
                     rows = [first_row[i] + j for i in taken for j in range(reqs[i].n)]
-                    if alive:
-                        cache, mask = join_caches(torch, cache, mask, joined[1], joined[2])
+                    if live:  # finished rows leave as new ones join: one copy of the running cache
+                        keep = None if len(live) == len(alive) else torch.tensor(live, device=self.device)
+                        cache, mask = join_caches(torch, cache, mask, joined[1], joined[2], keep)
+                        if keep is not None:
+                            logits, next_pos = logits[keep], next_pos[keep]
                         logits = torch.cat([logits, joined[0]])
                         next_pos = torch.cat([next_pos, joined[3]])
+                        alive = [alive[r] for r in live] + rows
                     else:
                         logits, cache, mask, next_pos = joined
-                    alive = alive + rows
+                        alive = rows
                 else:
                     queue.extendleft(reversed(taken))  # too few rows free to be worth a prefill yet
                 chosen, chosen_lp = self._sample(logits, sampling, [gens[s_] if s_ >= 0 else spare for s_ in alive])

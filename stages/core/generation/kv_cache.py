@@ -19,10 +19,12 @@ def growing_layer_class():
         from transformers.cache_utils import DynamicLayer
 
         class GrowingLayer(DynamicLayer):
-            def set(self, keys, values):
-                self._k, self._v, self._len = keys, values, keys.shape[-2]
-                self.keys, self.values = keys, values
+            def set(self, keys, values, length=None):
+                """Hold buffers whose first `length` columns (all by default) are the cache."""
+                self._k, self._v = keys, values
+                self._len = keys.shape[-2] if length is None else length
                 self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
+                self._views()
 
             def _views(self):
                 self.keys, self.values = self._k[..., :self._len, :], self._v[..., :self._len, :]
@@ -30,11 +32,9 @@ def growing_layer_class():
             def update(self, key_states, value_states, *args, **kwargs):
                 end = self._len + key_states.shape[-2]
                 if end > self._k.shape[-2]:  # double: each column is copied O(1) times on average
-                    room = max(64, self._len) + key_states.shape[-2]
-                    pad = list(self._k.shape)
-                    pad[-2] = room
-                    self._k = torch.cat([self._k[..., :self._len, :], self._k.new_empty(pad)], dim=-2)
-                    self._v = torch.cat([self._v[..., :self._len, :], self._v.new_empty(pad)], dim=-2)
+                    k, v = _buffer(self._k, self._k.shape[0], end, True), _buffer(self._v, self._v.shape[0], end, True)
+                    k[..., :self._len, :], v[..., :self._len, :] = self.keys, self.values
+                    self._k, self._v = k, v
                 self._k[..., self._len:end, :] = key_states
                 self._v[..., self._len:end, :] = value_states
                 self._len = end
@@ -42,8 +42,12 @@ def growing_layer_class():
                 return self.keys, self.values
 
             def batch_select_indices(self, indices):
-                self._k, self._v = self._k[indices], self._v[indices]
-                self._views()
+                """Rows `indices` into new buffers of the same room; only the used columns are copied."""
+                k = _buffer(self._k, len(indices), self._len, True, self._k.shape[-2])
+                v = _buffer(self._v, len(indices), self._len, True, self._v.shape[-2])
+                torch.index_select(self.keys, 0, indices, out=k[..., :self._len, :])
+                torch.index_select(self.values, 0, indices, out=v[..., :self._len, :])
+                self.set(k, v, self._len)
 
             def trim_left(self, start: int):
                 self._k, self._v, self._len = self._k[:, :, start:], self._v[:, :, start:], self._len - start
@@ -64,6 +68,18 @@ def make_growing(cache):
             new.set(layer.keys, layer.values)
             cache.layers[i] = new
     return cache
+
+
+def _buffer(like, rows: int, width: int, grow: bool, capacity: int = 0):
+    """An empty key or value buffer shaped like `like` for `rows` rows and `width` columns, with room to grow
+    (as much again, at least 64 columns) when the layer grows in place."""
+    shape = list(like.shape)
+    shape[0], shape[-2] = rows, max(capacity, width + max(64, width) if grow else width)
+    return like.new_empty(shape)
+
+
+def _grows(layer) -> bool:
+    return isinstance(layer, growing_layer_class())
 
 
 def select_rows(cache, index):
@@ -92,29 +108,45 @@ def _layers(cache):
     return layers
 
 
-def _set(layer, keys, values):
+def _set(layer, keys, values, width=None):
+    """Give a layer new keys and values: buffers whose first `width` columns (all by default) are the cache."""
     if hasattr(layer, "set"):
-        layer.set(keys, values)
+        layer.set(keys, values, width)
     else:
-        layer.keys, layer.values = keys, values
+        layer.keys, layer.values = keys[..., :width, :], values[..., :width, :]
 
 
-def join_caches(torch, cache, mask, new_cache, new_mask):
-    """Rows of two left-padded caches as one: the narrower side is padded on the left (masked out)."""
+def join_caches(torch, cache, mask, new_cache, new_mask, keep=None):
+    """Rows `keep` (all by default) of one left-padded cache and every row of another as one, each side
+    right-aligned in a buffer written once (GrowingLayers get room to grow, so the next decode step does not
+    copy it again); the narrower side's left padding is zeros, masked out. Columns at the left that no kept row
+    attends to are dropped."""
+    if keep is not None:
+        mask = mask[keep]
+    start = int(mask.any(0).int().argmax())
+    mask = mask[:, start:]
     width, new_width = mask.shape[1], new_mask.shape[1]
-    full = max(width, new_width)
+    full, rows = max(width, new_width), mask.shape[0]
 
-    def pad(t, w):  # left-pad the sequence axis (dim -2 of keys/values, dim 1 of the mask)
-        if w == full:
-            return t
-        shape = list(t.shape)
-        axis = 1 if t.dim() == 2 else -2
-        shape[axis] = full - w
-        return torch.cat([t.new_zeros(shape), t], dim=axis)
+    def place(dst, src, w, index):  # src's columns right-aligned in dst, zeros to their left
+        dst[..., :full - w, :].zero_()
+        if index is None:
+            dst[..., full - w:, :].copy_(src)
+        else:
+            torch.index_select(src, 0, index, out=dst[..., full - w:, :])
 
     for layer, new in zip(_layers(cache), _layers(new_cache)):
-        _set(layer, torch.cat([pad(layer.keys, width), pad(new.keys, new_width)]),
-             torch.cat([pad(layer.values, width), pad(new.values, new_width)]))
+        bufs = []
+        for old, add in ((layer.keys, new.keys), (layer.values, new.values)):
+            buf = _buffer(old, rows + add.shape[0], full, _grows(layer))
+            place(buf[:rows, :, :full], old[:, :, start:], width, keep)
+            place(buf[rows:, :, :full], add, new_width, None)
+            bufs.append(buf)
+        _set(layer, *bufs, full)
+
+    def pad(m, w):
+        return torch.cat([m.new_zeros((m.shape[0], full - w)), m], 1) if w < full else m
+
     return cache, torch.cat([pad(mask, width), pad(new_mask, new_width)])
 
 
@@ -133,7 +165,12 @@ def compact(torch, cache, mask):
     order = torch.argsort(mask, dim=1, stable=True)[:, -width:]  # zeros first, then attended columns in order
     for layer in _layers(cache):
         index = order[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[-1])
-        _set(layer, layer.keys.gather(2, index), layer.values.gather(2, index))
+        bufs = []
+        for t in (layer.keys, layer.values):
+            buf = _buffer(t, t.shape[0], width, _grows(layer))
+            torch.gather(t, 2, index, out=buf[..., :width, :])
+            bufs.append(buf)
+        _set(layer, *bufs, width)
     return cache, new_mask
 
 
