@@ -17,8 +17,9 @@ steps as `gpo estimate --split` does, every step state, K rollouts each. Variant
 The bound is computed per variant for the tokens that variant generated: every decode step costs at least
 the cheapest per-row cost of one forward pass over a full batch with a KV cache of that row's length,
 measured on the same model with no sampling and no bookkeeping, over batch sizes 1..max(--batch-size, 256)
-(fewer where the cache would pass 2 GB) and a grid of cache lengths (a token is charged the grid point at
-or below its length; prefill is not charged). No backend that runs this model's forward can beat it, so
+but never more rows than the workload has rollouts (fewer where the cache would pass 2 GB), at 13 cache
+lengths (a token is charged the grid point at or below its length, each point's cost no more than any
+longer one's; prefill is not charged). No backend that runs this model's forward can beat it, so
 `fraction_of_bound` must be <= 1; a violation is printed loudly and recorded as `bound_ok: false`.
 """
 
@@ -170,7 +171,7 @@ def run_stage(work: dict, k: int, batch_size: int, threads: int, split: str) -> 
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
 
 
-def run_bound(work: dict, batch_size: int, reps: int = 3) -> dict:
+def run_bound(work: dict, batch_size: int, k: int, reps: int = 3) -> dict:
     """Per-row cost of one decode forward, cheapest over batch sizes, at a grid of cache lengths."""
     import copy
 
@@ -181,11 +182,12 @@ def run_bound(work: dict, batch_size: int, reps: int = 3) -> dict:
     cfg = model.config
     lo = min(len(st["ids"]) for st in work["states"])
     hi = max(len(st["ids"]) for st in work["states"]) + work["max_new_tokens"]
-    grid = sorted({1, *(round(lo + (hi - lo) * i / 6) for i in range(7))})
+    grid = sorted({1, *(round(lo + (hi - lo) * i / 12) for i in range(13))})
     heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     per_row_token = cfg.num_hidden_layers * 2 * heads * head_dim * 4  # fp32 key + value bytes
-    sizes = [b for b in (1, 4, 16, 64, 128, 256, batch_size) if b <= max(batch_size, 256)]
+    rows = len(work["states"]) * k  # no decode forward holds more rows than there are rollouts
+    sizes = [b for b in (1, 4, 16, 64, 128, 256, batch_size, rows) if b <= min(max(batch_size, 256), rows)]
     table = {"contexts": grid, "cpu": [], "wall": [], "best_batch": []}
     with torch.inference_mode():
         prompt = torch.tensor([work["states"][0]["ids"][:1] * hi])
@@ -213,6 +215,9 @@ def run_bound(work: dict, batch_size: int, reps: int = 3) -> dict:
             table["cpu"].append(best[0])
             table["wall"].append(best[1])
             table["best_batch"].append(best[2])
+    for g in range(len(grid) - 2, -1, -1):  # a longer cache never costs less: keep the charge monotone
+        for clock in ("cpu", "wall"):
+            table[clock][g] = min(table[clock][g], table[clock][g + 1])
     return table
 
 
@@ -242,7 +247,7 @@ def child(args) -> None:
     if args.variant == "naive":
         result = run_naive(work, args.k)
     elif args.variant == "bound":
-        result = run_bound(work, args.batch_size)
+        result = run_bound(work, args.batch_size, args.k)
     elif args.variant == "stage":
         result = run_stage(work, args.k, args.batch_size, args.threads, args.split)
     else:
