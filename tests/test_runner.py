@@ -210,3 +210,28 @@ def test_second_process_on_the_same_shard_is_refused(tmp_path):
     time.sleep(0.1)
     with shard_lock(out, 0):  # the lock died with its owner (SIGKILL)
         pass
+
+
+def test_chunk_seconds_leave_out_the_model_load(tmp_path, fake_generator):
+    """The manifest's chunk seconds are the chunks' own work (what bench/estimate_throughput.py compares with
+    the backend): a model loaded lazily inside the first chunk is counted apart, as model_load_seconds."""
+    import time
+
+    from stages import estimate, sample
+    from stages.core.sources.problems import load_problems
+
+    gen = fake_generator()
+
+    def slow_load():
+        end = time.process_time() + 0.6  # CPU time, like a model's weights being read
+        while time.process_time() < end:
+            pass
+        return gen
+
+    table = load_problems("toy:arith?n=4&seed=0&split=train").table
+    run_stage(sample.STAGE, tmp_path, sample.SampleSettings(problems="toy", model="fake", n=2, max_new_tokens=32),
+              input_table=table, make_generator=lambda: gen)
+    manifest = run_stage(estimate.STAGE, tmp_path, estimate.EstimateSettings(estimator="full", k=2),
+                         make_generator=slow_load)
+    assert manifest["model_load_seconds"] >= 0.6
+    assert manifest["chunk_cpu_seconds"] < 0.3

@@ -55,6 +55,7 @@ class Context:
     progress: Any = None  # stages.core.pipeline.progress.ChunkProgress: what the generator reports to, per chunk
     _generator: Any = None
     _checkers: dict = field(default_factory=dict)
+    load_seconds: tuple[float, float] = (0.0, 0.0)  # wall and CPU seconds spent loading the model
 
     def generator(self):
         if self._generator is None:
@@ -63,7 +64,9 @@ class Context:
             from stages.core.pipeline.progress import quiet_library_bars
 
             quiet_library_bars()  # before the model loads: its weight-loading bar is one of them
+            t0, c0 = time.time(), cpu_seconds()
             self._generator = self.make_generator()
+            self.load_seconds = (time.time() - t0, cpu_seconds() - c0)
         from stages.core.pipeline.progress import ReportingGenerator
 
         return ReportingGenerator(self._generator, self)
@@ -331,12 +334,14 @@ def _run_chunk(stage: Stage, out: Path, ctx: Context, rows: pa.Table, k: int, nu
     parts = [primary, *(out / name / primary.name for name in stage.outputs if name != stage.name)]
     if all([artifacts.valid_part(p, meta["config_hash"]) for p in parts]):  # list: check (and clean) every part
         return
-    t0, c0 = time.time(), cpu_seconds()
+    t0, c0, loaded = time.time(), cpu_seconds(), ctx._generator is not None
     ctx.stats = Counter()
     with ctx.progress.chunk(k, num_chunks) if ctx.progress is not None else nullcontext():
         tables = stage.process(rows, ctx)
-    chunk_meta = {**meta, "seconds": f"{time.time() - t0:.3f}", "cpu_seconds": f"{cpu_seconds() - c0:.3f}",
-                  "stats": json.dumps(dict(ctx.stats))}
+    # the chunk's own work: a model loaded on its first use inside it is not (model_load_seconds has it)
+    load = ctx.load_seconds if ctx._generator is not None and not loaded else (0.0, 0.0)
+    wall, cpu = time.time() - t0 - load[0], cpu_seconds() - c0 - load[1]
+    chunk_meta = {**meta, "seconds": f"{wall:.3f}", "cpu_seconds": f"{cpu:.3f}", "stats": json.dumps(dict(ctx.stats))}
     # Secondary tables first, the primary last: the primary's presence marks the chunk done.
     for name, schema in reversed(list(stage.outputs.items())):
         path = primary if name == stage.name else out / name / layout.chunk_name(ctx.shard, k)
@@ -368,6 +373,7 @@ def build_manifest(stage: Stage, out: Path, config: dict, index: int, num_shards
         "config_hash": config["config_hash"], "rows": rows, "chunks": num_chunks,
         "files": files, "stats": dict(stats), "chunk_seconds": round(seconds, 3),
         "chunk_cpu_seconds": round(cpu, 3),  # the chunks' work, without start-up and model load
+        "model_load_seconds": round(ctx.load_seconds[0], 3),  # this process's, if it loaded one
         # every generating stage's tokens under one key (branch counts them per data tag in stats)
         "generated_tokens": sum(v for k, v in stats.items() if k.endswith("generated_tokens")),
         "wall_seconds": round(time.time() - started, 3),
