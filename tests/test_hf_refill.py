@@ -135,3 +135,21 @@ def test_join_writes_the_kept_rows_once_into_a_buffer_that_has_room():
     assert layer._k.data_ptr() == buffer and layer.keys[:, 0, -1, 0].tolist() == [7, 7, 7]
     layer.batch_select_indices(torch.tensor([2, 0]))  # rows leave: only the used columns are copied, room kept
     assert layer.keys[:, 0, :, 0].tolist() == [[0, 100, 100, 7], [2, 3, 4, 7]] and layer._k.shape[-2] > 4
+
+
+def test_dropping_finished_rows_moves_only_the_rows_past_the_new_batch_size():
+    import torch
+
+    from stages.core.generation.kv_cache import cache_layers, drop_rows, make_growing
+    from transformers.cache_utils import DynamicCache
+
+    keys = torch.arange(6, dtype=torch.float32).view(6, 1, 1, 1).expand(6, 1, 3, 1).contiguous()  # row r holds r
+    cache = make_growing(DynamicCache(ddp_cache_data=[(keys, -keys)]))
+    layer = cache_layers(cache)[0]
+    layer.update(torch.zeros(6, 1, 1, 1), torch.zeros(6, 1, 1, 1))  # now a buffer with room
+    buffer = layer._k.data_ptr()
+    order = drop_rows(torch, cache, [0, 2, 4, 5])  # rows 1 and 3 finished: 4 and 5 fill their slots
+    assert order == [0, 4, 2, 5]
+    assert layer.keys[:, 0, :3, 0].tolist() == [[r] * 3 for r in order] and layer.keys.shape[0] == 4
+    assert torch.equal(layer.values[:, :, :3], -layer.keys[:, :, :3])
+    assert layer._k.data_ptr() == buffer  # moved in place: the cache was not copied

@@ -35,7 +35,7 @@ from stages.core.generation.base import (
     resolve_device,
     resolve_dtype,
 )
-from stages.core.generation.kv_cache import compact, join_caches, make_growing, select_rows, trim_left
+from stages.core.generation.kv_cache import compact, drop_rows, join_caches, make_growing, select_rows, trim_left
 from stages.core.generation.nucleus import top_p_head
 from stages.core.pipeline.hashing import stable_seed
 
@@ -270,18 +270,20 @@ class HFGenerator:
                     taken.append(queue.popleft())  # (a request larger than the batch runs alone)
                     rows_taken += reqs[taken[-1]].n
                 if taken and (not live or rows_taken >= threshold or not queue):
-                    joined = self._admit([reqs[i] for i in taken], heads, [heads.root_of[i] for i in taken])
+                    new_logits, new_cache, new_mask, new_pos, index = self._admit(
+                        [reqs[i] for i in taken], heads, [heads.root_of[i] for i in taken])
                     rows = [first_row[i] + j for i in taken for j in range(reqs[i].n)]
                     if live:  # finished rows leave as new ones join: one copy of the running cache
                         keep = None if len(live) == len(alive) else torch.tensor(live, device=self.device)
-                        cache, mask = join_caches(torch, cache, mask, joined[1], joined[2], keep)
+                        cache, mask = join_caches(torch, cache, mask, new_cache, new_mask, keep, index)
                         if keep is not None:
                             logits, next_pos = logits[keep], next_pos[keep]
-                        logits = torch.cat([logits, joined[0]])
-                        next_pos = torch.cat([next_pos, joined[3]])
+                        logits = torch.cat([logits, new_logits[index]])
+                        next_pos = torch.cat([next_pos, new_pos[index]])
                         alive = [alive[r] for r in live] + rows
                     else:
-                        logits, cache, mask, next_pos = joined
+                        self._growing(new_cache).batch_select_indices(index)
+                        logits, cache, mask, next_pos = new_logits[index], new_cache, new_mask[index], new_pos[index]
                         alive = rows
                 else:
                     queue.extendleft(reversed(taken))  # too few rows free to be worth a prefill yet
@@ -306,11 +308,13 @@ class HFGenerator:
                 if not live:
                     alive, cache, mask, next_pos, logits = [], None, None, None, None
                     continue
-                # Finished rows leave the cache once they are an eighth of it: each compaction copies the
-                # whole cache, which costs more than decoding a few idle rows (profiled on toy:borrow).
+                # Finished rows leave the cache once they are an eighth of it (kv_cache.drop_rows moves the
+                # kept rows beyond the new batch size into their slots; each move costs a Python call per layer).
                 if 8 * (len(alive) - len(live)) >= len(alive):
-                    cache, mask, next_pos, chosen = _select(torch, live, cache, mask, next_pos, chosen)
-                    alive = [alive[r] for r in live]
+                    order = drop_rows(torch, cache, live)
+                    index = torch.tensor(order, device=self.device)
+                    mask, next_pos, chosen = mask[index], next_pos[index], chosen[index]
+                    alive = [alive[r] for r in order]
                     cache, mask = trim_left(cache, mask)
                 logits, mask, next_pos = self._decode_step(chosen, mask, next_pos, cache)
         return self._completions(reqs, owner, tokens, logps, finish, sampling.logprobs)
@@ -319,16 +323,14 @@ class HFGenerator:
         return make_growing(cache) if self.inplace_cache else cache
 
     def _admit(self, reqs: list[Request], heads: _Heads, root_of: list[int]):
-        """`reqs` on top of their roots' prefilled heads, each row repeated for its n samples and compacted to
-        its own columns."""
+        """`reqs` on top of their roots' prefilled heads, a row each, compacted to its own columns; and the
+        index that repeats each row for its n samples, applied where the rows are next copied (the join)."""
         logits, cache, mask, next_pos = self._on_heads(heads, [r.prompt_ids for r in reqs], root_of)
-        index = self._torch.tensor([i for i, r in enumerate(reqs) for _ in range(r.n)], device=self.device)
-        mask = mask[index]
-        self._growing(cache).batch_select_indices(index)
         if self.compact:
             cache, mask = compact(self._torch, cache, mask)
         self.stats["admissions"] += 1
-        return logits[index], cache, mask, next_pos[index]
+        index = self._torch.tensor([i for i, r in enumerate(reqs) for _ in range(r.n)], device=self.device)
+        return logits, cache, mask, next_pos, index
 
     def _decode_step(self, chosen, mask, next_pos, cache):
         """One decode forward for every row in the batch: each row's chosen token at its next position."""
@@ -408,11 +410,4 @@ def grouped_order(prompts: list[tuple[int, ...]]) -> list[int]:
     for i, g in enumerate(root_of):
         first.setdefault(g, i)
     return sorted(range(len(prompts)), key=lambda i: (first[root_of[i]], i))
-
-
-def _select(torch, rows: list[int], cache, mask, next_pos, per_row):
-    """Keep only `rows` of the batch: the cache, the mask, positions and one more per-row tensor."""
-    kept = torch.tensor(rows, dtype=torch.long, device=mask.device)
-    cache.batch_select_indices(kept)
-    return cache, mask[kept], next_pos[kept], per_row[kept]
 

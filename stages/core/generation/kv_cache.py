@@ -49,6 +49,14 @@ def growing_layer_class():
                 torch.index_select(self.values, 0, indices, out=v[..., :self._len, :])
                 self.set(k, v, self._len)
 
+            def move_rows(self, src, dst, rows: int):
+                """Rows `src` into slots `dst` (used columns only), then keep the first `rows` rows (a view)."""
+                if len(src):
+                    self._k[dst, :, :self._len] = self._k[src, :, :self._len]
+                    self._v[dst, :, :self._len] = self._v[src, :, :self._len]
+                self._k, self._v = self._k[:rows], self._v[:rows]
+                self._views()
+
             def trim_left(self, start: int):
                 self._k, self._v, self._len = self._k[:, :, start:], self._v[:, :, start:], self._len - start
                 self._views()
@@ -116,13 +124,15 @@ def _set(layer, keys, values, width=None):
         layer.keys, layer.values = keys[..., :width, :], values[..., :width, :]
 
 
-def join_caches(torch, cache, mask, new_cache, new_mask, keep=None):
-    """Rows `keep` (all by default) of one left-padded cache and every row of another as one, each side
-    right-aligned in a buffer written once (GrowingLayers get room to grow, so the next decode step does not
-    copy it again); the narrower side's left padding is zeros, masked out. Columns at the left that no kept row
-    attends to are dropped."""
+def join_caches(torch, cache, mask, new_cache, new_mask, keep=None, new_rows=None):
+    """Rows `keep` of one left-padded cache and rows `new_rows` of another (all rows by default; an index may
+    repeat a row) as one, each side right-aligned in a buffer written once (GrowingLayers get room to grow,
+    so the next decode step does not copy it again); the narrower side's left padding is zeros, masked out.
+    Columns at the left that no kept row attends to are dropped."""
     if keep is not None:
         mask = mask[keep]
+    if new_rows is not None:
+        new_mask = new_mask[new_rows]
     start = int(mask.any(0).int().argmax())
     mask = mask[:, start:]
     width, new_width = mask.shape[1], new_mask.shape[1]
@@ -138,9 +148,9 @@ def join_caches(torch, cache, mask, new_cache, new_mask, keep=None):
     for layer, new in zip(_layers(cache), _layers(new_cache)):
         bufs = []
         for old, add in ((layer.keys, new.keys), (layer.values, new.values)):
-            buf = _buffer(old, rows + add.shape[0], full, _grows(layer))
+            buf = _buffer(old, rows + new_mask.shape[0], full, _grows(layer))
             place(buf[:rows, :, :full], old[:, :, start:], width, keep)
-            place(buf[rows:, :, :full], add, new_width, None)
+            place(buf[rows:, :, :full], add, new_width, new_rows)
             bufs.append(buf)
         _set(layer, *bufs, full)
 
@@ -172,6 +182,26 @@ def compact(torch, cache, mask):
             bufs.append(buf)
         _set(layer, *bufs, width)
     return cache, new_mask
+
+
+def drop_rows(torch, cache, keep: list[int]) -> list[int]:
+    """Keep rows `keep` (ascending) of the batch, moving as few as possible: kept rows beyond the new batch
+    size fill the slots of dropped rows below it, and the batch is cut to its first len(keep) rows (a view).
+    So dropping finished rows copies about as many rows as finished, not the whole cache. Returns the old row
+    now in each slot, to reorder the batch's other per-row tensors alike."""
+    size, kept = len(keep), set(keep)
+    holes = [i for i in range(size) if i not in kept]
+    order = list(range(size))
+    for hole, row in zip(holes, [r for r in keep if r >= size]):
+        order[hole] = row
+    for layer in _layers(cache):
+        device = layer.keys.device
+        if hasattr(layer, "move_rows"):
+            layer.move_rows(torch.tensor([order[h] for h in holes], device=device),
+                            torch.tensor(holes, device=device), size)
+        else:
+            layer.batch_select_indices(torch.tensor(order, device=device))
+    return order
 
 
 def trim_left(cache, mask):
