@@ -244,11 +244,16 @@ class ReportingGenerator:
             done, tokens, finished = reporter.done, reporter.tokens, reporter.finished_tokens
         if hasattr(self.inner, "progress"):  # the backends report as each batch finishes
             self.inner.progress = reporter
+        t0, c0 = time.time(), _cpu()
         try:
             outputs = self.inner.generate(requests, sampling)
         finally:
             if hasattr(self.inner, "progress"):
                 self.inner.progress = None
+            spent = getattr(self.ctx, "backend_seconds", None)
+            if spent is not None:  # the manifest's backend_seconds: the chunk's time inside the backend
+                spent[0] += time.time() - t0
+                spent[1] += _cpu() - c0
         completions = [c for group in outputs for c in group]
         self.ctx.stats["generated_sequences"] += len(completions)
         self.ctx.stats["truncated_sequences"] += sum(c.finish_reason == "length" for c in completions)
@@ -256,6 +261,11 @@ class ReportingGenerator:
             made = sum(len(c.token_ids) for c in completions)
             reporter.update(done + len(completions), tokens=tokens + made, finished_tokens=finished + made)
         return outputs
+
+
+def _cpu() -> float:
+    t = os.times()  # as the runner's chunk CPU seconds: this process and the children it has waited for
+    return t.user + t.system + t.children_user + t.children_system
 
 
 _OUTPUT_SPEED = re.compile(r"output: ([0-9.]+) toks/s")

@@ -56,6 +56,7 @@ class Context:
     _generator: Any = None
     _checkers: dict = field(default_factory=dict)
     load_seconds: tuple[float, float] = (0.0, 0.0)  # wall and CPU seconds spent loading the model
+    backend_seconds: list[float] = field(default_factory=lambda: [0.0, 0.0])  # this chunk's inside generate()
 
     def generator(self):
         if self._generator is None:
@@ -335,13 +336,15 @@ def _run_chunk(stage: Stage, out: Path, ctx: Context, rows: pa.Table, k: int, nu
     if all([artifacts.valid_part(p, meta["config_hash"]) for p in parts]):  # list: check (and clean) every part
         return
     t0, c0, loaded = time.time(), cpu_seconds(), ctx._generator is not None
-    ctx.stats = Counter()
+    ctx.stats, ctx.backend_seconds = Counter(), [0.0, 0.0]
     with ctx.progress.chunk(k, num_chunks) if ctx.progress is not None else nullcontext():
         tables = stage.process(rows, ctx)
     # the chunk's own work: a model loaded on its first use inside it is not (model_load_seconds has it)
     load = ctx.load_seconds if ctx._generator is not None and not loaded else (0.0, 0.0)
     wall, cpu = time.time() - t0 - load[0], cpu_seconds() - c0 - load[1]
-    chunk_meta = {**meta, "seconds": f"{wall:.3f}", "cpu_seconds": f"{cpu:.3f}", "stats": json.dumps(dict(ctx.stats))}
+    backend_wall, backend_cpu = ctx.backend_seconds
+    chunk_meta = {**meta, "seconds": f"{wall:.3f}", "cpu_seconds": f"{cpu:.3f}", "stats": json.dumps(dict(ctx.stats)),
+                  "backend_seconds": f"{backend_wall:.3f}", "backend_cpu_seconds": f"{backend_cpu:.3f}"}
     # Secondary tables first, the primary last: the primary's presence marks the chunk done.
     for name, schema in reversed(list(stage.outputs.items())):
         path = primary if name == stage.name else out / name / layout.chunk_name(ctx.shard, k)
@@ -354,6 +357,7 @@ def _run_chunk(stage: Stage, out: Path, ctx: Context, rows: pa.Table, k: int, nu
 def build_manifest(stage: Stage, out: Path, config: dict, index: int, num_shards: int,
                    num_chunks: int, started: float, ctx: Context) -> dict:
     files, rows, seconds, cpu = [], 0, 0.0, 0.0
+    backend = [0.0, 0.0]
     stats: Counter[str] = Counter()
     for name in stage.outputs:
         folder = out if name == stage.name else out / name
@@ -367,6 +371,8 @@ def build_manifest(stage: Stage, out: Path, config: dict, index: int, num_shards
                 stats.update(json.loads(kv.get("stats", "{}")))
                 seconds += float(kv.get("seconds", 0))
                 cpu += float(kv.get("cpu_seconds", 0))
+                backend[0] += float(kv.get("backend_seconds", 0))
+                backend[1] += float(kv.get("backend_cpu_seconds", 0))
     generator = ctx._generator
     return {
         "stage": stage.name, "shard": index, "num_shards": num_shards,
@@ -374,6 +380,8 @@ def build_manifest(stage: Stage, out: Path, config: dict, index: int, num_shards
         "files": files, "stats": dict(stats), "chunk_seconds": round(seconds, 3),
         "chunk_cpu_seconds": round(cpu, 3),  # the chunks' work, without start-up and model load
         "model_load_seconds": round(ctx.load_seconds[0], 3),  # this process's, if it loaded one
+        # of the chunks' time, what the generation backend took: the rest is the stage's own work
+        "backend_seconds": round(backend[0], 3), "backend_cpu_seconds": round(backend[1], 3),
         # every generating stage's tokens under one key (branch counts them per data tag in stats)
         "generated_tokens": sum(v for k, v in stats.items() if k.endswith("generated_tokens")),
         "wall_seconds": round(time.time() - started, 3),
