@@ -4,6 +4,8 @@
     python bench/estimate_throughput.py --model data/borrow-model --problems 'toy:borrow?n=64&seed=3&split=valid' \
         --max-new-tokens 160 --threads 1 --clock cpu --out bench/results/estimate_throughput_borrow.json
 
+Every variant runs --rounds times (default 2), interleaved, and its fastest run is reported.
+
 Workload: `gpo sample --n 1` on the problems (the CLI, into OUT's folder), its failed trajectories cut into
 steps as `gpo estimate --split` does, every step state, K rollouts each. Variants, each in its own process
 (so peak RSS is its own):
@@ -133,6 +135,10 @@ def run_backend(work: dict, k: int, variant: str, batch_size: int, threads: int)
         from stages.core.generation.vllm_backend import VLLMGenerator
 
         gen = VLLMGenerator(work["model"], dtype="fp32", threads=threads or None)
+    parts: dict[str, list[float]] = {}  # the transformers backend's time by part: [wall, CPU] seconds
+    if backend == "hf":
+        for name in ("_decode_step", "_prefill_heads", "_on_heads", "_sample"):
+            setattr(gen, name, _timed(getattr(gen, name), parts.setdefault(name.strip("_"), [0.0, 0.0])))
     requests = [Request(tuple(st["ids"]), k, stable_seed(3, i), st["budget"]) for i, st in enumerate(work["states"])]
     if order == "shuffled":  # what prefix-aware ordering (states of a trajectory together) buys
         random.Random(0).shuffle(requests)
@@ -148,7 +154,19 @@ def run_backend(work: dict, k: int, variant: str, batch_size: int, threads: int)
               for r, o in zip(requests, outs) for c in o]
     return {"seconds": seconds, "cpu_seconds": cpu_seconds,
             "generated_tokens": sum(len(c.token_ids) for o in outs for c in o),
-            "prompt_tokens_computed": int(computed), "decode": decode}
+            "prompt_tokens_computed": int(computed), "decode": decode, **({"parts": parts} if parts else {})}
+
+
+def _timed(fn, into: list[float]):
+    """`fn`, adding the wall and CPU seconds of each call to `into`."""
+    def call(*args, **kwargs):
+        t0, c0 = time.time(), time.process_time()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            into[0] += time.time() - t0
+            into[1] += time.process_time() - c0
+    return call
 
 
 def run_stage(work: dict, k: int, batch_size: int, threads: int, split: str) -> dict:
@@ -313,6 +331,15 @@ def report(args, work: dict, results: dict, table: dict) -> list[str]:
         print(f"{v:14} {r[key]:8.1f} {r['generated_tokens']:8d} {r['generated_tokens_per_s']:10.0f} "
               f"{r['prompt_tokens_computed']:16d} {r['peak_rss_mb']:8.0f} {fmt(r['speedup_vs_naive'], '8.2f'):>8} "
               f"{r['bound_seconds']:8.1f} {r['fraction_of_bound']:9.2f}")
+    clock_i = 1 if args.clock == "cpu" else 0
+    for v, r in results.items():  # where the transformers backend's time goes, against the bound
+        if "parts" in r:
+            p = {name: t[clock_i] for name, t in r["parts"].items()}
+            rest = r[key] - sum(p.values())
+            r["bound_of_decode_forwards"] = r["bound_seconds"] / p["decode_step"]
+            print(f"{v:14} decode forwards {p['decode_step']:.1f} s (the bound is {r['bound_of_decode_forwards']:.2f} "
+                  f"of them), prefill {p['prefill_heads'] + p['on_heads']:.1f} s, sampling {p['sample']:.1f} s, "
+                  f"the rest (cache joins and drops, bookkeeping) {rest:.1f} s")
     backends = [r["generated_tokens_per_s"] for v, r in results.items() if v != "stage" and "error" not in r]
     if "generated_tokens_per_s" in results.get("stage", {}) and backends:
         results["stage"]["of_best_backend"] = results["stage"]["generated_tokens_per_s"] / max(backends)
@@ -334,10 +361,12 @@ def main() -> None:
     ap.add_argument("--split", default="auto", help="step rule, as `gpo estimate --split`")
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--top-p", type=float, default=1.0)
-    ap.add_argument("--batch-size", type=int, default=128, help="sequences per batch (transformers; the stage): "
-                    "128, the CPU default of `gpo`")
+    ap.add_argument("--batch-size", type=int, default=0, help="sequences per batch (transformers; the stage); "
+                    "0: gpo's CPU default for the model (256 for the toy models, 128 for SmolLM2)")
     ap.add_argument("--variants", default="naive,hf-per-state,hf-static,hf,vllm,vllm-shuffled,stage",
                     help="vllm variants run only where vLLM is importable; the bound always runs")
+    ap.add_argument("--rounds", type=int, default=2, help="runs of every variant, interleaved; each variant's "
+                    "fastest is reported (this machine's speed drifts by tens of percent over minutes)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads per variant (0: torch's default)")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="cpu",
                     help="time rates by the process's CPU seconds (steady on a shared machine with --threads 1) "
@@ -348,6 +377,13 @@ def main() -> None:
     args = ap.parse_args()
     if args.variant:
         return child(args)
+    if not args.batch_size:
+        import torch
+        from transformers import AutoConfig
+
+        from stages.core.generation.base import default_batch_size
+
+        args.batch_size = default_batch_size(AutoConfig.from_pretrained(args.model), torch.float32, "cpu")
     import importlib.util
 
     out = Path(args.out)
@@ -364,10 +400,14 @@ def main() -> None:
     # shared machine's speed drifts by tens of percent over minutes, and a bound measured in a slow spell
     # would not bound a variant that ran in a fast one.
     tables = [run_variant(args, "bound", work_path)]
-    results = {}
-    for v in variants:
-        results[v] = run_variant(args, v, work_path)
-        print(f"  {v}: done", file=sys.stderr)
+    results: dict = {}
+    key = "cpu_seconds" if args.clock == "cpu" else "seconds"
+    for round_no in range(args.rounds):  # interleaved, each variant's fastest kept: the same drift for all
+        for v in variants:
+            r = run_variant(args, v, work_path)
+            if v not in results or "error" in results[v] or ("error" not in r and r[key] < results[v][key]):
+                results[v] = r
+            print(f"  round {round_no + 1}: {v}: {r.get(key, r.get('error'))}", file=sys.stderr)
     tables.append(run_variant(args, "bound", work_path))
     for t in tables:
         if "error" in t:
@@ -381,6 +421,7 @@ def main() -> None:
                                "rollouts": len(work["states"]) * args.k, "batch_size": args.batch_size,
                                "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
                                "top_p": args.top_p, "threads": args.threads, "clock": args.clock,
+                               "rounds": args.rounds,
                                "bound_ok": not violations, "bound_violations": violations,
                                "bound_cost_per_row": {k: v for k, v in table.items() if k != "peak_rss_mb"},
                                "results": results}, indent=2))

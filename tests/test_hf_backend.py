@@ -152,3 +152,16 @@ def test_top_p_head_samples_what_a_full_sort_samples():
                 assert torch.equal(got, want)
                 cut += width < 5000
     assert cut >= 4  # the peaked rows took the short path, so it is the one under test
+
+
+def test_default_batch_size_follows_the_kv_cache_a_batch_would_hold():
+    import torch
+    from transformers import LlamaConfig
+
+    from stages.core.generation.base import default_batch_size
+
+    toy = LlamaConfig(hidden_size=128, num_attention_heads=4, num_key_value_heads=4, num_hidden_layers=4)
+    smol = LlamaConfig(hidden_size=576, num_attention_heads=9, num_key_value_heads=3, num_hidden_layers=30)
+    assert default_batch_size(toy, torch.float32, "cpu") == 256  # 4 KiB per position: 2 GiB at 256 x 2,048
+    assert default_batch_size(smol, torch.float32, "cpu") == 128  # 46 KiB per position: 23 GiB would not do
+    assert default_batch_size(smol, torch.bfloat16, "cuda") == 64

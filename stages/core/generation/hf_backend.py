@@ -30,6 +30,7 @@ from stages.core.generation.base import (
     Completion,
     Request,
     Sampling,
+    default_batch_size,
     eos_ids,
     load_tokenizer,
     resolve_device,
@@ -62,9 +63,7 @@ class HFGenerator:
         self.eos = eos_ids(self.tokenizer, self.model)
         pad = self.tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else next(iter(self.eos), 0))
-        # CPU: 128 decodes 1.1x faster than 64 on toy:borrow with refill (bench/README.md); a GPU keeps 64, whose
-        # KV cache fits beside a 7B model
-        self.batch_size = max(1, batch_size or (128 if self.device == "cpu" else 64))
+        self.batch_size = max(1, batch_size or default_batch_size(self.model.config, self.dtype, self.device))
         self.share_prefixes = share_prefixes
         self.refill = refill
         self.inplace_cache = inplace_cache  # kv_cache.GrowingLayer: decode steps write in place, no torch.cat
