@@ -23,7 +23,7 @@ def run_probe(run: Path, eval_settings, rt: Runtime, problems) -> dict | None:
     make = generator_factory("hf", s.model, rt.dtype, rt.device, rt.batch_size, rt.trust_remote_code)
     stage = probe.make_stage(s.label)
     manifest = run_stage(stage, run, s, input_table=problems, shard=parse_shard(rt.shard),
-                         chunk_groups=rt.chunk_groups or stage.chunk_groups, overwrite=rt.overwrite, log=log,
+                         chunk_groups=rt.chunk_groups, overwrite=rt.overwrite, log=log,
                          make_generator=make)
     stats = manifest.get("stats", {})
     err.print(f"[green]{stage.name}[/green] shard {manifest['shard']}/{manifest['num_shards']}: "

@@ -86,7 +86,7 @@ def register(app: typer.Typer) -> None:
 
         s = locate.LocateSettings(**settings)
         manifest = run_stage(locate.STAGE, run, s, shard=parse_shard(runtime.shard),
-                             chunk_groups=runtime.chunk_groups or locate.STAGE.chunk_groups,
+                             chunk_groups=runtime.chunk_groups,
                              overwrite=runtime.overwrite, log=log)
         report(manifest)
         stats = manifest["stats"]

@@ -67,7 +67,7 @@ def process(problems: pa.Table, ctx: Context) -> dict[str, pa.Table]:
 def make_stage(label: str) -> Stage:
     name = stage_name(label)
     return Stage(name=name, input=None, outputs={name: EVAL_SCHEMA}, key=("problem_id", "mode", "sample_idx"),
-                 process=process, chunk_groups=32)
+                 process=process, chunk_groups=128)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

@@ -206,5 +206,5 @@ def run_generating(stage: Stage, run: Path, settings, rt: Runtime, problems: pa.
                              rt.trust_remote_code, rt.vllm, rt.threads)
     preflight(settings.model, rt.trust_remote_code, problems, settings.max_new_tokens if problems else None)
     return run_resolved(stage, run, settings, input_table=problems, shard=shard,
-                        chunk_groups=rt.chunk_groups or stage.chunk_groups, overwrite=rt.overwrite, log=log,
+                        chunk_groups=rt.chunk_groups, overwrite=rt.overwrite, log=log,
                         make_generator=make)

@@ -38,7 +38,9 @@ class Stage:
     group_column: str = "problem_id"
     # Fills settings that default to an upstream stage's (the policy that sampled) so they are stored and hashed.
     resolve_settings: Callable[[Path, Any], Any] | None = None
-    chunk_groups: int = 16  # default problems per chunk (--chunk-groups): cheap stages take larger chunks
+    # default problems per chunk (--chunk-groups): one backend call, whose batch drains at its end, so chunks
+    # of 64 problems fill a batch that chunks of 16 did not (bench/README.md); a resumed stage keeps its own
+    chunk_groups: int = 64
 
 
 @dataclass
@@ -219,13 +221,16 @@ def resolve_settings(stage: Stage, run: Path, settings: Any) -> Any:
 
 
 def run_resolved(stage: Stage, run: Path, settings: Any, *, input_table: pa.Table | None = None,
-                 shard: tuple[int, int] = (0, 1), chunk_groups: int = 16, overwrite: bool = False,
-                 make_generator: Callable[[], Any] | None = None,
-                 log: Callable[[str], None] = lambda s: None,
+                 shard: tuple[int, int] = (0, 1), chunk_groups: int | None = None, overwrite: bool = False,
+                 make_generator: Callable[[], Any] | None = None, log: Callable[[str], None] = lambda s: None,
                  after_chunk: Callable[[int], None] | None = None) -> dict:
     """`run_stage` with settings already resolved (a caller that needs them first, to load their model)."""
     index, num_shards = shard
     run = Path(run)
+    if chunk_groups is None:  # not given: the chunking this stage was started with, else the stage's default
+        old = layout.config_path(layout.stage_dir(run, stage.name))
+        stored = artifacts.load_json(old).get("chunk_groups") if old.exists() and not overwrite else None
+        chunk_groups = stored if isinstance(stored, int) and stored > 0 else stage.chunk_groups
     config = resolve_config(stage, run, settings, num_shards, chunk_groups)
     out = prepare_stage_dir(stage, run, config, overwrite)
     artifacts.remove_stale_temp_files(out)  # any kind, left by a writer on this host that was killed

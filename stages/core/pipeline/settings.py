@@ -60,7 +60,8 @@ class Runtime:
     shard: str | None = setting(None, "This job's shard as i/N; defaults to SLURM_ARRAY_TASK_ID/"
                                       "SLURM_ARRAY_TASK_COUNT, else 0/1.")
     chunk_groups: int | None = setting(None, "Problems per chunk: the unit of work that a crash can lose "
-                                             "(default: the stage's).")
+                                             "and one backend call (default: the stage's, 64; eval 128; a "
+                                             "resumed stage keeps its own).")
     overwrite: bool = setting(False, "Replace this stage's outputs when settings changed (otherwise refused).")
     quiet: bool = setting(False, "No progress output (bars, periodic lines, the libraries' bars), as "
                                  "GPO_PROGRESS_EVERY=off; summaries and warnings still print.")
