@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from stages.core.generation.base import (
     Completion,
@@ -256,7 +257,10 @@ class HFGenerator:
         threshold = max(1, self.batch_size // 4)
         spare = torch.Generator().manual_seed(0)  # draws for finished rows still in the batch (discarded)
         alive: list[int] = []
-        cache = mask = next_pos = logits = None
+        cache: Any = None  # the running batch: its KV cache, mask, next positions and last logits
+        mask: Any = None
+        next_pos: Any = None
+        logits: Any = None
         with torch.inference_mode():
             while windows or queue or alive:
                 live = [r for r, s_ in enumerate(alive) if s_ >= 0]

@@ -152,7 +152,7 @@ def join_caches(torch, cache, mask, new_cache, new_mask, keep=None, new_rows=Non
             place(buf[:rows, :, :full], old[:, :, start:], width, keep)
             place(buf[rows:, :, :full], add, new_width, new_rows)
             bufs.append(buf)
-        _set(layer, *bufs, full)
+        _set(layer, bufs[0], bufs[1], full)
 
     def pad(m, w):
         return torch.cat([m.new_zeros((m.shape[0], full - w)), m], 1) if w < full else m
@@ -180,7 +180,7 @@ def compact(torch, cache, mask):
             buf = _buffer(t, t.shape[0], width, _grows(layer))
             torch.gather(t, 2, index, out=buf[..., :width, :])
             bufs.append(buf)
-        _set(layer, *bufs, width)
+        _set(layer, bufs[0], bufs[1], width)
     return cache, new_mask
 
 
