@@ -186,7 +186,8 @@ def run_stage(work: dict, k: int, batch_size: int, threads: int, split: str) -> 
     return {"seconds": manifest["chunk_seconds"], "cpu_seconds": manifest["chunk_cpu_seconds"],
             "generated_tokens": manifest["generated_tokens"],
             "prompt_tokens_computed": manifest["backend"].get("prompt_tokens_computed", 0), "decode": decode,
-            "threads": manifest["backend"]["threads"],
+            "threads": manifest["backend"]["threads"], "chunks": manifest["chunks"],
+            "backend_seconds": manifest["backend_seconds"], "backend_cpu_seconds": manifest["backend_cpu_seconds"],
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
 
 
@@ -340,6 +341,11 @@ def report(args, work: dict, results: dict, table: dict) -> list[str]:
             print(f"{v:14} decode forwards {p['decode_step']:.1f} s (the bound is {r['bound_of_decode_forwards']:.2f} "
                   f"of them), prefill {p['prefill_heads'] + p['on_heads']:.1f} s, sampling {p['sample']:.1f} s, "
                   f"the rest (cache joins and drops, bookkeeping) {rest:.1f} s")
+    if "backend_cpu_seconds" in results.get("stage", {}):
+        r = results["stage"]
+        inside = r["backend_cpu_seconds" if args.clock == "cpu" else "backend_seconds"]
+        print(f"stage          {inside:.1f} s of its {r[key]:.1f} s inside the backend's generate, in {r['chunks']} "
+              f"chunks (one call each); the rest is the stage's own work")
     backends = [r["generated_tokens_per_s"] for v, r in results.items() if v != "stage" and "error" not in r]
     if "generated_tokens_per_s" in results.get("stage", {}) and backends:
         results["stage"]["of_best_backend"] = results["stage"]["generated_tokens_per_s"] / max(backends)
