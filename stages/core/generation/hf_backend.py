@@ -201,11 +201,11 @@ class HFGenerator:
                                           finished_tokens=sum(len(tokens[s]) for s in ended))
                 if not keep:
                     break
-                if len(keep) < len(alive):  # drop finished rows from the cache
-                    kept = torch.tensor(keep, device=self.device)
-                    cache.batch_select_indices(kept)
+                if len(keep) < len(alive):  # drop finished rows from the cache (moving the fewest rows)
+                    order = drop_rows(torch, cache, keep)
+                    kept = torch.tensor(order, device=self.device)
                     mask, next_pos, chosen = mask[kept], next_pos[kept], chosen[kept]
-                    alive = [alive[r] for r in keep]
+                    alive = [alive[r] for r in order]
                 logits, mask, next_pos = self._decode_step(chosen, mask, next_pos, cache)
         return self._completions(reqs, owner, tokens, logps, finish, sampling.logprobs)
 
