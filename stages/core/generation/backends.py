@@ -278,4 +278,3 @@ def generator_factory(backend: str, model: str, dtype: str, device: str, batch_s
     threads = threads or default_threads()
     return lambda: make_generator(backend, model, dtype=dtype, device=device, batch_size=batch_size,
                                   trust_remote_code=trust, vllm_options=options, threads=threads)
-

@@ -202,10 +202,7 @@ class HFGenerator:
                 if not keep:
                     break
                 if len(keep) < len(alive):  # drop finished rows from the cache (moving the fewest rows)
-                    order = drop_rows(torch, cache, keep)
-                    kept = torch.tensor(order, device=self.device)
-                    mask, next_pos, chosen = mask[kept], next_pos[kept], chosen[kept]
-                    alive = [alive[r] for r in order]
+                    alive, mask, next_pos, chosen = _drop(torch, cache, keep, alive, mask, next_pos, chosen)
                 logits, mask, next_pos = self._decode_step(chosen, mask, next_pos, cache)
         return self._completions(reqs, owner, tokens, logps, finish, sampling.logprobs)
 
@@ -314,10 +311,7 @@ class HFGenerator:
                 # Finished rows leave the cache once they are an eighth of it (kv_cache.drop_rows moves the
                 # kept rows beyond the new batch size into their slots; each move costs a Python call per layer).
                 if 8 * (len(alive) - len(live)) >= len(alive):
-                    order = drop_rows(torch, cache, live)
-                    index = torch.tensor(order, device=self.device)
-                    mask, next_pos, chosen = mask[index], next_pos[index], chosen[index]
-                    alive = [alive[r] for r in order]
+                    alive, mask, next_pos, chosen = _drop(torch, cache, live, alive, mask, next_pos, chosen)
                     cache, mask = trim_left(cache, mask)
                 logits, mask, next_pos = self._decode_step(chosen, mask, next_pos, cache)
         return self._completions(reqs, owner, tokens, logps, finish, sampling.logprobs)
@@ -414,3 +408,9 @@ def grouped_order(prompts: list[tuple[int, ...]]) -> list[int]:
         first.setdefault(g, i)
     return sorted(range(len(prompts)), key=lambda i: (first[root_of[i]], i))
 
+
+def _drop(torch, cache, keep: list[int], alive: list[int], *per_row):
+    """Keep batch rows `keep` (kv_cache.drop_rows reorders them): `alive` and each per-row tensor follow."""
+    order = drop_rows(torch, cache, keep)
+    index = torch.tensor(order, device=per_row[0].device)
+    return ([alive[r] for r in order], *(t[index] for t in per_row))

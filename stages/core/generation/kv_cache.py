@@ -192,15 +192,17 @@ def drop_rows(torch, cache, keep: list[int]) -> list[int]:
     size, kept = len(keep), set(keep)
     holes = [i for i in range(size) if i not in kept]
     order = list(range(size))
-    for hole, row in zip(holes, [r for r in keep if r >= size]):
+    movers = [r for r in keep if r >= size]
+    for hole, row in zip(holes, movers):
         order[hole] = row
-    for layer in _layers(cache):
-        device = layer.keys.device
+    layers = _layers(cache)
+    device = layers[0].keys.device if layers else None
+    src, dst, index = (torch.tensor(x, device=device) for x in (movers, holes, order))
+    for layer in layers:
         if hasattr(layer, "move_rows"):
-            layer.move_rows(torch.tensor([order[h] for h in holes], device=device),
-                            torch.tensor(holes, device=device), size)
+            layer.move_rows(src, dst, size)
         else:
-            layer.batch_select_indices(torch.tensor(order, device=device))
+            layer.batch_select_indices(index)
     return order
 
 

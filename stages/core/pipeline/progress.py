@@ -244,7 +244,7 @@ class ReportingGenerator:
             done, tokens, finished = reporter.done, reporter.tokens, reporter.finished_tokens
         if hasattr(self.inner, "progress"):  # the backends report as each batch finishes
             self.inner.progress = reporter
-        t0, c0 = time.time(), _cpu()
+        t0, c0 = time.time(), cpu_seconds()
         try:
             outputs = self.inner.generate(requests, sampling)
         finally:
@@ -253,7 +253,7 @@ class ReportingGenerator:
             spent = getattr(self.ctx, "backend_seconds", None)
             if spent is not None:  # the manifest's backend_seconds: the chunk's time inside the backend
                 spent[0] += time.time() - t0
-                spent[1] += _cpu() - c0
+                spent[1] += cpu_seconds() - c0
         completions = [c for group in outputs for c in group]
         self.ctx.stats["generated_sequences"] += len(completions)
         self.ctx.stats["truncated_sequences"] += sum(c.finish_reason == "length" for c in completions)
@@ -263,8 +263,10 @@ class ReportingGenerator:
         return outputs
 
 
-def _cpu() -> float:
-    t = os.times()  # as the runner's chunk CPU seconds: this process and the children it has waited for
+def cpu_seconds() -> float:
+    """CPU time of this process and of the children it has waited for (checker pools, engine workers): the
+    clock of the runner's chunk seconds and of backend_seconds."""
+    t = os.times()
     return t.user + t.system + t.children_user + t.children_system
 
 

@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from stages.core.pipeline import artifacts, layout, lineage
 from stages.core.pipeline.errors import GpoError, Preempted, UsageError
+from stages.core.pipeline.progress import cpu_seconds
 from stages.core.pipeline.settings import stored
 
 SCHEMA_VERSION = 1
@@ -326,12 +327,6 @@ def _run_shard(stage: Stage, run: Path, out: Path, settings: Any, config: dict, 
     artifacts.write_json_atomic(manifest_path, manifest)
     artifacts.mark_success_if_complete(out, num_shards, config["config_hash"])
     return manifest
-
-
-def cpu_seconds() -> float:
-    """CPU time of this process and of the children it has waited for (checker pools, engine workers)."""
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
 
 
 def _run_chunk(stage: Stage, out: Path, ctx: Context, rows: pa.Table, k: int, num_chunks: int,
