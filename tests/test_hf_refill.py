@@ -111,30 +111,63 @@ def test_compaction_keeps_each_rows_own_columns_in_order():
     assert kept[0, 3:].tolist() == [0.0, 1.0, 5.0] and kept[1].tolist() == [6.0, 7.0, 8.0, 9.0, 10.0, 11.0]
 
 
-def test_join_writes_the_kept_rows_once_into_a_buffer_that_has_room():
+def running_cache(capacity: int):
+    """3 rows of width 4 (row r, column c holds 4r + c + 1), in buffers with room for `capacity` rows whose
+    spare rows hold NaN (what an earlier occupant or an uninitialised buffer could leave there)."""
     import torch
 
-    from stages.core.generation.kv_cache import cache_layers, join_caches, make_growing
+    from stages.core.generation.kv_cache import make_growing, select_rows_into
     from transformers.cache_utils import DynamicCache
 
-    keys = torch.arange(3 * 4, dtype=torch.float32).view(3, 1, 4, 1) + 1  # 3 rows, width 4
-    running = make_growing(DynamicCache(ddp_cache_data=[(keys, -keys)]))
-    mask = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1], [0, 0, 1, 1]])
-    new_keys = torch.full((1, 1, 2, 1), 100.0)
+    keys = torch.arange(3 * 4, dtype=torch.float32).view(3, 1, 4, 1) + 1
+    cache = make_growing(DynamicCache(ddp_cache_data=[(keys, -keys)]))
+    select_rows_into(cache, torch.arange(3), capacity)
+    layer = cache.layers[0]
+    layer._k[3:], layer._v[3:] = float("nan"), float("nan")
+    return cache, layer, torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1], [0, 0, 1, 1]])
+
+
+def test_a_join_writes_only_the_new_rows_into_the_buffers_spare_rows():
+    import torch
+
+    from stages.core.generation.kv_cache import join_caches, make_growing
+    from transformers.cache_utils import DynamicCache
+
+    cache, layer, mask = running_cache(capacity=6)
+    buffer, shape = layer._k.data_ptr(), layer._k.shape
+    new_keys = torch.tensor([100.0, 101.0, 200.0, 201.0]).view(2, 1, 2, 1)
     new = make_growing(DynamicCache(ddp_cache_data=[(new_keys, -new_keys)]))
-    # row 1 finished: rows 0 and 2 stay; column 0 is then attended by nobody and goes
-    cache, joined = join_caches(torch, running, mask, new, torch.ones((1, 2), dtype=torch.long),
-                                keep=torch.tensor([0, 2]))
-    assert joined.tolist() == [[1, 1, 1], [0, 1, 1], [0, 1, 1]]
-    layer = cache_layers(cache)[0]
-    assert layer.keys[:, 0, :, 0].tolist() == [[2, 3, 4], [10, 11, 12], [0, 100, 100]]
-    assert torch.equal(layer.values, -layer.keys)
+    # request 1 (2 samples) and request 0 (1 sample): an index may repeat a row
+    cache, joined = join_caches(torch, cache, mask, new, torch.ones((2, 2), dtype=torch.long), torch.tensor([1, 1, 0]))
+    assert layer._k.data_ptr() == buffer and layer._k.shape == shape  # the running rows were not copied
+    assert joined.tolist() == mask.tolist() + [[0, 0, 1, 1]] * 3
+    assert layer.keys[:, 0, :, 0].tolist() == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12],
+                                               [0, 0, 200, 201], [0, 0, 200, 201], [0, 0, 100, 101]]
+    assert torch.equal(layer.values, -layer.keys)  # zeros (not the NaN left there) under the masked columns
+    layer.update(torch.full((6, 1, 1, 1), 7.0), torch.full((6, 1, 1, 1), -7.0))
+    assert layer._k.data_ptr() == buffer and layer.keys[:, 0, -1, 0].tolist() == [7] * 6
+
+
+def test_a_join_that_does_not_fit_goes_into_a_new_buffer_with_room():
+    import torch
+
+    from stages.core.generation.kv_cache import join_caches, make_growing
+    from transformers.cache_utils import DynamicCache
+
+    cache, layer, mask = running_cache(capacity=4)
+    mask[1, 0] = 0  # column 0 is attended by nobody: it goes
+    new_keys = torch.full((1, 1, 5, 1), 100.0)  # wider than the running cache, and 2 rows for 1 spare one
+    new = make_growing(DynamicCache(ddp_cache_data=[(new_keys, -new_keys)]))
     buffer = layer._k.data_ptr()
-    assert layer._k.shape[-2] > 3  # room to grow: the next decode step writes in place, no copy of the cache
-    layer.update(torch.full((3, 1, 1, 1), 7.0), torch.full((3, 1, 1, 1), -7.0))
-    assert layer._k.data_ptr() == buffer and layer.keys[:, 0, -1, 0].tolist() == [7, 7, 7]
+    cache, joined = join_caches(torch, cache, mask, new, torch.ones((1, 5), dtype=torch.long), torch.tensor([0, 0]))
+    assert layer._k.data_ptr() != buffer
+    assert joined.tolist() == [[0, 0, 1, 1, 1], [0, 0, 1, 1, 1], [0, 0, 0, 1, 1], [1] * 5, [1] * 5]
+    assert layer.keys[:, 0, :, 0].tolist() == [[0, 0, 2, 3, 4], [0, 0, 6, 7, 8], [0, 0, 10, 11, 12],
+                                               [100] * 5, [100] * 5]
+    assert torch.equal(layer.values, -layer.keys)
+    assert layer._k.shape[-2] > 5 and layer._k.shape[0] == 5  # room to grow: the next step writes in place
     layer.batch_select_indices(torch.tensor([2, 0]))  # rows leave: only the used columns are copied, room kept
-    assert layer.keys[:, 0, :, 0].tolist() == [[0, 100, 100, 7], [2, 3, 4, 7]] and layer._k.shape[-2] > 4
+    assert layer.keys[:, 0, :, 0].tolist() == [[0, 0, 10, 11, 12], [0, 0, 2, 3, 4]] and layer._k.shape[-2] > 5
 
 
 def test_dropping_finished_rows_moves_only_the_rows_past_the_new_batch_size():

@@ -37,7 +37,8 @@ from stages.core.generation.base import (
     resolve_device,
     resolve_dtype,
 )
-from stages.core.generation.kv_cache import compact, drop_rows, join_caches, make_growing, select_rows, trim_left
+from stages.core.generation.kv_cache import (compact, drop_rows, join_caches, make_growing, select_rows,
+                                             select_rows_into, trim_left)
 from stages.core.generation.nucleus import top_p_head
 from stages.core.pipeline.hashing import stable_seed
 
@@ -273,16 +274,15 @@ class HFGenerator:
                     new_logits, new_cache, new_mask, new_pos, index = self._admit(
                         [reqs[i] for i in taken], heads, [heads.root_of[i] for i in taken])
                     rows = [first_row[i] + j for i in taken for j in range(reqs[i].n)]
-                    if live:  # finished rows leave as new ones join: one copy of the running cache
-                        keep = None if len(live) == len(alive) else torch.tensor(live, device=self.device)
-                        cache, mask = join_caches(torch, cache, mask, new_cache, new_mask, keep, index)
-                        if keep is not None:
-                            logits, next_pos = logits[keep], next_pos[keep]
+                    if live:  # finished rows leave, new ones take the buffer's spare rows (kv_cache)
+                        if len(live) < len(alive):
+                            alive, mask, next_pos, logits = _drop(torch, cache, live, alive, mask, next_pos, logits)
+                        cache, mask = join_caches(torch, cache, mask, new_cache, new_mask, index)
                         logits = torch.cat([logits, new_logits[index]])
                         next_pos = torch.cat([next_pos, new_pos[index]])
-                        alive = [alive[r] for r in live] + rows
-                    else:
-                        self._growing(new_cache).batch_select_indices(index)
+                        alive = alive + rows
+                    else:  # in buffers of a whole batch's rows, so later joins copy no running rows
+                        select_rows_into(self._growing(new_cache), index, self.batch_size)
                         logits, cache, mask, next_pos = new_logits[index], new_cache, new_mask[index], new_pos[index]
                         alive = rows
                 else:

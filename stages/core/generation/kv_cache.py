@@ -3,8 +3,10 @@
 transformers' DynamicLayer appends each decode step with torch.cat, copying the whole cache every step;
 profiled on the toy workload that copy was the largest single cost after the matmuls (issue 19). A
 GrowingLayer holds its keys and values as views of a buffer with room to spare, so a step writes one
-column in place and the buffer is copied only when it doubles. Joining and trimming batches (refill)
-lives here too.
+column in place and the buffer is copied only when it doubles. Its buffers also have room for a whole batch
+of rows: in refill, finished rows leave by moving the few rows past the new batch size into their slots
+(drop_rows) and joining rows are written into the spare rows (join_caches), so neither copies the running
+cache. Joining and trimming batches lives here too.
 """
 
 from __future__ import annotations
@@ -19,42 +21,59 @@ def growing_layer_class():
         from transformers.cache_utils import DynamicLayer
 
         class GrowingLayer(DynamicLayer):
-            def set(self, keys, values, length=None):
-                """Hold buffers whose first `length` columns (all by default) are the cache."""
+            def set(self, keys, values, length=None, rows=None):
+                """Hold buffers whose first `rows` rows and `length` columns (all by default) are the cache."""
                 self._k, self._v = keys, values
                 self._len = keys.shape[-2] if length is None else length
+                self._rows = keys.shape[0] if rows is None else rows
                 self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
                 self._views()
 
             def _views(self):
-                self.keys, self.values = self._k[..., :self._len, :], self._v[..., :self._len, :]
+                self.keys = self._k[:self._rows, :, :self._len]
+                self.values = self._v[:self._rows, :, :self._len]
 
             def update(self, key_states, value_states, *args, **kwargs):
                 end = self._len + key_states.shape[-2]
                 if end > self._k.shape[-2]:  # double: each column is copied O(1) times on average
                     k, v = _buffer(self._k, self._k.shape[0], end, True), _buffer(self._v, self._v.shape[0], end, True)
-                    k[..., :self._len, :], v[..., :self._len, :] = self.keys, self.values
+                    k[:self._rows, :, :self._len], v[:self._rows, :, :self._len] = self.keys, self.values
                     self._k, self._v = k, v
-                self._k[..., self._len:end, :] = key_states
-                self._v[..., self._len:end, :] = value_states
+                self._k[:self._rows, :, self._len:end] = key_states
+                self._v[:self._rows, :, self._len:end] = value_states
                 self._len = end
                 self._views()
                 return self.keys, self.values
 
-            def batch_select_indices(self, indices):
-                """Rows `indices` into new buffers of the same room; only the used columns are copied."""
-                k = _buffer(self._k, len(indices), self._len, True, self._k.shape[-2])
-                v = _buffer(self._v, len(indices), self._len, True, self._v.shape[-2])
-                torch.index_select(self.keys, 0, indices, out=k[..., :self._len, :])
-                torch.index_select(self.values, 0, indices, out=v[..., :self._len, :])
-                self.set(k, v, self._len)
+            def batch_select_indices(self, indices, capacity: int = 0):
+                """Rows `indices` into new buffers of the same room (and room for `capacity` rows); only the
+                used columns are copied."""
+                rows = max(len(indices), capacity)
+                k = _buffer(self._k, rows, self._len, True, self._k.shape[-2])
+                v = _buffer(self._v, rows, self._len, True, self._v.shape[-2])
+                torch.index_select(self.keys, 0, indices, out=k[:len(indices), :, :self._len])
+                torch.index_select(self.values, 0, indices, out=v[:len(indices), :, :self._len])
+                self.set(k, v, self._len, len(indices))
 
             def move_rows(self, src, dst, rows: int):
-                """Rows `src` into slots `dst` (used columns only), then keep the first `rows` rows (a view)."""
+                """Rows `src` into slots `dst` (used columns only); the first `rows` rows are the cache after."""
                 if len(src):
                     self._k[dst, :, :self._len] = self._k[src, :, :self._len]
                     self._v[dst, :, :self._len] = self._v[src, :, :self._len]
-                self._k, self._v = self._k[:rows], self._v[:rows]
+                self._rows = rows
+                self._views()
+
+            def fits(self, rows: int, width: int) -> bool:
+                return self._rows + rows <= self._k.shape[0] and width <= self._len
+
+            def append(self, keys, values, index):
+                """Rows `index` of `keys`/`values` (no wider than the cache) after the cache's rows, in the
+                buffer's spare rows: right-aligned with the cache's columns, zeros to their left."""
+                a, b, w = self._rows, self._rows + len(index), keys.shape[-2]
+                for buf, src in ((self._k, keys), (self._v, values)):
+                    buf[a:b, :, :self._len - w].zero_()
+                    torch.index_select(src, 0, index, out=buf[a:b, :, self._len - w:self._len])
+                self._rows = b
                 self._views()
 
             def trim_left(self, start: int):
@@ -104,6 +123,15 @@ def select_rows(cache, index):
     return new
 
 
+def select_rows_into(cache, index, capacity: int):
+    """Rows `index` of `cache`, in place; GrowingLayers get buffers with room for `capacity` rows."""
+    for layer in _layers(cache):
+        if _grows(layer):
+            layer.batch_select_indices(index, capacity)
+        else:
+            layer.batch_select_indices(index)
+
+
 def cache_layers(cache):
     """The cache's layers, each with plain `keys` and `values` (for callers outside this module: the tests)."""
     return _layers(cache)
@@ -116,21 +144,31 @@ def _layers(cache):
     return layers
 
 
-def _set(layer, keys, values, width=None):
-    """Give a layer new keys and values: buffers whose first `width` columns (all by default) are the cache."""
+def _set(layer, keys, values, width=None, rows=None):
+    """Give a layer new keys and values: buffers whose first `rows` rows and `width` columns (all by default)
+    are the cache."""
     if hasattr(layer, "set"):
-        layer.set(keys, values, width)
+        layer.set(keys, values, width, rows)
     else:
-        layer.keys, layer.values = keys[..., :width, :], values[..., :width, :]
+        layer.keys, layer.values = keys[:rows, :, :width], values[:rows, :, :width]
 
 
-def join_caches(torch, cache, mask, new_cache, new_mask, keep=None, new_rows=None):
-    """Rows `keep` of one left-padded cache and rows `new_rows` of another (all rows by default; an index may
-    repeat a row) as one, each side right-aligned in a buffer written once (GrowingLayers get room to grow,
-    so the next decode step does not copy it again); the narrower side's left padding is zeros, masked out.
-    Columns at the left that no kept row attends to are dropped."""
-    if keep is not None:
-        mask = mask[keep]
+def join_caches(torch, cache, mask, new_cache, new_mask, new_rows=None):
+    """One left-padded cache and rows `new_rows` of another (all rows by default; an index may repeat a row)
+    as one. Where the running cache's buffers have spare rows and the new rows are no wider than it (the
+    usual case in refill: rows leave first, kv_cache.drop_rows), the new rows are written into those spare
+    rows and nothing else is copied. Otherwise both sides go right-aligned into a new buffer written once
+    (GrowingLayers get room to grow, so the next decode step does not copy it again), the narrower side's
+    left padding zeros, masked out, and columns at the left that no row attends to are dropped."""
+    rows_new = new_mask.shape[0] if new_rows is None else len(new_rows)
+    layers, new_layers = _layers(cache), _layers(new_cache)
+    if all(_grows(layer) and layer.fits(rows_new, new_mask.shape[1]) for layer in layers):
+        index = torch.arange(rows_new, device=mask.device) if new_rows is None else new_rows
+        for layer, new in zip(layers, new_layers):
+            layer.append(new.keys, new.values, index)
+        new_mask = new_mask[index]
+        left = new_mask.new_zeros((rows_new, mask.shape[1] - new_mask.shape[1]))
+        return cache, torch.cat([mask, torch.cat([left, new_mask], 1)])
     if new_rows is not None:
         new_mask = new_mask[new_rows]
     start = int(mask.any(0).int().argmax())
@@ -145,14 +183,16 @@ def join_caches(torch, cache, mask, new_cache, new_mask, keep=None, new_rows=Non
         else:
             torch.index_select(src, 0, index, out=dst[..., full - w:, :])
 
-    for layer, new in zip(_layers(cache), _layers(new_cache)):
+    for layer, new in zip(layers, new_layers):
         bufs = []
+        total = rows + new_mask.shape[0]
         for old, add in ((layer.keys, new.keys), (layer.values, new.values)):
-            buf = _buffer(old, rows + new_mask.shape[0], full, _grows(layer))
-            place(buf[:rows, :, :full], old[:, :, start:], width, keep)
-            place(buf[rows:, :, :full], add, new_width, new_rows)
+            capacity = max(total, layer._k.shape[0]) if _grows(layer) else total  # keep the spare rows
+            buf = _buffer(old, capacity, full, _grows(layer))
+            place(buf[:rows, :, :full], old[:, :, start:], width, None)
+            place(buf[rows:total, :, :full], add, new_width, new_rows)
             bufs.append(buf)
-        _set(layer, bufs[0], bufs[1], full)
+        _set(layer, bufs[0], bufs[1], full, total)
 
     def pad(m, w):
         return torch.cat([m.new_zeros((m.shape[0], full - w)), m], 1) if w < full else m
@@ -186,7 +226,7 @@ def compact(torch, cache, mask):
 
 def drop_rows(torch, cache, keep: list[int]) -> list[int]:
     """Keep rows `keep` (ascending) of the batch, moving as few as possible: kept rows beyond the new batch
-    size fill the slots of dropped rows below it, and the batch is cut to its first len(keep) rows (a view).
+    size fill the slots of dropped rows below it, and the batch is its first len(keep) rows after.
     So dropping finished rows copies about as many rows as finished, not the whole cache. Returns the old row
     now in each slot, to reorder the batch's other per-row tensors alike."""
     size, kept = len(keep), set(keep)
