@@ -165,3 +165,17 @@ def test_default_batch_size_follows_the_kv_cache_a_batch_would_hold():
     assert default_batch_size(toy, torch.float32, "cpu") == 256  # 4 KiB per position: 2 GiB at 256 x 2,048
     assert default_batch_size(smol, torch.float32, "cpu") == 128  # 46 KiB per position: 23 GiB would not do
     assert default_batch_size(smol, torch.bfloat16, "cuda") == 64
+
+
+def test_uniforms_drawn_in_blocks_are_the_ones_drawn_one_by_one():
+    """The sampler draws each row's uniforms a block at a time (`draws.Draws`); a sample's tokens stay those of
+    its seed only if that block is the sequence its generator yields one draw at a time, across blocks."""
+    import torch
+
+    from stages.core.generation.draws import BLOCK, Draws
+
+    for seed in (0, 7, stable_seed(3, 1)):
+        one = torch.Generator().manual_seed(seed)
+        want = [float(torch.rand((), generator=one)) for _ in range(2 * BLOCK + 5)]
+        draws = Draws(torch, seed)
+        assert [draws.next() for _ in range(2 * BLOCK + 5)] == want

@@ -37,6 +37,7 @@ from stages.core.generation.base import (
     resolve_device,
     resolve_dtype,
 )
+from stages.core.generation.draws import Draws
 from stages.core.generation.kv_cache import (compact, drop_rows, join_caches, make_growing, select_rows,
                                              select_rows_into, trim_left)
 from stages.core.generation.nucleus import top_p_head
@@ -178,7 +179,7 @@ class HFGenerator:
             index = torch.tensor(owner, device=self.device)
             self._growing(cache).batch_select_indices(index)  # share each prompt's prefill across its n samples
             logits, mask, next_pos = logits[index], mask[index], next_pos[index]
-            gens = [torch.Generator().manual_seed(stable_seed(r.seed, j)) for r in reqs for j in range(r.n)]
+            gens = [Draws(torch, stable_seed(r.seed, j)) for r in reqs for j in range(r.n)]
             tokens: list[list[int]] = [[] for _ in owner]
             logps: list[list[float]] = [[] for _ in owner]
             finish = ["length"] * len(owner)
@@ -248,12 +249,12 @@ class HFGenerator:
         logps: list[list[float]] = [[] for _ in owner]
         finish = ["length"] * len(owner)
         limits = [reqs[i].max_new_tokens or sampling.max_new_tokens for i in owner]
-        gens = [torch.Generator().manual_seed(stable_seed(r.seed, j)) for r in reqs for j in range(r.n)]
+        gens = [Draws(torch, stable_seed(r.seed, j)) for r in reqs for j in range(r.n)]
         windows = deque(self._windows(reqs))
         heads = _Heads(None, 0, [])  # the open window's prefilled roots
         queue: deque[int] = deque()  # its requests still waiting, in admission order
         threshold = max(1, self.batch_size // 4)
-        spare = torch.Generator().manual_seed(0)  # draws for finished rows still in the batch (discarded)
+        spare = Draws(torch, 0)  # draws for finished rows still in the batch (discarded)
         alive: list[int] = []
         cache: Any = None  # the running batch: its KV cache, mask, next positions and last logits
         mask: Any = None
@@ -366,7 +367,7 @@ class HFGenerator:
                 before = probs.cumsum(-1) - probs  # mass strictly before each token
                 probs = probs.masked_fill(before >= sampling.top_p, 0.0)
             cdf = probs.cumsum(-1)
-            u = torch.stack([torch.rand((), generator=g) for g in gens]).clamp(min=1e-9).to(logits.device)
+            u = torch.tensor([g.next() for g in gens]).clamp(min=1e-9).to(logits.device)
             pos = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1)).clamp(max=cdf.shape[1] - 1)
             chosen = pos.squeeze(1) if order is None else order.gather(1, pos).squeeze(1)
         return chosen.cpu(), logprobs.gather(1, chosen.to(logits.device).view(-1, 1)).squeeze(1).cpu()
