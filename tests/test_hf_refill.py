@@ -57,6 +57,18 @@ def test_refill_samples_the_same_tokens_as_static_batches(static, ragged, sampli
     assert min(lengths) <= 2 and max(lengths) >= 15  # the rows really were ragged
 
 
+@pytest.mark.parametrize("options", [{"inplace_cache": False}, {"compact": False}],
+                         ids=["plain-cache-layers", "no-compaction"])
+def test_refill_with_plain_cache_layers_or_without_compaction_samples_the_same_tokens(static, ragged, options):
+    """Joins of plain transformers cache layers take the one-copy path (no spare rows to write into)."""
+    gen = HFGenerator(str(TOY_MODEL), dtype="fp32", device="cpu", batch_size=8, model_obj=static.model,
+                      tokenizer=static.tokenizer, **options)
+    sampling = Sampling(1.0, 1.0, 40)
+    got, want = gen.generate(ragged, sampling), static.generate(ragged, sampling)
+    assert [[c.token_ids for c in g] for g in got] == [[c.token_ids for c in g] for g in want]
+    assert gen.stats["admissions"] > 1
+
+
 def test_a_request_joining_mid_batch_gets_the_tokens_it_gets_alone(static, ragged):
     gen = refill_gen(static, batch_size=6)
     sampling = Sampling(1.0, 1.0, 40)
