@@ -283,7 +283,7 @@ class HFGenerator:
                         next_pos = torch.cat([next_pos, new_pos[index]])
                         alive = alive + rows
                     else:  # in buffers of a whole batch's rows, so later joins copy no running rows
-                        select_rows_into(self._growing(new_cache), index, self.batch_size)
+                        select_rows_into(self._growing(new_cache), index, min(self.batch_size, len(owner)))
                         logits, cache, mask, next_pos = new_logits[index], new_cache, new_mask[index], new_pos[index]
                         alive = rows
                 else:
