@@ -221,9 +221,10 @@ def test_chunk_seconds_leave_out_the_model_load_and_count_the_backend(tmp_path, 
     from stages import estimate, sample
     from stages.core.sources.problems import load_problems
 
-    def burn(seconds):
-        end = time.process_time() + seconds  # CPU time, like a model's weights being read
-        while time.process_time() < end:
+    def burn(seconds):  # CPU time, like a model's weights being read, and as much wall time (other threads of
+        # this process can advance its CPU clock faster than the wall clock, which model_load_seconds uses)
+        cpu, wall = time.process_time() + seconds, time.time() + seconds
+        while time.process_time() < cpu or time.time() < wall:
             pass
 
     class SlowBackend:
