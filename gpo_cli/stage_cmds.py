@@ -104,7 +104,7 @@ def register(app: typer.Typer) -> None:
         manifest = run_generating(branch.BASELINE_ONLY_STAGE if baseline_only else branch.STAGE, run, s, runtime)
         err.print(f"pairs: {manifest['stats'].get('pairs', 0)}")
 
-    @stage_command(app, "train", train.TrainSettings, runtime=("overwrite", "quiet"), open_config=True,
+    @stage_command(app, "train", train.TrainSettings, runtime=("overwrite", "quiet", "threads"), open_config=True,
                    validate=lambda s, extra: train.resolve(s, extra), extra={
         "out": Extra(Path | None, None, "Output folder (default RUN/train/<method>-<data>)."),
     })
@@ -112,7 +112,10 @@ def register(app: typer.Typer) -> None:
         """Train on the branch tables with TRL (DPO, KTO, SimPO, ORPO, GRPO, RLOO); resumable from checkpoints.
 
         Keys of --config that are not gpo settings are passed to the method's TRL config."""
+        from stages.core.generation.backends import set_threads
+
         s = train.TrainSettings(**settings)
+        set_threads(runtime.threads)  # before the model loads; the count is in the summary (cpu_threads)
         summary = train.train(run, s, out, config_overrides=config_extra, overwrite=runtime.overwrite, log=log)
         err.print(f"[green]train[/green] {s.method}/{s.data}: step {summary.get('global_step')}, "
                   f"loss {summary.get('first_loss')} -> {summary.get('last_loss', summary.get('train_loss'))}")

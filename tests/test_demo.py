@@ -36,6 +36,9 @@ def test_quick_demo_trains_every_arm_on_full_batches_and_names_its_primary_compa
         assert t["optimizer_steps"] == plan.steps and t["pairs_per_step"] == [plan.batch_size], arm
         assert t["pairs_presented"] == plan.steps * plan.batch_size and t["distinct_pairs"] > 0
         assert (t["learning_rate"], t["beta"]) == (chosen[arm]["learning_rate"], chosen[arm]["beta"])
+    trained = sorted((tmp_path / "train").glob("dpo-*/summary.json"))
+    assert len(trained) == len(NAMES)  # each arm trained on one thread, whatever the machine's load
+    assert [json.loads(p.read_text())["cpu_threads"] for p in trained] == [1] * len(NAMES)
     costs = summary["training"]
     assert costs["gpo"]["generated_tokens"] > costs["same-samples"]["generated_tokens"]
     assert costs["gpo-bisect"]["generated_tokens"] < costs["gpo"]["generated_tokens"]

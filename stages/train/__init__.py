@@ -116,4 +116,11 @@ def summarize(s, trainer, result, rows, inputs, checks, resume) -> dict:
             "resumed_from": resume.name if resume else None, "tokenization": checks,
             "pairs_presented": sum(per_step) if per_step else None,
             "pairs_per_step": sorted(set(per_step)) if per_step else None,
+            "cpu_threads": _torch_threads(),  # CPU sums split by thread count: a model's last bits depend on it
             "metrics": {k: v for k, v in last.items() if k not in ("step", "epoch")}}
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
