@@ -106,6 +106,8 @@ def train(run: Path, settings: TrainSettings, out: Path | None = None, *, config
 
 
 def summarize(s, trainer, result, rows, inputs, checks, resume) -> dict:
+    import torch
+
     losses = [r["loss"] for r in rows if r.get("loss") is not None and math.isfinite(r["loss"])]
     last = {k: v for r in rows for k, v in r.items()}  # the latest value of every logged metric
     per_step = [int(r["pairs"]) for r in rows if r.get("pairs")]  # DPO: measured from its batches
@@ -116,11 +118,5 @@ def summarize(s, trainer, result, rows, inputs, checks, resume) -> dict:
             "resumed_from": resume.name if resume else None, "tokenization": checks,
             "pairs_presented": sum(per_step) if per_step else None,
             "pairs_per_step": sorted(set(per_step)) if per_step else None,
-            "cpu_threads": _torch_threads(),  # CPU sums split by thread count: a model's last bits depend on it
+            "cpu_threads": torch.get_num_threads(),  # CPU sums split by thread count: a model's last bits depend on it
             "metrics": {k: v for k, v in last.items() if k not in ("step", "epoch")}}
-
-
-def _torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()

@@ -69,10 +69,9 @@ def growing_layer_class():
             def append(self, keys, values, index):
                 """Rows `index` of `keys`/`values` (no wider than the cache) after the cache's rows, in the
                 buffer's spare rows: right-aligned with the cache's columns, zeros to their left."""
-                a, b, w = self._rows, self._rows + len(index), keys.shape[-2]
+                a, b = self._rows, self._rows + len(index)
                 for buf, src in ((self._k, keys), (self._v, values)):
-                    buf[a:b, :, :self._len - w].zero_()
-                    torch.index_select(src, 0, index, out=buf[a:b, :, self._len - w:self._len])
+                    _right_align(torch, buf[a:b, :, :self._len], src, index)
                 self._rows = b
                 self._views()
 
@@ -153,6 +152,16 @@ def _set(layer, keys, values, width=None, rows=None):
         layer.keys, layer.values = keys[:rows, :, :width], values[:rows, :, :width]
 
 
+def _right_align(torch, dst, src, index=None):
+    """Rows `index` of `src` (all by default) in `dst`, its columns right-aligned, zeros to their left."""
+    w = src.shape[-2]
+    dst[..., :dst.shape[-2] - w, :].zero_()
+    if index is None:
+        dst[..., dst.shape[-2] - w:, :].copy_(src)
+    else:
+        torch.index_select(src, 0, index, out=dst[..., dst.shape[-2] - w:, :])
+
+
 def join_caches(torch, cache, mask, new_cache, new_mask, new_rows=None):
     """One left-padded cache and rows `new_rows` of another (all rows by default; an index may repeat a row)
     as one. Where the running cache's buffers have spare rows and the new rows are no wider than it (the
@@ -176,21 +185,14 @@ def join_caches(torch, cache, mask, new_cache, new_mask, new_rows=None):
     width, new_width = mask.shape[1], new_mask.shape[1]
     full, rows = max(width, new_width), mask.shape[0]
 
-    def place(dst, src, w, index):  # src's columns right-aligned in dst, zeros to their left
-        dst[..., :full - w, :].zero_()
-        if index is None:
-            dst[..., full - w:, :].copy_(src)
-        else:
-            torch.index_select(src, 0, index, out=dst[..., full - w:, :])
-
     for layer, new in zip(layers, new_layers):
         bufs = []
         total = rows + new_mask.shape[0]
         for old, add in ((layer.keys, new.keys), (layer.values, new.values)):
             capacity = max(total, layer._k.shape[0]) if _grows(layer) else total  # keep the spare rows
             buf = _buffer(old, capacity, full, _grows(layer))
-            place(buf[:rows, :, :full], old[:, :, start:], width, None)
-            place(buf[rows:total, :, :full], add, new_width, new_rows)
+            _right_align(torch, buf[:rows, :, :full], old[:, :, start:])
+            _right_align(torch, buf[rows:total, :, :full], add, new_rows)
             bufs.append(buf)
         _set(layer, bufs[0], bufs[1], full, total)
 

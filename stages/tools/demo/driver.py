@@ -150,11 +150,12 @@ def train_arms(train_dir: Path, plan: DemoPlan, model: Path, seed: int, root: Pa
             continue
         dest = train_dir / f"dpo-{arm}"
         lr, beta = plan.hparams[arm]
+        # One thread on every machine: a model's last bits depend on the thread count, which otherwise follows
+        # the load when the command starts (a sampled answer moved between two runs).
         gpo(f"train ({arm})", "train", "--run", run, "--method", "dpo", "--data", data, "--model", model,
             "--out", dest, "--max-steps", plan.steps, "--batch-size", plan.batch_size,
             "--learning-rate", lr, "--beta", beta, "--max-length", 256, "--save-steps", 1000, "--seed", seed,
-            "--threads", 1)  # one thread on every machine: a model's last bits depend on the thread count,
-        # which otherwise follows the load when the command starts (a sampled answer moved between two runs)
+            "--threads", 1)
         models[arm] = dest / "model"
     return models
 
