@@ -49,3 +49,34 @@ def test_gpo_slurm_passes_cpus_per_task_as_threads(tmp_path):
     sample = (run / "slurm" / "sample.sbatch").read_text()
     assert "#SBATCH --cpus-per-task=3" in sample and '--threads "${SLURM_CPUS_PER_TASK}"' in sample
     assert "--threads" not in (run / "slurm" / "locate.sbatch").read_text()
+
+
+@pytest.mark.skipif(not (TOY_MODEL.parent / "borrow-model" / "config.json").exists(),
+                    reason="data/borrow-model not built")
+def test_generated_tokens_do_not_depend_on_the_thread_count():
+    """The default thread count follows the machine's load (above), so a run's tokens must not: the demo's
+    summary is compared with a committed one. Forward passes split their work over rows and heads, not
+    over a sum, so 1 and 2 threads give bit-identical logits; rollouts of 8 to 157 tokens in one refilled
+    batch of the demo's model."""
+    import torch
+
+    from stages.core.generation.backends import Request, Sampling, set_threads
+    from stages.core.generation.hf_backend import HFGenerator
+    from stages.core.sources.problems import load_problems
+
+    before = torch.get_num_threads()
+    gen = HFGenerator(str(TOY_MODEL.parent / "borrow-model"), dtype="fp32", device="cpu", batch_size=32)
+    problems = load_problems("toy:borrow?n=24&seed=5&split=valid").table.to_pylist()
+    reqs = [Request(tuple(gen.tokenizer(p["question"] + "\n")["input_ids"]), 3, 1000 + i, 8 + 37 * i % 150)
+            for i, p in enumerate(problems)]  # budgets of 8 to 157 tokens: rows leave and join at every stage
+    runs = {}
+    try:
+        for threads in (1, 2):
+            assert set_threads(threads) == threads
+            out = gen.generate(reqs, Sampling(1.0, 1.0, 160, logprobs=True))
+            runs[threads] = [[(c.token_ids, c.logprobs) for c in g] for g in out]
+    finally:
+        set_threads(before)
+    lengths = [len(ids) for g in runs[1] for ids, _ in g]
+    assert min(lengths) < 40 and max(lengths) > 100  # ragged: rows leave and join the batch
+    assert runs[1] == runs[2]  # the same tokens and the same log-probabilities, to the bit
