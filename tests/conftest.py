@@ -15,6 +15,32 @@ from tests.helpers import BAD, GOOD, PROBLEMS, build_tokenizer, prompt_text, run
 # random-reset arms) on the scripted toy policy; these settings are what its tests assert.
 TOY_RUN = dict(n_problems=6, n=4, k=16, m=8, baseline=True)
 
+# The files that take longest (seconds in one serial run on 2 cores, 2026-12-03: 245, 116, 105, 71, 60, 38, 36,
+# 34, the first without the SmolLM2 conversion a worker does once), run first, so that with one worker per core
+# (scripts/test.sh) none of them is left running alone at the end; the other files keep their order.
+LONGEST_FIRST = ("test_smollm2_e2e.py", "test_faults.py", "test_slurm.py", "test_demo.py", "test_smollm2.py",
+                 "test_train_toy.py", "test_models.py", "test_hostile.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+    items.sort(key=rank)  # stable: a file's tests stay together and in order
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_vllm_file_at_a_time(request, tmp_path_factory):
+    """A file with vLLM tests holds a lock shared by the workers (their temp folders' parent) for as long as
+    it runs, its module fixtures' engines included: one vLLM engine on the machine at a time, as serially."""
+    if not any(item.path == request.path and item.get_closest_marker("vllm") for item in request.session.items):
+        yield
+        return
+    from filelock import FileLock  # torch's dependency
+
+    with FileLock(tmp_path_factory.getbasetemp().parent / "gpo-tests-vllm.lock"):
+        yield
+
 
 @pytest.fixture(scope="session")
 def toy_tokenizer():

@@ -187,7 +187,7 @@ def invoke(args):
 def gpo(*args) -> str:
     """Run a `gpo` command in-process as a user would; fail the test with its output if it fails."""
     result = invoke(args)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 0, result.output or repr(result.exception)
     return result.output
 
 
