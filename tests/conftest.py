@@ -32,7 +32,10 @@ def pytest_collection_modifyitems(items):
 @pytest.fixture(scope="module", autouse=True)
 def one_vllm_file_at_a_time(request, tmp_path_factory):
     """A file with vLLM tests holds a lock shared by the workers (their temp folders' parent) for as long as
-    it runs, its module fixtures' engines included: one vLLM engine on the machine at a time, as serially."""
+    it runs, its module fixtures' engines included: one vLLM engine on the machine at a time, as serially.
+    After it, vLLM's process-wide distributed state is cleared: in a worker whose earlier file had left it,
+    torch's default process group had gone meanwhile and the next engine failed ("Process group ... is not
+    initialized in the world group map"); each file's engines now start from a state like a new process's."""
     if not any(item.path == request.path and item.get_closest_marker("vllm") for item in request.session.items):
         yield
         return
@@ -40,6 +43,9 @@ def one_vllm_file_at_a_time(request, tmp_path_factory):
 
     with FileLock(tmp_path_factory.getbasetemp().parent / "gpo-tests-vllm.lock"):
         yield
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+        cleanup_dist_env_and_memory()
 
 
 @pytest.fixture(scope="session")

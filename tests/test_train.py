@@ -181,6 +181,7 @@ def test_empty_selection_and_bad_settings_are_gpo_errors(base_model, run_dir, tm
 def test_config_file_overrides_settings_and_trl_args(tmp_path, base_model):
     import dataclasses
 
+    import gpo_cli.main  # noqa: F401  (importing the CLI registers its commands in COMMANDS)
     from gpo_cli.adapter import COMMANDS, merge
     from stages.core.pipeline.config import load_config_file
     from stages.train.settings import TrainSettings, resolve
