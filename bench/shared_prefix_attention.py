@@ -17,6 +17,8 @@ attention for ONE layer of the model, on random keys and values, one thread, CPU
   shared-root   the same with up to 16 rows of one prefix group (a trajectory's states) reading the group's
                 root once, each masked to its own prompt's length
 A finished row not yet dropped is attended by `padded` (as the backend does) and is a group alone in the others.
+It also runs every recorded forward's shape through the whole model, once with the backend's attention and once
+with attention returning zeros: attention's share of the decode forwards, and what no attention kernel removes.
 Both shared arms are checked against `padded` on the same numbers (max abs difference printed; above 1e-4 the
 run stops).
 The replay times attention alone, outside the model: what a backend with shared-prefix attention would save
@@ -198,6 +200,52 @@ def replay(torch, steps: list, heads: int, kv_heads: int, dim: int, reps: int, e
     return {"ms_per_layer": ms, "max_abs_diff": err}
 
 
+def in_model(model_path: str, steps: list, every: int, reps: int) -> dict:
+    """Every (--every-th) recorded decode forward run through the model at its shape (rows, cache width,
+    padding mask; zero keys and values in growing buffers, as the backend's), with the backend's attention and
+    with attention returning zeros: what attention costs inside the forwards, and what everything else costs."""
+    import torch
+    from transformers import AttentionInterface, AutoModelForCausalLM
+    from transformers.cache_utils import DynamicCache
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    from stages.core.generation.attention import use_gqa_attention
+    from stages.core.generation.kv_cache import cache_layers, make_growing
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    use_gqa_attention(model)  # as HFGenerator does on CPU
+    arms = {model.config._attn_implementation: 0.0, "gpo_none": 0.0}
+    AttentionInterface.register("gpo_none", lambda module, q, *a, **kw: (q.new_zeros(q.shape[0], q.shape[2],
+                                                                                     q.shape[1], q.shape[3]), None))
+    ALL_MASK_ATTENTION_FUNCTIONS.register("gpo_none", sdpa_mask)  # the same masks are built
+    cfg = model.config
+    dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    rows, width = max(len(r) for _, r in steps), max(w for w, _ in steps)
+    bufs = [[torch.zeros(rows, cfg.num_key_value_heads, width, dim) for _ in range(2)]
+            for _ in range(cfg.num_hidden_layers)]
+    cache = make_growing(DynamicCache(ddp_cache_data=[(k[..., :1, :], v[..., :1, :]) for k, v in bufs]))
+    with torch.inference_mode():
+        for w, step in steps[::every]:
+            n = len(step)
+            mask = torch.zeros((n, w), dtype=torch.long)
+            for i, (*_, p, o) in enumerate(step):
+                mask[i, w - p - o:] = 1
+            token, pos = torch.ones((n, 1), dtype=torch.long), (mask.sum(1, keepdim=True) - 1)
+            for arm in arms:
+                model.set_attn_implementation(arm)
+                best = float("inf")
+                for _ in range(reps):
+                    for layer, (k, v) in zip(cache_layers(cache), bufs):
+                        layer.set(k, v, w - 1, n)
+                    c0 = time.process_time()
+                    model(input_ids=token, position_ids=pos, past_key_values=cache, use_cache=True,
+                          attention_mask=mask)
+                    best = min(best, time.process_time() - c0)
+                arms[arm] += best * every
+    with_attention, without = arms.values()
+    return {"attention": next(iter(arms)), "forwards_cpu_s": with_attention, "without_attention_cpu_s": without}
+
+
 def main() -> None:
     from bench.estimate_throughput import build_workload
 
@@ -231,6 +279,7 @@ def main() -> None:
     res = replay(torch, steps, heads, kv, dim, args.reps, args.every)
     if max(res["max_abs_diff"].values()) > 1e-4:
         raise SystemExit(f"shared-prefix attention disagrees with SDPA: {res['max_abs_diff']}")
+    res["in_model"] = in_model(args.model, steps, args.every, args.reps)
     layers = cfg.num_hidden_layers
     rows = sum(len(r) for _, r in steps)
     useful = sum(p + o for _, r in steps for *_, p, o in r)
@@ -247,6 +296,10 @@ def main() -> None:
         print(f"  {arm:13} attention {total:6.2f} CPU-s over {layers} layers ({total / padded:4.2f} of padded); "
               f"decode forwards with it: {decode_cpu - padded + total:6.2f} CPU-s"
               + (f"; max |diff| {res['max_abs_diff'][arm]:.1e}" if arm in res["max_abs_diff"] else ""))
+    m = res["in_model"]
+    print(f"  in the model, the recorded shapes replayed: decode forwards {m['forwards_cpu_s']:.2f} CPU-s with "
+          f"{m['attention']}, {m['without_attention_cpu_s']:.2f} with attention returning zeros (attention "
+          f"{1 - m['without_attention_cpu_s'] / m['forwards_cpu_s']:.2f} of the forwards)")
     Path(args.out).write_text(json.dumps(out, indent=2))
     print(f"wrote {args.out}")
 
