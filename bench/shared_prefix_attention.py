@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -271,8 +272,10 @@ def main() -> None:
         from stages.core.generation.base import default_batch_size
 
         args.batch_size = default_batch_size(AutoConfig.from_pretrained(args.model), torch.float32, "cpu")
-    work = build_workload(args, Path(tempfile.mkdtemp(prefix="gpo-cascade-")) / "run")
+    scratch = Path(tempfile.mkdtemp(prefix="gpo-cascade-"))  # the workload's sample run
+    work = build_workload(args, scratch / "run")
     steps, decode_cpu, batch = record(work, args.k, args.batch_size)
+    shutil.rmtree(scratch, ignore_errors=True)
     cfg = AutoConfig.from_pretrained(args.model)
     heads, kv = cfg.num_attention_heads, cfg.num_key_value_heads
     dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
