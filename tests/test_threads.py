@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from stages.core.generation.backends import default_threads
+from stages.core.generation.backends import default_threads, runnable_now
 from stages.core.pipeline.errors import GpoError
 from stages.core.pipeline.settings import Runtime
 from tests.helpers import TOY_MODEL, gpo
@@ -20,6 +20,26 @@ def test_default_threads_follow_slurm_then_the_free_cores():
     assert default_threads({}, cores=8, running=4) == 5
     assert default_threads({}, cores=2, running=7) == 1  # never below 1
     assert default_threads({"SLURM_CPUS_PER_TASK": ""}, cores=4, running=1) == 4
+
+
+def test_default_threads_ignore_a_momentary_task_but_not_a_steady_one():
+    blip = iter([2, 1, 1, 1, 1, 1, 1, 1])  # a task runnable in one read only (a process exiting)
+    assert default_threads({}, cores=2, probe=lambda: next(blip), interval=0) == 2
+    assert default_threads({}, cores=2, probe=lambda: 2, interval=0) == 1  # another job, runnable in every read
+    reads = []
+    default_threads({}, cores=2, probe=lambda: reads.append(1) or 1, samples=5, interval=0)
+    assert len(reads) == 5
+
+
+def test_runnable_tasks_leave_out_this_process_s_own_spinning_threads(tmp_path):
+    (tmp_path / "loadavg").write_text("0.52 0.40 0.31 4/211 9999\n")
+    for tid, name, state in [(10, "python", "R"), (11, "w) R (x", "S"), (12, "pool", "S"), (13, "omp", "R")]:
+        (tmp_path / "self" / "task" / str(tid)).mkdir(parents=True)
+        (tmp_path / "self" / "task" / str(tid) / "stat").write_text(f"{tid} ({name}) {state} 1 2 3\n")
+    assert runnable_now(tmp_path) == 3  # 4 runnable, one of them this process's spinning worker
+    (tmp_path / "self" / "task" / "13" / "stat").write_text("13 (omp) S 1 2 3\n")
+    assert runnable_now(tmp_path) == 4
+    assert runnable_now(tmp_path / "missing") == 1  # no /proc: assume nothing else runs
 
 
 def test_threads_below_one_are_refused():

@@ -185,12 +185,40 @@ class FakeGenerator:
         return {"backend": "fake"}
 
 
-def default_threads(environ=None, cores: int | None = None, running: int | None = None) -> int:
-    """Torch threads when --threads is not given: a Slurm job's --cpus-per-task; else the cores this process
-    may use less the other processes runnable on them right now, at least 1. Threads beyond the free cores
-    only spin against the other jobs: on 2 shared cores, torch's default of 2 threads beside one busy job
-    generated 257 tokens per CPU-second where 1 thread generated 1,050 (issue 19)."""
+def runnable_now(proc: Path = Path("/proc")) -> int:
+    """Runnable tasks on the machine now (the 4th field of /proc/loadavg) less this process's own runnable
+    threads other than the caller: 1 when nothing else runs, 1 if unknown. A stage run in the process of an
+    earlier one (the demo) finds that stage's OpenMP workers still spinning for a few ms after its last op."""
     import os
+
+    try:
+        total = int((proc / "loadavg").read_text().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return 1
+    own = 0
+    try:
+        for tid in os.listdir(proc / "self" / "task"):
+            try:
+                stat = (proc / "self" / "task" / tid / "stat").read_text()
+            except OSError:  # the thread ended while being read
+                continue
+            own += stat[stat.rindex(")") + 2] == "R"  # the state field follows the parenthesised name
+    except OSError:
+        own = 1
+    return max(1, total - max(0, own - 1))
+
+
+def default_threads(environ=None, cores: int | None = None, running: int | None = None,
+                    probe=runnable_now, samples: int = 8, interval: float = 0.01) -> int:
+    """Torch threads when --threads is not given: a Slurm job's --cpus-per-task; else the cores this process
+    may use less the other processes runnable on them, at least 1. Threads beyond the free cores only spin
+    against the other jobs: on 2 shared cores, torch's default of 2 threads beside one busy job generated 257
+    tokens per CPU-second where 1 thread generated 1,050 (issue 19). The run queue is read `samples` times,
+    `interval` s apart, and the fewest kept: a job that keeps a core busy is runnable in every read, while a
+    momentary task (a process exiting) is not. The demo's GPO branch, started in-process right after the
+    estimate, once read 2 runnable (the estimate's spinning OpenMP worker) and ran at 1 thread (49 s)."""
+    import os
+    import time
 
     env = os.environ if environ is None else environ
     if env.get("SLURM_CPUS_PER_TASK", "").isdigit() and int(env["SLURM_CPUS_PER_TASK"]) >= 1:
@@ -198,10 +226,12 @@ def default_threads(environ=None, cores: int | None = None, running: int | None 
     if cores is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if running is None:
-        try:  # the 4th field of /proc/loadavg: runnable tasks now, this one included
-            running = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
-        except (OSError, ValueError, IndexError):
-            running = 1
+        reads = []
+        for i in range(max(1, samples)):
+            if i:
+                time.sleep(interval)
+            reads.append(probe())
+        running = min(reads)
     return max(1, min(cores, cores - (running - 1)))
 
 
