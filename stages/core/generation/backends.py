@@ -214,9 +214,9 @@ def default_threads(environ=None, cores: int | None = None, running: int | None 
     may use less the other processes runnable on them, at least 1. Threads beyond the free cores only spin
     against the other jobs: on 2 shared cores, torch's default of 2 threads beside one busy job generated 257
     tokens per CPU-second where 1 thread generated 1,050 (issue 19). The run queue is read `samples` times,
-    `interval` s apart, and the fewest kept: a job that keeps a core busy is runnable in every read, while a
-    momentary task (a process exiting) is not. The demo's GPO branch, started in-process right after the
-    estimate, once read 2 runnable (the estimate's spinning OpenMP worker) and ran at 1 thread (49 s)."""
+    `interval` s apart, and the fewest kept: a job that keeps a core busy is runnable in every read, a
+    momentary task is not (single reads on an idle machine saw 2 once in 60). The demo's GPO branch, started
+    in-process right after the estimate, once read its spinning OpenMP worker as a job and ran at 1 thread."""
     import os
     import time
 
