@@ -88,16 +88,23 @@ def decode_steps(prompt_len: int, generated: int, stopped: bool) -> list[int]:
     return [prompt_len, generated if stopped else max(0, generated - 1)]
 
 
-def run_naive(work: dict, k: int) -> dict:
+def load_model(path: str):
+    """The fp32 model for a transformers `generate`-style variant, its EOS ids (sorted) and pad id."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from stages.core.generation.backends import eos_ids
 
-    tok = AutoTokenizer.from_pretrained(work["model"])
-    model = AutoModelForCausalLM.from_pretrained(work["model"], dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     eos = sorted(eos_ids(tok, model))
-    pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
+    return model, eos, tok.pad_token_id if tok.pad_token_id is not None else eos[0]
+
+
+def run_naive(work: dict, k: int) -> dict:
+    import torch
+
+    model, eos, pad = load_model(work["model"])
     generated = prompt_tokens = 0
     decode = []
     torch.manual_seed(0)

@@ -31,15 +31,11 @@ def cb_config(work: dict, k: int, rows: int = 16, page_size: int = 16):
 def run_hf_cb(work: dict, k: int, rows: int = 16) -> dict:
     """Every state's K rollouts (greedy at temperature 0): "decode" holds (prompt length, tokens before EOS,
     stopped) per rollout, "completions" each state's rollouts' tokens before EOS."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers import GenerationConfig
 
-    from stages.core.generation.backends import eos_ids
+    from bench.estimate_throughput import load_model
 
-    tok = AutoTokenizer.from_pretrained(work["model"])
-    model = AutoModelForCausalLM.from_pretrained(work["model"], dtype=torch.float32).eval()
-    eos = sorted(eos_ids(tok, model))
-    pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
+    model, eos, pad = load_model(work["model"])
     sampled = work["temperature"] > 0
     gen_config = GenerationConfig(do_sample=sampled, temperature=work["temperature"] if sampled else None,
                                   top_p=work["top_p"] if sampled else None, top_k=0,
