@@ -234,8 +234,8 @@ def test_the_check_timeout_counts_the_worker_s_cpu_time_not_the_wall_clock():
         assert checker.check_many(["answer: 1"], ["1"])[0].correct
         worker = checker._workers[0].proc
         worker.send_signal(signal.SIGSTOP)  # descheduled for 3 s of wall time, as on a crowded machine
+        start = time.monotonic()  # before the timer starts, so the 3 s it waits are all inside the measurement
         threading.Timer(3.0, worker.send_signal, [signal.SIGCONT]).start()
-        start = time.monotonic()
         verdict = checker.check_many([r"so it is \boxed{\frac{2}{4}}"], ["0.5"])[0]
         assert time.monotonic() - start >= 3.0
         assert (verdict.correct, verdict.error) == (True, None) and checker._workers[0].proc is worker
